@@ -1,10 +1,10 @@
-"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--task TEXT] [decode's search
-and guard flags] [--device D] [--timestamps] [--confidence]`: print each audio file's transcript, one "AUDIO<TAB>TEXT"
-line per file in the order given (llmasr.export.transcribe); with --timestamps or --confidence one JSON line per file
-with its words' times or the LLM's log-probability of its text, and "truncated". A transcript a guard cut (the length
-cap, the repetition stop) is named on stderr, stdout's line unchanged, as is one a gate left empty (the VAD's, the CTC
-head's). A file that cannot be read is named on stderr where it falls, the others still print, and the exit status
-is 1."""
+"""`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--task TEXT] [--language LANG]
+[decode's search and guard flags] [--device D] [--timestamps] [--confidence]`: print each audio file's transcript,
+one "AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe); with --timestamps or --confidence
+one JSON line per file with its words' times or the LLM's log-probability of its text, and "truncated". A transcript
+a guard cut (the length cap, the repetition stop) is named on stderr, stdout's line unchanged, as is one a gate left
+empty (the VAD's, the CTC head's). A file that cannot be read is named on stderr where it falls, the others still
+print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", metavar="TEXT",
         help="the prompt's task text for every file instead of the model's (model.prompt.task): the prompt a model "
         "trained on lines with a `prompt` of their own was given for such audio (e.g. one a language)",
+    )  # fmt: skip
+    p.add_argument(
+        "--language", metavar="LANG",
+        help="every file's language (zh, en, yue, ja, ko; default auto): the language query of a SenseVoice encoder "
+        "trained with model.encoder.conf.queries.language per_line, as a manifest line's `lang` is decoded",
     )  # fmt: skip
     search_args(p)  # decode's search and guards (length cap, repetition stop, windows, VAD), from one owner
     p.add_argument(
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if vad_only := vad_flags_problem(given, asr.cfg):
             raise DecodeError(vad_only)
-        rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True, task=args.task)
+        rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True, task=args.task, language=args.language)
     except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused

@@ -28,12 +28,14 @@ import soundfile as sf
 
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
+from llmasr.data.languages import language_key
 from llmasr.data.records import phrase_text
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.sensevoice import LANGUAGES
 
 log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
@@ -89,17 +91,18 @@ class Transcriber:
         return cls(model.to(device), decode_config(saved, **decode), opts, device)
 
     def __call__(
-        self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None, task: str | None = None
-    ):
+        self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None, task: str | None = None,
+        language: str | None = None,
+    ):  # fmt: skip
         """The text of one clip (a path or a waveform), or the texts of a list of them, in order."""
         single = not isinstance(audio, (list, tuple))
-        rows = self.transcripts([audio] if single else audio, sample_rate, hotwords, task=task)
+        rows = self.transcripts([audio] if single else audio, sample_rate, hotwords, task=task, language=language)
         texts = [row["hyp"] for row in rows]
         return texts[0] if single else texts
 
     def transcripts(
         self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None, *, keep_going=False,
-        task: str | None = None,
+        task: str | None = None, language: str | None = None,
     ) -> list:  # fmt: skip
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
@@ -110,7 +113,9 @@ class Transcriber:
         clip (a path or a waveform) is taken as a list of one. A clip that cannot be read raises TranscribeError naming
         it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed. `task`: the
         prompt's task text for every clip instead of the model's (model.prompt.task), as a manifest line's own
-        `prompt` is decoded: the one a model trained on lines with prompts of their own ("语音转写：") was given."""
+        `prompt` is decoded: the one a model trained on lines with prompts of their own ("语音转写：") was given.
+        `language`: every clip's language ("zh", "en", "Japanese", "<|ko|>"; None or "auto": none), the query a
+        SenseVoice encoder with queries.language per_line gets, as a manifest line's `lang` is decoded."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
@@ -136,12 +141,13 @@ class Transcriber:
                 "the %d given are dropped, the longest first; kept %s", self.model.prompt.hotwords_max_tokens,
                 dropped, len(hotwords), kept,
             )  # fmt: skip
+        language = _language(self.model, language)
         _check_rate(sample_rate)
         waves = [i for i, c in enumerate(audio) if not isinstance(c, PATHS) and not _not_audio(c)]
         if sample_rate is None and waves:  # the call's fault, not a clip's (a clip of neither kind is named as such)
             raise TranscribeError(f"waveform {waves[0]}: a waveform needs its sample_rate (Hz)")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp), task)
+            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp), task, language)
             opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
@@ -168,12 +174,12 @@ class Transcriber:
 
 
 def _manifest(
-    audio: list, sample_rate, tmp: Path, task: str | None = None
+    audio: list, sample_rate, tmp: Path, task: str | None = None, language: str | None = None
 ) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, each line with `task` as its own prompt where given, the clips left out of it ({position: why}: a
-    file missing or a directory, a waveform that is not one), and the links in `tmp` the manifest reads a clip
-    through ({position: link})."""
+    position, each line with `task` as its own prompt and `language` as its `lang` where given, the clips left out
+    of it ({position: why}: a file missing or a directory, a waveform that is not one), and the links in `tmp` the
+    manifest reads a clip through ({position: link})."""
     names, lines, missing, links = [], [], {}, {}
     for i, clip in enumerate(audio):
         if isinstance(clip, PATHS):
@@ -197,10 +203,34 @@ def _manifest(
                 continue
             sf.write(source, wave, int(sample_rate), subtype="FLOAT")
         line = {"key": str(i), "source": source, **({"prompt": task} if task is not None else {})}
+        line.update({"lang": language} if language is not None else {})
         lines.append(json.dumps(line))
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing, links
+
+
+def _language(model, language) -> str | None:
+    """`language` as the lines' `lang` (None for "auto"), refused where the model reads none or SenseVoice has no
+    query for it: a clip would run with "auto" whatever was asked."""
+    if language is None:
+        return None
+    if not isinstance(language, str) or language_key(language) is None:
+        raise TranscribeError(f"language: a language code or name (zh, en, Japanese), got {language!r}")
+    if not model.per_line_language:
+        queries = getattr(model.encoder, "query_ids", None)
+        held = "" if queries is None else " (its queries.language is fixed by the recipe it was trained with)"
+        raise TranscribeError(
+            f"language {language!r}: this model's encoder reads no language{held}; a SenseVoice encoder with "
+            "model.encoder.conf.queries.language per_line takes one"
+        )
+    key = language_key(language)
+    if key not in LANGUAGES:
+        raise TranscribeError(
+            f"language {language!r}: SenseVoiceSmall has a query for {', '.join(sorted(LANGUAGES))}, not {key!r}; "
+            "leave it out (or give auto) for SenseVoice's own language identification"
+        )
+    return None if key == "auto" else key
 
 
 def _check_rate(sample_rate) -> None:

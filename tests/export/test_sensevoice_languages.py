@@ -1,0 +1,109 @@
+"""SenseVoice with per-line language queries (model.encoder.conf.queries.language: per_line) end to end: a tiny run
+trains on lines in several languages, each line's `lang` reaching the encoder as its row's query (training,
+validation); the export records the setting; decoding its dev set gives each line its own language, as validation
+did (the teacher-forced loss of the run's checkpoint equals the exported model's on the same batches), and
+`Transcriber(language=...)` gives a file the query a line of that language gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+
+from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
+from llmasr.export.export import export_model
+from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.models.decoding import decode_config
+from llmasr.models.exported import load_exported, read_description
+from llmasr.models.sensevoice import SenseVoiceEncoderSmall
+from llmasr.testing.run_dirs import model_section, train_run
+from llmasr.testing.tiny_corpus import write_tiny_corpus
+from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
+
+LABELS = ["en", "<|zh|>", "Japanese", "de", None, "cmn_hans_cn"]  # keys en, zh, ja, de (no query: auto), none, zh
+KEYS = ["en", "zh", "ja", "de", None, "zh"]
+
+
+def _corpus(directory, n: int, seed: int):
+    manifest = write_tiny_corpus(directory, n=n, seed=seed)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for i, line in enumerate(lines):
+        line.update({"lang": LABELS[i % 6]} if LABELS[i % 6] else {})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+@pytest.fixture
+def languages_seen(monkeypatch):
+    """Every `languages` list the SenseVoice encoder is called with, in order."""
+    seen = []
+    forward = SenseVoiceEncoderSmall.forward
+
+    def spy(self, xs, xs_lens, languages=None):
+        seen.append(None if languages is None else list(languages))
+        return forward(self, xs, xs_lens, languages)
+
+    monkeypatch.setattr(SenseVoiceEncoderSmall, "forward", spy)
+    return seen
+
+
+def test_per_line_languages_train_export_decode(tmp_path, languages_seen):
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    llm_dir = write_tiny_llm_dir(tmp_path / "llm")
+    enc_dir = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf(), seed=4)
+    train, dev = _corpus(tmp_path / "train", 12, 0), _corpus(tmp_path / "dev", 6, 1)
+    section = model_section(llm_dir, enc_dir)
+    section["encoder"]["type"] = "sensevoice"
+    section["encoder"]["conf"]["queries"] = {"language": "per_line", "itn": False}
+    section["ctc"] = {"weight": 0.3, "from_encoder": True}
+    run = train_run(tmp_path / "run", section, train, updates=2, valid=dev, data={"valid_max_utts": 100})
+    keys = {json.loads(line)["key"]: KEYS[i] for i, line in enumerate(dev.read_text().splitlines())}
+    train_keys = {json.loads(line)["key"]: KEYS[i % 6] for i, line in enumerate(train.read_text().splitlines())}
+    assert languages_seen and all(langs is not None for langs in languages_seen)  # every call: the rows' languages
+    assert {lang for langs in languages_seen for lang in langs} == set(KEYS)
+
+    out = export_model(run.run_dir, tmp_path / "model", dtype="fp32")
+    assert read_description(out)["encoder"]["conf"]["queries"] == {"language": "per_line", "itn": False}
+    model = load_exported(out).eval()
+    ref = run.reference_model()
+    cfg = decode_config(run.recipe.decode)
+    loader = decode_loader(model, dev, cfg, DecodeOptions())
+    sums = torch.zeros(5, dtype=torch.float64)  # llm loss, tokens, ctc loss, utterances; llm loss all "auto"
+    for batch in loader:  # validation's teacher-forced pass over each line with its language, reproduced
+        assert batch.languages == [keys[k] for k in batch.keys]
+        with torch.no_grad():
+            got, want = model(batch), ref(batch)
+            auto = model(dataclasses.replace(batch, languages=None))  # every row "auto"
+        torch.testing.assert_close(
+            got.llm_loss_sum, want.llm_loss_sum, rtol=1e-5, atol=1e-5
+        )  # LoRA merged into the weights
+        torch.testing.assert_close(
+            got.ctc_loss_sum, want.ctc_loss_sum, rtol=1e-5, atol=1e-5
+        )  # LoRA merged into the weights
+        sums += torch.tensor([float(got.llm_loss_sum), float(got.n_tokens), float(got.ctc_loss_sum), got.n_utts, 0.0])
+        sums[4] += float(auto.llm_loss_sum)
+        if any(keys[k] in ("en", "zh", "ja") for k in batch.keys):  # a row with a query of its own: not "auto"'s
+            assert not torch.allclose(got.ctc_loss_sum, auto.ctc_loss_sum)
+    # validation's LLM loss, as train.log states it (decode's loader carries no CTC labels: its CTC loss is another)
+    logged = re.search(r"valid update=2 .*? llm_loss=([0-9.]+)", (run.run_dir / "train.log").read_text())
+    assert sums[1] > 0 and sums[3] == 6 and f"{float(sums[0] / sums[1]):.4f}" == logged.group(1)
+    assert f"{float(sums[4] / sums[1]):.4f}" != logged.group(1)  # every row "auto": not what validation computed
+
+    languages_seen.clear()
+    decode_manifest(model, dev, tmp_path / "dec", cfg, DecodeOptions())
+    rows = [json.loads(line) for line in (tmp_path / "dec" / "results.jsonl").read_text().splitlines()]
+    assert languages_seen and {lang for langs in languages_seen for lang in langs} == set(KEYS)
+    asr = Transcriber(model, cfg)
+    wav = {
+        json.loads(line)["key"]: tmp_path / "dev" / json.loads(line)["source"] for line in dev.read_text().splitlines()
+    }
+    for row in rows:  # a file transcribed in its line's language reads as the line decoded
+        language = keys[row["key"]] if keys[row["key"]] in ("en", "zh", "ja") else None
+        assert asr(str(wav[row["key"]]), language=language) == row["hyp"], row["key"]
+    with pytest.raises(TranscribeError, match=r"language 'German'.* has a query for auto, en, .*not 'de'"):
+        asr(str(wav[rows[0]["key"]]), language="German")
+    assert train_keys  # the train lines' languages were those seen above
