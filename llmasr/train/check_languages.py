@@ -1,14 +1,14 @@
 """What SenseVoice's per-line language query (model.encoder.conf.queries.language: per_line) makes of the data:
 each line's language (llmasr.data.records.language_of) becomes its query where SenseVoiceSmall has one; a line that
-names none, or a language it has no query for, runs with "auto". `llmasr check` says which lines those are, before a
-run trains on them."""
+names none, or a language it has no query for, runs with "auto". `llmasr check` and `llmasr data check --recipe` say
+which lines those are, before a run trains on them."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from llmasr.data.records import BadRecord, language_of
-from llmasr.models.sensevoice import language_query
+from llmasr.models.sensevoice import PER_LINE, language_query
 
 
 def language_counts(manifest) -> tuple[Counter, dict[str, str]]:
@@ -40,11 +40,19 @@ def language_query_lines(model, loaders) -> list[str]:
             continue
         mix = loader.dataset.manifest
         for manifest in getattr(mix, "manifests", [mix]):  # a MixedManifest's each
-            lines += _manifest_lines(name, getattr(manifest, "base", manifest))
+            lines += manifest_language_lines(name, getattr(manifest, "base", manifest))
     return lines
 
 
-def _manifest_lines(name: str, manifest) -> list[str]:
+def per_line_recipe(recipe) -> bool:
+    """Whether the recipe's encoder is SenseVoice with queries.language per_line (read without building it)."""
+    enc = recipe.model.encoder
+    queries = (enc.conf or {}).get("queries")
+    return enc.type == "sensevoice" and isinstance(queries, dict) and queries.get("language") == PER_LINE
+
+
+def manifest_language_lines(name: str, manifest) -> list[str]:
+    """One manifest's lines per language query, those naming none, and those in a language without a query."""
     counts, first = language_counts(manifest)
     own = {lang: n for lang, n in counts.items() if lang is not None and language_query(lang) != "auto"}
     said = ", ".join(f"{lang} {n}" for lang, n in sorted(own.items(), key=lambda kv: (-kv[1], kv[0])))

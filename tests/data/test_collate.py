@@ -31,6 +31,7 @@ FIELDS = {
     "hotwords_dropped",
     "leads",
     "speech_runs",
+    "languages",
 }
 
 
@@ -98,3 +99,11 @@ def test_missing_ctc_ids_is_an_error():
 def test_feature_dim_mismatch_is_an_error():
     with pytest.raises(ValueError, match="feature dims"):
         Collator(pad_id=0)([item("a", 5, 6, dim=4), item("b", 5, 6, dim=3)])
+
+
+def test_languages_travel_per_row():
+    """Each item's language key (the dataset's `lang`) is its row's in the batch, through select too: a SenseVoice
+    encoder with per-line language queries reads them."""
+    items = [{**item("a", 5, 6, 3), "lang": "zh"}, item("b", 3, 9, 5), {**item("c", 4, 4, 2), "lang": "en"}]
+    batch = Collator(pad_id=0, with_ctc=True)(items)
+    assert batch.languages == ["zh", None, "en"] and batch.select([2, 0]).languages == ["en", "zh"]

@@ -10,7 +10,9 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
@@ -106,4 +108,20 @@ def test_per_line_languages_train_export_decode(tmp_path, languages_seen):
         assert asr(str(wav[row["key"]]), language=language) == row["hyp"], row["key"]
     with pytest.raises(TranscribeError, match=r"language 'German'.* has a query for auto, en, .*not 'de'"):
         asr(str(wav[rows[0]["key"]]), language="German")
+
+    # long audio: each window of a line runs with the line's language
+    clips = [sf.read(str(path))[0] for path in wav.values()]
+    lines = []
+    for i, lang in enumerate(("Japanese", "en")):
+        sf.write(str(tmp_path / f"long{i}.wav"), np.concatenate(clips[i:] + clips[:i] + clips), 16000)
+        lines.append(
+            json.dumps({"key": f"long{i}", "source": str(tmp_path / f"long{i}.wav"), "target": "x", "lang": lang})
+        )
+    (tmp_path / "long.jsonl").write_text("\n".join(lines) + "\n")
+    languages_seen.clear()
+    windowed = dataclasses.replace(cfg, max_window_seconds=2.0, window_overlap=0.5)
+    decode_manifest(model, tmp_path / "long.jsonl", tmp_path / "long", windowed, DecodeOptions())
+    rows = [json.loads(line) for line in (tmp_path / "long" / "results.jsonl").read_text().splitlines()]
+    seen = [lang for langs in languages_seen for lang in langs]
+    assert [r["windows"] for r in rows] == [seen.count("ja"), seen.count("en")] and rows[0]["windows"] > 1
     assert train_keys  # the train lines' languages were those seen above
