@@ -626,3 +626,17 @@ def test_the_command_refuses_to_run_as_one_of_several_ranks(exported_dir, clips,
     err = capsys.readouterr().err
     assert f"llmasr transcribe: error: {said}" in err, err
     assert "`llmasr decode`" in err
+
+
+def test_a_language_is_refused_by_a_model_that_reads_none(exported_dir, asr, clips, capsys):
+    """`language=` is SenseVoice's per-line query (tests/export/test_sensevoice_languages.py): a model whose encoder
+    reads no language would transcribe the same whatever is asked, so the call says so instead."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    with pytest.raises(TranscribeError, match=r"language 'zh': this model's encoder reads no language.*per_line"):
+        asr(paths[0], language="zh")
+    with pytest.raises(TranscribeError, match=r"language: a language code or name .*got ' '"):
+        asr(paths[0], language=" ")
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "en"]) == 2
+    assert "language 'en': this model's encoder reads no language" in capsys.readouterr().err
