@@ -22,8 +22,9 @@ constructor key beside FunASR's: `{language: auto, itn: false}`) it prepends Sen
 the way its inference does (the loader takes `embed.weight` for them) and returns the frames after them: the
 encoder then sees what it was trained on, and SenseVoice's own CTC head reads its output as in FunASR.
 `language: per_line` gives each row its line's language (Batch.languages; "auto" for a line without one or in a
-language SenseVoiceSmall has no query for) and, in training, "auto" with probability `auto_rate` (FunASR's
-SenseVoiceSmall.encode: 0.2), so the model still runs on audio whose language nobody states.
+language SenseVoiceSmall has no query for) and, in training steps (SpeechLLM draws it, frozen encoder or not),
+"auto" with probability `auto_rate` (FunASR's SenseVoiceSmall.encode: 0.2), so the model still runs on audio whose
+language nobody states.
 """
 
 from __future__ import annotations
@@ -228,15 +229,19 @@ class SenseVoiceEncoderSmall(nn.Module):
         return xs[:, n_query:], xs_lens
 
     def _language_ids(self, languages: list[str | None], rows: int) -> torch.Tensor:
-        """[rows, 1] query rows of the lines' languages; in training each is "auto" with probability auto_rate,
-        drawn per row as FunASR's encode does."""
+        """[rows, 1] query rows of the lines' languages."""
         if len(languages) != rows:
             raise ValueError(f"SenseVoiceEncoderSmall: {len(languages)} languages for a batch of {rows} rows")
-        device = self.query_ids.device
-        ids = torch.tensor([LANGUAGES[language_query(lang)] for lang in languages], device=device)
-        if self.training and self.auto_rate > 0:
-            ids = ids.masked_fill(torch.rand(rows, device=device) < self.auto_rate, LANGUAGES["auto"])
-        return ids[:, None]
+        ids = [LANGUAGES[language_query(lang)] for lang in languages]
+        return torch.tensor(ids, device=self.query_ids.device)[:, None]
+
+    def training_languages(self, languages: list[str | None]) -> list[str | None]:
+        """The rows' languages a training step runs with: each None ("auto") with probability auto_rate, drawn per
+        row as FunASR's encode does. The model's training mode decides, not the encoder's: a frozen encoder runs in
+        eval mode, and the adaptor and LLM must still learn its "auto" output, which decoding gives lines without a
+        language."""
+        keep = (torch.rand(len(languages)) >= self.auto_rate).tolist()
+        return [lang if k else None for lang, k in zip(languages, keep)]
 
 
 def _check_ignored(ignored: dict) -> None:

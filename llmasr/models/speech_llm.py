@@ -157,6 +157,8 @@ class SpeechLLM(nn.Module):
 
     def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, languages: list[str | None] | None = None):
         if self.per_line_language:
+            if self.training and languages is not None:  # the model's mode: a frozen encoder is in eval mode
+                languages = self.encoder.training_languages(languages)
             enc, enc_lens = self.encoder(feats, feat_lens, languages)
         else:
             enc, enc_lens = self.encoder(feats, feat_lens)

@@ -38,12 +38,11 @@ def test_each_row_gets_its_lines_language_query():
 def test_unknown_languages_get_auto_and_training_drops_to_auto():
     enc = _encoder({"language": "per_line"})
     assert enc._language_ids(["de", "yue", "nospeech", None], 4).flatten().tolist() == [0, 7, 13, 0]
-    enc.train()
     torch.manual_seed(0)
-    ids = enc._language_ids(["zh"] * 4000, 4000).flatten()
-    assert set(ids.tolist()) == {0, LANGUAGES["zh"]} and abs(float((ids == 0).float().mean()) - 0.2) < 0.03
-    never = _encoder({"language": "per_line", "auto_rate": 0.0}).train()
-    assert never._language_ids(["zh"] * 50, 50).flatten().tolist() == [LANGUAGES["zh"]] * 50
+    drawn = enc.training_languages(["zh"] * 4000)
+    assert set(drawn) == {None, "zh"} and abs(drawn.count(None) / 4000 - 0.2) < 0.03
+    never = _encoder({"language": "per_line", "auto_rate": 0.0})
+    assert never.training_languages(["zh", None, "en"]) == ["zh", None, "en"]
 
 
 @pytest.mark.parametrize(
@@ -93,3 +92,30 @@ def test_per_line_queries_equal_funasr_encode_with_text_language(monkeypatch):
     assert torch.equal(want_lens - 4, got_lens)
     for row, n in enumerate(lens.tolist()):
         torch.testing.assert_close(got[row, :n], want[row, 4 : 4 + n], rtol=0, atol=1e-5)
+
+
+def test_a_frozen_encoder_still_gets_auto_in_training_steps(tmp_path, monkeypatch):
+    """A frozen encoder runs in eval mode inside a training model: the draw of "auto" follows the model's mode, so
+    the adaptor and LLM still learn the encoder's "auto" output (decoding's for lines without a language)."""
+    from llmasr.config_io import from_dict
+    from llmasr.models.builder import build_model
+    from llmasr.models.config import ModelConfig
+    from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+    enc_dir = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    section = tiny_model_section(write_tiny_llm_dir(tmp_path / "llm"), encoder_dir=enc_dir, freeze_encoder=True)
+    section["encoder"] |= {"type": "sensevoice", "conf": {"queries": {"language": "per_line", "auto_rate": 0.5}}}
+    model = build_model(from_dict(ModelConfig, section, "model")).train()
+    assert model.frozen_branches()[:1] == ["encoder"] and not model.encoder.training
+    seen, forward = [], SenseVoiceEncoderSmall.forward
+    monkeypatch.setattr(SenseVoiceEncoderSmall, "forward", lambda self, xs, lens, langs=None: seen.append(langs) or
+                        forward(self, xs, lens, langs))  # fmt: skip
+    batch = random_batch(model, ["a b"] * 40)
+    batch.languages = ["zh"] * 40
+    torch.manual_seed(0)
+    model(batch)
+    assert 8 < seen[-1].count(None) < 32 and set(seen[-1]) == {None, "zh"}
+    model.eval()(batch)  # validation and decoding: each line's own
+    assert seen[-1] == ["zh"] * 40
