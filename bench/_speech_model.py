@@ -228,7 +228,7 @@ def llmasr_step(model, sb: SyntheticBatch) -> torch.Tensor:
 def reference_step(model, sb: SyntheticBatch) -> torch.Tensor:
     """FunASR LLM-ASR formulation: embed the placeholder sequence, copy each utterance's audio embeddings into its
     slots in a Python loop, then `llm(inputs_embeds=..., labels=...)`: full-vocabulary logits and the model's loss."""
-    _, _, audio, audio_lens = model.encode_audio(sb.batch.feats, sb.batch.feat_lens)
+    _, _, audio, audio_lens = model.encode_audio(sb.batch.feats, sb.batch.feat_lens, sb.batch.languages)
     llm = model.llm
     ref = sb.ref
     embeds = llm.get_input_embeddings()(ref.ids)
