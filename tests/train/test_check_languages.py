@@ -34,3 +34,33 @@ def test_only_a_per_line_sensevoice_recipe_reports():
     assert not per_line_recipe(recipe("sensevoice", {"queries": {"language": "zh"}}))
     assert not per_line_recipe(recipe("sensevoice", {"queries": None}))
     assert not per_line_recipe(recipe("paraformer", {}))
+
+
+def test_check_names_the_lines_without_a_query(tmp_path, capsys):
+    """`llmasr check` on a SenseVoice recipe with per-line language queries: a section per data set, the German
+    lines named as running with "auto" (SenseVoiceSmall has no German query)."""
+    import yaml
+    from check_runner import run_check
+
+    from llmasr.testing.run_dirs import model_section
+    from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+    from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    llm = write_tiny_llm_dir(tmp_path / "llm")
+    enc = write_funasr_dir(tmp_path / "sv", model="SenseVoiceSmall", encoder_conf=tiny_sensevoice_conf())
+    manifest = write_tiny_corpus(tmp_path / "train", n=6)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for line, lang in zip(lines, ["en", "de", "zh", "German", None, "ja"]):
+        line.update({"lang": lang} if lang else {})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    section = model_section(llm, enc)
+    section["encoder"] |= {"type": "sensevoice"}
+    section["encoder"]["conf"]["queries"] = {"language": "per_line"}
+    recipe = tiny_recipe_dict(llm, train=[manifest], output_dir=tmp_path / "run")
+    recipe["model"] = section
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    code, out, _ = run_check(capsys, "--config", str(tmp_path / "r.yaml"), "--deepspeed", "zero2")
+    assert code == 0 and "language queries (model.encoder.conf.queries.language per_line" in out
+    assert f"  data.train {manifest}: en 1, ja 1, zh 1\n" in out
+    assert f"language SenseVoiceSmall has no query for run with 'auto': de 2 (first {manifest}:2)" in out
