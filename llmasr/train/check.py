@@ -365,7 +365,7 @@ def check(
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)
-    lines += language_query_lines(model, plan.loaders)
+    lines += language_query_lines(recipe, plan.loaders)
     if train_loader.own_prompts:  # what "trained on" above is not, for those lines
         lines.append(f"  {own_prompts_text(train_loader.dataset.manifest, train_loader.own_prompts)}")
     decoding = _vad_lines(recipe.decode, model.frontend.sample_rate) + _decode_lines(recipe, model, valid_loader)

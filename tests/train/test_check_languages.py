@@ -64,3 +64,11 @@ def test_check_names_the_lines_without_a_query(tmp_path, capsys):
     assert code == 0 and "language queries (model.encoder.conf.queries.language per_line" in out
     assert f"  data.train {manifest}: en 1, ja 1, zh 1\n" in out
     assert f"language SenseVoiceSmall has no query for run with 'auto': de 2 (first {manifest}:2)" in out
+    recipe["model"]["encoder"]["conf"]["queries"] = {"language": "zh"}  # every line zh's query: the others said
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    code, out, err = run_check(capsys, "--config", str(tmp_path / "r.yaml"), "--deepspeed", "zero2")
+    assert code == 0, err
+    assert (
+        "note: model.encoder.conf.queries.language 'zh' is every line's query, but 2 line(s) name another language "
+        "SenseVoiceSmall has a query for (en 1, ja 1); queries.language per_line gives each line its own" in out
+    )
