@@ -172,3 +172,11 @@ def file_arrives_after(monkeypatch, module, name: str, path: Path, text: str = "
         return result
 
     monkeypatch.setattr(module, name, then_the_file)
+
+
+def older_position(**changes) -> dict:
+    """A sampler position saved mid-epoch as an llmasr before `batches_sha1` and `unusable` wrote it (epoch 2, batch
+    8 of 16 of a 300-line manifest, rank 0 of 2), with `changes`."""
+    position = {"epoch": 2, "batches_yielded": 8, "seed": 0, "world_size": 2, "rank": 0, "num_items": 300,
+                "num_batches": 16, "history": [], "plan": 2}  # fmt: skip
+    return {**position, **changes}

@@ -12,6 +12,7 @@ import pytest
 
 from llmasr.data.batch_cut import unverified
 from llmasr.data.sampler import DynamicBucketSampler
+from llmasr.testing.run_dirs import older_position
 
 
 def reference_plan(s: DynamicBucketSampler, epoch: int) -> tuple[list[list[list[int]]], str]:
@@ -97,17 +98,7 @@ def test_the_keys_an_epoch_trains_count_a_padding_repeat_once_and_no_dropped_bat
 def test_a_position_an_older_llmasr_saved_mid_epoch_is_said_to_be_checked_by_its_count_only():
     """Such a position (no batches_sha1) could count into other batches of the same count, unsaid: the resume
     says so; one at an epoch's start or end, or one with the hash, has nothing to say."""
-    old = {
-        "epoch": 2,
-        "batches_yielded": 8,
-        "seed": 0,
-        "world_size": 2,
-        "rank": 0,
-        "num_items": 300,
-        "num_batches": 16,
-        "history": [],
-        "plan": 2,
-    }  # fmt: skip  (as that llmasr wrote it)
+    old = older_position()  # as that llmasr wrote it
     said = unverified({"sampler": old, "bad_data": []})
     assert said.startswith("data.train: the checkpoint's position (epoch 2, batch 8 of 16) was saved by an older "
                            "llmasr, which kept no hash of the epoch's batches")  # fmt: skip

@@ -22,6 +22,7 @@ from llmasr.data.hotwords import (
 )
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.screen import screen
+from llmasr.testing.run_dirs import older_position
 
 
 @pytest.fixture(autouse=True)
@@ -430,17 +431,7 @@ def test_a_resume_of_a_position_an_older_llmasr_saved_says_the_lists_are_drawn_o
     list at the same epoch differs (32 of 40 lists of the demo's corpus), and that had gone unsaid. Its positions are
     those without `unusable`; a checkpoint at an epoch's end holds none, and lists from a phrase file or the
     manifest's own lists are drawn as before."""
-    old = {
-        "epoch": 2,
-        "batches_yielded": 8,
-        "seed": 0,
-        "world_size": 2,
-        "rank": 0,
-        "num_items": 300,
-        "num_batches": 16,
-        "history": [],
-        "plan": 2,
-    }  # fmt: skip  (as that llmasr wrote it)
+    old = older_position()  # as that llmasr wrote it
     drawn = HotwordsConfig(enable=True)
     said = drawn.redrawn({"sampler": old, "bad_data": []})
     assert said.startswith("data.hotwords: the checkpoint was saved by an older llmasr, which drew the biasing lists' "
