@@ -4,7 +4,7 @@
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
                   [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
-                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N]
+                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N] [--task TEXT] [--language LANG]
 
 What each output file holds, and the decoding options, are the README's (Workflows, 5. Decode; Hotwords).
 
