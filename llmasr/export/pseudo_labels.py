@@ -2,13 +2,14 @@
 jsonl training manifest with the LLM's text as each line's target (noisy-student training on untranscribed audio).
 
 A line is taken from the decoded manifest by results.jsonl's `line` (llmasr.export.pseudo_label_inputs), so its
-audio, span, channel, language, task prompt and biasing list are the ones decoded. A long recording decoded in
-windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its start and end
-in centiseconds): written whole it would be too long to train on, and one unsure window would cost the rest. Left
-out, each counted by its reason: what a gate found no speech in, an empty transcript, one a guard cut (the length
-cap, the repetition stop: a cut text is a wrong label), and with a threshold on decode.confidence's `avg_logprob`
-the utterances or windows below it. With references (a labelled dev set decoded the same way) the report gives the
-error rate of the lines kept against all of them: what the threshold buys.
+audio, span, channel, language, task prompt and biasing list are the ones decoded (a line without its own `prompt`
+or `lang` gets the decode's --task or --language, so that training asks it as the decode did). A long recording
+decoded in windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its
+start and end in centiseconds): written whole it would be too long to train on, and one unsure window would cost the
+rest. Left out, each counted by its reason: what a gate found no speech in, an empty transcript, one a guard cut
+(the length cap, the repetition stop: a cut text is a wrong label), and with a threshold on decode.confidence's
+`avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded the same way) the
+report gives the error rate of the lines kept against all of them: what the threshold buys.
 """
 
 from __future__ import annotations
