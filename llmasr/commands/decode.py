@@ -42,6 +42,7 @@ from llmasr.export.decode_folders import (
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
+from llmasr.models.sensevoice import asked_language
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
 
@@ -78,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--hotwords", metavar="FILE",
         help="biasing list for every line without its own `hotwords` field (UTF-8, one phrase a line; a line's own "
         "list wins, [] included)",
+    )  # fmt: skip
+    p.add_argument(
+        "--task", metavar="TEXT",
+        help="the prompt's task text for every line without its own `prompt` (default: the model's "
+        "model.prompt.task; a line's own wins)",
+    )  # fmt: skip
+    p.add_argument(
+        "--language", metavar="LANG",
+        help="the language query (zh, en, Japanese, <|ko|>; auto: none) of every line without its own `lang`, for a "
+        "SenseVoice encoder with queries.language per_line (a line's own wins; wer.txt groups lines by their own)",
     )  # fmt: skip
     p.add_argument(
         "--hotwords-unprompted", action="store_true",
@@ -160,7 +171,7 @@ def _prepare(args, world: DecodeWorld):
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
              "hotwords_unprompted": args.hotwords_unprompted or None,
-             "hotword_flags": _hotword_flags(args) or None}  # fmt: skip
+             "hotword_flags": _hotword_flags(args) or None, "task": args.task}  # fmt: skip
     if refused := refused_flag(flags, given):
         raise Refused(refused)
     if not world.leader:  # rank 0 says what happens; the others only on trouble
@@ -179,9 +190,10 @@ def _prepare(args, world: DecodeWorld):
         cfg = decode_config(saved, **flags)
         if vad_only := vad_flags_problem(flags, cfg):
             raise DecodeError(vad_only)
-        search_boost(model, cfg, opts)  # refused here, before the model moves to its device
+        given["language"] = asked_language(model, args.language, "--language")  # as Transcriber's language= is
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
-    except (ConfigError, DecodeError) as err:
+        search_boost(model, cfg, opts)  # refused here, before the model moves to its device
+    except (ConfigError, DecodeError, ValueError) as err:
         raise Refused(str(err)) from None
     return model, cfg, opts
 

@@ -107,6 +107,10 @@ class SpeechDataset(Dataset):
     Biasing lists (`hotwords`, the phrases rendered into the item's prompt, and `hotwords_dropped` by the token cap):
     a `hotword_sampler` (training, data.hotwords) picks each item's; without one, the manifest's list is used, else
     `default_hotwords` (decoding's --hotwords file: a line's own list, [] included, wins over it).
+
+    Decoding's defaults for what a line may give itself: `default_task` (--task) is the task of a line without its
+    own `prompt`, `default_language` (--language, a language key) the language query of a line without its own
+    `lang`; the item's `lang` is that query, while decoding's scoring groups lines by their own `lang` alone.
     """
 
     def __init__(
@@ -124,6 +128,8 @@ class SpeechDataset(Dataset):
         hotword_sampler=None,
         default_hotwords: list[str] | None = None,
         prompt_hotwords: bool = True,
+        default_task: str | None = None,
+        default_language: str | None = None,
         trim_leading_silence: bool = False,
         speech_runs: bool = False,
     ):
@@ -143,6 +149,7 @@ class SpeechDataset(Dataset):
         # False: lists are chosen as usual (listed_hotwords) but no prompt renders them: the unbiased baseline
         # that decoding scores against the same lists.
         self.prompt_hotwords = bool(prompt_hotwords)
+        self.default_task, self.default_language = default_task, default_language
         # decoding: an item's leading pause is cut (long_audio.speech_start); its `lead` says by how much
         self.trim_leading_silence = bool(trim_leading_silence)
         # word timestamps: where its speech runs, in the time the model hears it (ctc_align.sound_ends)
@@ -200,7 +207,7 @@ class SpeechDataset(Dataset):
                 return bad("empty target")
             target = target.strip()  # decoding: "" is an empty reference (scored: all insertions), nothing to encode
         spoken = target or None
-        task = task_of(utt)
+        task = task_of(utt, self.default_task)
         try:
             hotwords = self._hotwords(utt, visit, spoken) if self.prompt_hotwords else []
             enc = self.prompt_builder.encode(spoken, task=task, hotwords=hotwords, system=getattr(utt, "system", None))
@@ -239,7 +246,7 @@ class SpeechDataset(Dataset):
             "speech_runs": speech_runs(wave, sr) if self.speech_runs else None,
             "hotwords": list(enc.hotwords),
             "hotwords_dropped": int(enc.hotwords_dropped),
-            "lang": language_of(utt),
+            "lang": language_of(utt) or self.default_language,  # the encoder's query (per-line SenseVoice)
         }
 
     def _audio(self, utt) -> np.ndarray | str:

@@ -99,7 +99,7 @@ def find_fallback(dataset: SpeechDataset, candidates: Iterable[int]):
 def _dataset(
     manifest, frontend: FrontendConfig, data_cfg: DataConfig, *, train: bool, prompt_builder, ctc=None, device=None,
     hotword_sampler=None, default_hotwords=None, prompt_hotwords: bool = True, trim_leading_silence: bool = False,
-    speech_runs: bool = False,
+    speech_runs: bool = False, task: str | None = None, language: str | None = None,
 ):  # fmt: skip
     b = data_cfg.batching
     return SpeechDataset(
@@ -115,6 +115,8 @@ def _dataset(
         hotword_sampler=hotword_sampler,
         default_hotwords=default_hotwords,
         prompt_hotwords=prompt_hotwords,
+        default_task=task,
+        default_language=language,
         trim_leading_silence=trim_leading_silence,
         speech_runs=speech_runs,
     )
@@ -289,6 +291,7 @@ def build_decode_loader(
     max_bad_fraction: float, name: str, features_on: str = "auto", device=None, hotwords: list[str] | None = None,
     prompt_hotwords: bool = True, windows: WindowRules | None = None, rank: int = 0, world_size: int = 1,
     gather=None, trim_leading_silence: bool = False, speech_runs: bool = False, llm_rows=None, quiet_bad: bool = False,
+    task: str | None = None, language: str | None = None,
 ) -> SpeechDataLoader:  # fmt: skip
     """The validation loader over one manifest, for decoding: every line is batched once, in an eval-mode
     SpeechDataset; batches are cut from one duration-sorted window over the whole manifest (no buckets, no
@@ -299,9 +302,11 @@ def build_decode_loader(
     lines whose audio header cannot be read, then the ones loading rejects; `quiet_bad`: none logged), and the
     caller checks max_bad_fraction at the end. An all-bad batch becomes a batch of no rows (no rank waits on another).
     `hotwords`: the list of every line that has no `hotwords` field of its own; `prompt_hotwords` False: no
-    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `windows`: utterances the
-    rules cut are decoded in windows, each an item of its own, and the ones a VAD gate silences get an empty
-    transcript (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest; llmasr.data.window_plan).
+    prompt renders the lists (`dataset.listed_hotwords` still gives them, for scoring). `task`, `language`: the task
+    and language query of every line without its own `prompt`, `lang` (decode --task, --language). `windows`:
+    utterances the rules cut are decoded in windows, each an item of its own, and the ones a VAD gate silences get
+    an empty transcript (`loader.dataset.manifest` is then a llmasr.data.windowed.WindowedManifest;
+    llmasr.data.window_plan).
     `rank` of `world_size`: the sampler's share of the same plan (llmasr.export.decode_world); with `gather` (obj ->
     every rank's obj) the ranks also share the header probes of lines without a duration and reading the audio the
     window rules hear, `num_workers` processes each.
@@ -341,7 +346,7 @@ def build_decode_loader(
     dataset = _dataset(
         manifest, frontend, data_cfg, train=False, prompt_builder=prompt_builder, device=device,
         default_hotwords=hotwords, prompt_hotwords=prompt_hotwords, trim_leading_silence=trim_leading_silence,
-        speech_runs=speech_runs,
+        speech_runs=speech_runs, task=task, language=language,
     )  # fmt: skip
     collator = Collator(prompt_builder.pad_id, no_rows=True)
     loader = _speech_loader(dataset, sampler, collator, data_cfg, tracker, device=device)

@@ -141,10 +141,11 @@ def language_of(utt) -> str | None:
     return None if lang is None else language_key(lang)
 
 
-def task_of(utt) -> str | None:
-    """A line's own task prompt, None where it gives none or a blank one (the recipe's task is then rendered)."""
+def task_of(utt, default: str | None = None) -> str | None:
+    """A line's own task prompt, else `default` (decoding's --task), None where neither gives one or the line's is
+    blank and there is no default (the recipe's task is then rendered)."""
     task = getattr(utt, "prompt", None)
-    return task if isinstance(task, str) and task.strip() else None
+    return task if isinstance(task, str) and task.strip() else default
 
 
 def audio_reason(err, utt) -> str:

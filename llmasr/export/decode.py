@@ -4,7 +4,7 @@
                   --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
                   [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
                   [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
-                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N]
+                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N] [--task TEXT] [--language LANG]
 
 What each output file holds, and the decoding options, are the README's (Workflows, 5. Decode; Hotwords).
 
@@ -62,6 +62,7 @@ from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_nam
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
 from llmasr.models.llm import DTYPES
+from llmasr.models.sensevoice import asked_language
 from llmasr.run_dir import CheckpointError
 from llmasr.train.decode_rows import DecodeRows, over_budget
 
@@ -87,6 +88,10 @@ class DecodeOptions:
     # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
     # decode.max_window_seconds unset means this. None: unknown.
     training_max_seconds: float | None = None
+    # --task: the task of every line without its own `prompt`; --language: the language query (a language key) of
+    # every line without its own `lang` (a line's `lang` stays its label in wer.txt's groups). A line's own wins.
+    task: str | None = None
+    language: str | None = None
     # False: bad lines are not logged, the caller names each by what its user gave (Transcriber: the audio, not the
     # line of the manifest it wrote for it in a folder gone by then)
     log_bad_lines: bool = True
@@ -98,6 +103,8 @@ class DecodeOptions:
             raise ConfigError(f"max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
         if self.features_on not in ("worker", "device", "auto"):
             raise ConfigError(f"features_on: expected worker, device or auto, got {self.features_on!r}")
+        if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
+            raise ConfigError(f"task: the prompt's task text, got {self.task!r}; leave it out for the model's")
 
 
 class DecodeError(RuntimeError):
@@ -131,7 +138,7 @@ def window_limit(
     manifest = Manifest.open(manifest, need_target=False) if isinstance(manifest, (str, Path)) else manifest
     every = bool(cfg.max_llm_tokens)  # decode_loader's budget counts every line
     prompt_tokens, said = decoding_prompt(
-        model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines, every=every
+        model.prompt, opts.hotwords, manifest, lists=lists, given=given, counted=lines, every=every, task=opts.task
     )
     checked = limit or held  # never split (0) under Whisper: no utterance the encoder takes is longer than its chunk
     try:
@@ -160,7 +167,8 @@ def window_limit(
 def line_prompts(model, opts: DecodeOptions, world: DecodeWorld = SOLO) -> LinePrompts:
     """What counts the manifest lines' prompts for both window_limit and decode_loader's budget (each line once; on
     N ranks each counts its share and they gather them)."""
-    return LinePrompts(model.prompt, opts.hotwords, not opts.hotwords_unprompted, world if world.size > 1 else None)
+    ranks = world if world.size > 1 else None
+    return LinePrompts(model.prompt, opts.hotwords, not opts.hotwords_unprompted, ranks, task=opts.task)
 
 
 def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
@@ -194,6 +202,10 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
             "model.ctc.weight 0)"
         )
     cfg.gate(has_head)
+    try:  # a language the encoder cannot be asked: every line without its own would run with "auto"
+        asked_language(model, opts.language)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     window_limit(model, cfg, opts, quiet=True)
     if cfg.vad is not None:
         speech_segmenter(cfg, model.frontend.sample_rate)
@@ -216,7 +228,8 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         limit or math.inf, cfg.window_overlap, cfg.window_split_pause, from_speech=cfg.trim_leading_silence,
         speech_segments=segments, gate=gate, merge_seconds=cfg.vad_merge_seconds,
     )  # fmt: skip
-    rows = DecodeRows(model, cfg, opts.hotwords, not opts.hotwords_unprompted, lines) if cfg.max_llm_tokens else None
+    prompted = not opts.hotwords_unprompted
+    rows = DecodeRows(model, cfg, opts.hotwords, prompted, lines, opts.task) if cfg.max_llm_tokens else None
     name = f"decode {Path(manifest_path).name}"
     loader = build_decode_loader(
         manifest_path, model.frontend, prompt_builder=model.prompt, batch_seconds=cfg.batch_seconds, name=name,
@@ -224,7 +237,7 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
         device=device, hotwords=opts.hotwords, prompt_hotwords=not opts.hotwords_unprompted,
         windows=rules if limit > 0 or gate else None, rank=world.rank, world_size=world.size, gather=world.gather,
         trim_leading_silence=cfg.trim_leading_silence, speech_runs=cfg.timestamps, llm_rows=rows,
-        quiet_bad=not opts.log_bad_lines,
+        quiet_bad=not opts.log_bad_lines, task=opts.task, language=opts.language,
     )  # fmt: skip
     loader.over_llm_budget = over_budget(loader, cfg, name, say=world.leader)
     return loader
@@ -292,6 +305,7 @@ def decode_manifest(
         no_speech=sum(bool(r.get("no_speech")) and not r.get("ctc_gated") for r in rows),
         vad_merge_seconds=cfg.vad_merge_seconds,
         max_llm_tokens=cfg.max_llm_tokens, over_llm_budget=loader.over_llm_budget,
+        task=opts.task, language=opts.language,  # asked of the lines without their own `prompt`, `lang`
     )  # fmt: skip
     if any(r["ref"] is None for r in rows):  # transcribed, not scored: a transcript the lines give by another name?
         found["target_stand_in"] = target_stand_in(manifest)

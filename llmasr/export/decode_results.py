@@ -90,6 +90,15 @@ def _counts(found: dict, n_utts: int) -> str:
     )
 
 
+def _asked_line(found: dict) -> str | None:
+    """How the lines without their own `prompt` / `lang` were asked (decode --task, --language), None where neither
+    was given: a decode folder says what it was asked as well as what it found."""
+    asked = [f"task {found['task']!r} for the lines without their own `prompt`"] if found.get("task") else []
+    if found.get("language"):
+        asked.append(f"language {found['language']} for the lines without their own `lang`")
+    return f"asked: {'; '.join(asked)}" if asked else None
+
+
 def _budget_line(found: dict) -> str:
     """decode.max_llm_tokens, and the items that passed it alone (decoded alone)."""
     over = found.get("over_llm_budget") or []
@@ -187,6 +196,8 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         f"mode {timing['mode']}: audio {audio:.1f} s, decoding {took:.1f} s{_plan_text(summary)}, "
         f"{_speed_text(summary)} (device {timing['device']}{_ranks(timing)})",
     ]
+    if line := _asked_line(found):
+        text.append(line)
     _add_languages(summary, text, rows, "hyp", cfg.metric)
     if line := confidence_summary(summary, rows, cfg.metric):
         text.append(line)
@@ -235,6 +246,8 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
         _counts(found, len(rows)),
         f"audio {audio:.1f} s; the CTC head read the encoder output of the LLM pass (device {timing['device']})",
     ]
+    if line := _asked_line(found):  # the language query reaches the encoder, so the CTC branch too
+        text.append(line)
     _add_languages(summary, text, rows, "ctc_hyp", cfg.metric)
     if "windows" in found:
         text.append(_windows_line(found, len(rows)))

@@ -2,13 +2,14 @@
 jsonl training manifest with the LLM's text as each line's target (noisy-student training on untranscribed audio).
 
 A line is taken from the decoded manifest by results.jsonl's `line` (llmasr.export.pseudo_label_inputs), so its
-audio, span, channel, language, task prompt and biasing list are the ones decoded. A long recording decoded in
-windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its start and end
-in centiseconds): written whole it would be too long to train on, and one unsure window would cost the rest. Left
-out, each counted by its reason: what a gate found no speech in, an empty transcript, one a guard cut (the length
-cap, the repetition stop: a cut text is a wrong label), and with a threshold on decode.confidence's `avg_logprob`
-the utterances or windows below it. With references (a labelled dev set decoded the same way) the report gives the
-error rate of the lines kept against all of them: what the threshold buys.
+audio, span, channel, language, task prompt and biasing list are the ones decoded (a line without its own `prompt`
+or `lang` gets the decode's --task or --language, so that training asks it as the decode did). A long recording
+decoded in windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its
+start and end in centiseconds): written whole it would be too long to train on, and one unsure window would cost the
+rest. Left out, each counted by its reason: what a gate found no speech in, an empty transcript, one a guard cut
+(the length cap, the repetition stop: a cut text is a wrong label), and with a threshold on decode.confidence's
+`avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded the same way) the
+report gives the error rate of the lines kept against all of them: what the threshold buys.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import missing_hint
+from llmasr.data.records import language_of, missing_hint, task_of
 from llmasr.export.pseudo_label_inputs import (
     RESULTS,
     PseudoLabelError,
@@ -42,6 +43,9 @@ REASONS = {
     "truncated": "cut by a guard (length cap, repetition stop)",
     "low_confidence": "avg_logprob below the threshold",
 }
+
+# the decode's flag (its wer.json key) -> the line field it stood for where a line gave none of its own
+FIELDS = {"task": "prompt", "language": "lang"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,10 @@ class PseudoLabels:
     part_kept: int = 0  # scored lines decoded in windows of which some windows were left out
     hotwords_file: str | None = None  # the decode's --hotwords FILE, the list of lines without their own
     file_listed: int = 0  # kept lines decoded with it, which their training lines do not carry
+    # the decode's --task / --language (wer.json), written as the `prompt` / `lang` of kept lines without their own,
+    # so that training asks each line as the decode did
+    asked: dict = field(default_factory=dict)
+    asked_lines: int = 0  # kept lines given one of them
 
     def report(self, filt: LabelFilter) -> str:
         offered = plural(self.offered, "line" if self.windowed else "decoded line")
@@ -117,6 +125,9 @@ class PseudoLabels:
                 f"{self.hotwords_file}'s list (none of {'its' if one else 'their'} own), which the training lines do "
                 "not carry: give it to training as a line's `hotwords`, or let data.hotwords draw lists"
             )
+        if self.asked_lines:
+            given = " and ".join(f"--{k} {v!r} as `{FIELDS[k]}`" for k, v in self.asked.items())
+            lines.append(f"  {plural(self.asked_lines, 'kept line')} without its own carry the decode's {given}")
         if self.rate_all is not None:
             part = (
                 f" ({plural(self.part_kept, 'recording')} kept in part, in neither: a window has no reference of its "
@@ -147,6 +158,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
     got.hotwords_file = summary.get("hotwords_file")
+    got.asked = {k: summary[k] for k in FIELDS if summary.get(k)}
     written, scored, whole, missing, keys = [], [], [], [], {}
     for n, row in enumerate(rows, start=1):
         where = f"{decoded / RESULTS}:{n}"
@@ -170,7 +182,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         if kept and not os.path.isfile(utt.source):  # read by the decode, not from here: a training line of no audio
             missing.append(utt)
         for piece in kept:
-            line = _training_line(utt, piece, end)
+            line = _training_line(utt, piece, end, got.asked)
             if line["key"] in keys:  # a window's KEY-START-END that a decoded line of its own is keyed
                 raise PseudoLabelError(
                     f"{where}: training line key {line['key']!r} is {keys[line['key']]}'s as well: rename one of "
@@ -183,6 +195,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
         got.kept += len(kept)
         if kept:
             got.file_listed += bool(got.hotwords_file) and utt.hotwords is None
+            got.asked_lines += any(not _own(utt, FIELDS[k]) for k in got.asked)
     if scored:
         got.rate_all = _rate(scored)
         got.rate_kept = _rate(whole) or "no line with a reference"
@@ -222,9 +235,10 @@ def _pieces(row: dict) -> list[dict]:
     ]  # fmt: skip
 
 
-def _training_line(utt, piece: dict, end: float | None) -> dict:
+def _training_line(utt, piece: dict, end: float | None, asked: dict) -> dict:
     """A FunASR jsonl line: the decoded line's audio (`end`: its span's, as decoded_end) and fields, the LLM's
-    text as its target; for a window (_pieces) the window's span of it, keyed by its start and end."""
+    text as its target; for a window (_pieces) the window's span of it, keyed by its start and end. `asked`: the
+    decode's {"task", "language"} given, the `prompt` / `lang` of a line without its own."""
     line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": piece["hyp"]}
     if piece.get("window") is None:
         line["duration"] = round(float(piece["duration"]), 4)
@@ -240,7 +254,15 @@ def _training_line(utt, piece: dict, end: float | None) -> dict:
     for name in ("channel", "lang", "prompt", "hotwords", "system"):
         if getattr(utt, name) is not None:
             line[name] = getattr(utt, name)
+    for flag, name in FIELDS.items():
+        if flag in asked and not _own(utt, name):
+            line[name] = asked[flag]
     return line
+
+
+def _own(utt, name: str) -> bool:
+    """Whether the line gives its own `prompt` / `lang`, as decoding read it (a blank prompt is none)."""
+    return (task_of(utt) if name == "prompt" else language_of(utt)) is not None
 
 
 def _rate(rows: list[dict]) -> str | None:

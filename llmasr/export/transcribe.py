@@ -28,14 +28,13 @@ import soundfile as sf
 
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
-from llmasr.data.languages import language_key
 from llmasr.data.records import phrase_text
 from llmasr.data.windowed import utterance_rows
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
-from llmasr.models.sensevoice import LANGUAGES
+from llmasr.models.sensevoice import asked_language
 
 log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
@@ -147,8 +146,10 @@ class Transcriber:
         if sample_rate is None and waves:  # the call's fault, not a clip's (a clip of neither kind is named as such)
             raise TranscribeError(f"waveform {waves[0]}: a waveform needs its sample_rate (Hz)")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
-            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp), task, language)
-            opts = dataclasses.replace(self.opts, hotwords=None if hotwords is None else list(hotwords))
+            names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
+            # the call's task and language reach every clip as decode's --task and --language reach a line
+            hotwords = None if hotwords is None else list(hotwords)
+            opts = dataclasses.replace(self.opts, hotwords=hotwords, task=task, language=language)
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
             rows = []
@@ -173,13 +174,11 @@ class Transcriber:
         return [out[i] for i in range(len(names))]
 
 
-def _manifest(
-    audio: list, sample_rate, tmp: Path, task: str | None = None, language: str | None = None
-) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
+def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:
     """The clips' names, a manifest of them in `tmp` (waveforms written there as float wav files) keyed by
-    position, each line with `task` as its own prompt and `language` as its `lang` where given, the clips left out
-    of it ({position: why}: a file missing or a directory, a waveform that is not one), and the links in `tmp` the
-    manifest reads a clip through ({position: link})."""
+    position, the clips left out of it ({position: why}: a file missing or a directory, a waveform that is not
+    one), and the links in `tmp` the manifest reads a clip through ({position: link}). A call's task and language
+    are decode's (DecodeOptions), not written into the lines."""
     names, lines, missing, links = [], [], {}, {}
     for i, clip in enumerate(audio):
         if isinstance(clip, PATHS):
@@ -202,35 +201,18 @@ def _manifest(
                 missing[i] = str(err).removeprefix(f"{names[-1]}: ")
                 continue
             sf.write(source, wave, int(sample_rate), subtype="FLOAT")
-        line = {"key": str(i), "source": source, **({"prompt": task} if task is not None else {})}
-        line.update({"lang": language} if language is not None else {})
-        lines.append(json.dumps(line))
+        lines.append(json.dumps({"key": str(i), "source": source}))
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing, links
 
 
 def _language(model, language) -> str | None:
-    """`language` as the lines' `lang` (None for "auto"), refused where the model reads none or SenseVoice has no
-    query for it: a clip would run with "auto" whatever was asked."""
-    if language is None:
-        return None
-    if not isinstance(language, str) or language_key(language) is None:
-        raise TranscribeError(f"language: a language code or name (zh, en, Japanese), got {language!r}")
-    if not model.per_line_language:
-        queries = getattr(model.encoder, "query_ids", None)
-        held = "" if queries is None else " (its queries.language is fixed by the recipe it was trained with)"
-        raise TranscribeError(
-            f"language {language!r}: this model's encoder reads no language{held}; a SenseVoice encoder with "
-            "model.encoder.conf.queries.language per_line takes one"
-        )
-    key = language_key(language)
-    if key not in LANGUAGES:
-        raise TranscribeError(
-            f"language {language!r}: SenseVoiceSmall has a query for {', '.join(sorted(LANGUAGES))}, not {key!r}; "
-            "leave it out (or give auto) for SenseVoice's own language identification"
-        )
-    return None if key == "auto" else key
+    """`language` as the clips' query (None for "auto"), TranscribeError where the model cannot take it."""
+    try:
+        return asked_language(model, language)
+    except ValueError as err:
+        raise TranscribeError(str(err)) from None
 
 
 def _check_rate(sample_rate) -> None:

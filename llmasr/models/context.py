@@ -83,8 +83,9 @@ def capped_list_tokens(prompt) -> int | None:
 
 
 def decoding_prompt(
-    prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "", counted=None, every: bool = False
-) -> tuple[int, str]:
+    prompt, hotwords=None, manifest=None, *, lists: bool = True, given: str = "", counted=None, every: bool = False,
+    task: str | None = None,
+) -> tuple[int, str]:  # fmt: skip
     """(the most tokens a decode prompt takes, what gives it: "" for the plain prompt) of `prompt` (a PromptBuilder):
     the plain prompt or, with `hotwords` (`given`: where they come from), that list's; with `manifest` each line's
     own list, task and system message as it renders (named by its line), else a line's own list at the cap
@@ -92,11 +93,12 @@ def decoding_prompt(
     one, `hotwords`' included (and the template's): only lines whose bytes could pass the most found are read.
     `counted`: the LinePrompts (of `prompt`, `hotwords` and `lists`) that keeps the lines' counts for decoding's
     budget, so that start-up reads each line once. `every`: that budget counts every line anyway, so they are all
-    counted in one call (on N ranks, one gather of their shares) rather than in rounds that stop early."""
-    plain = len(prompt.encode(None).ids)
+    counted in one call (on N ranks, one gather of their shares) rather than in rounds that stop early. `task`: the
+    task of every line without its own (decode --task), the plain prompt's."""
+    plain = len(prompt.encode(None, task=task).ids)
     most, said = plain, ""
     if lists and hotwords:
-        n = len(prompt.encode(None, hotwords=hotwords).ids)
+        n = len(prompt.encode(None, task=task, hotwords=hotwords).ids)
         most, said = (n, given or "the biasing list") if n > plain else (most, said)
     if lists and manifest is None and (cap := capped_list_tokens(prompt)) is not None and plain + cap > most:
         most, said = (
@@ -108,9 +110,11 @@ def decoding_prompt(
     from llmasr.models.line_prompts import CHUNK, GIVES, LinePrompts
 
     if counted is None:
-        counted = LinePrompts(prompt, hotwords, lists)
-    elif not counted.agrees(prompt, hotwords, lists):
-        raise ValueError("decoding_prompt: `counted` counts the lines under another prompt builder, list or `lists`")
+        counted = LinePrompts(prompt, hotwords, lists, task=task)
+    elif not counted.agrees(prompt, hotwords, lists, task):
+        raise ValueError(
+            "decoding_prompt: `counted` counts the lines under another prompt builder, list, `lists` or task"
+        )
     sizes = np.asarray(manifest.line_bytes(), dtype=np.int64)
     base, seams = most, 6 + len(prompt.hotwords_template.encode())  # a line's fields replace or join `hotwords`'
     order, found, stop = np.argsort(-sizes, kind="stable"), None, False

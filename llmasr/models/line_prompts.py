@@ -27,10 +27,12 @@ SEEN = 1 << 16  # prompts a call remembers (a list a line owns is seldom another
 class LinePrompts:
     """The decode prompt tokens of manifest lines under `prompt` (a PromptBuilder): a line's own biasing list, else
     `hotwords` (the --hotwords list); no list at all when `lists` is False (the lists are scored, not prompted).
-    `world`: the decoding ranks that share the counting (line_share, merge_lines); None: this process counts all."""
+    `world`: the decoding ranks that share the counting (line_share, merge_lines); None: this process counts all.
+    `task`: the task of every line without its own `prompt` (decode --task)."""
 
-    def __init__(self, prompt, hotwords=None, lists: bool = True, world=None):
+    def __init__(self, prompt, hotwords=None, lists: bool = True, world=None, task: str | None = None):
         self.prompt, self.hotwords, self.lists = prompt, list(hotwords or ()), bool(lists)
+        self.task = task
         self.world = world
         self._found: dict = {}  # manifest key -> (tokens int64 [N], -1 where not counted yet; fields uint8 [N])
 
@@ -39,9 +41,10 @@ class LinePrompts:
         """How many ranks share a call's counting."""
         return 1 if self.world is None else self.world.size
 
-    def agrees(self, prompt, hotwords, lists: bool) -> bool:
-        """Whether these counts are the ones `prompt`, `hotwords` and `lists` give."""
-        return self.prompt is prompt and self.hotwords == list(hotwords or ()) and self.lists == bool(lists)
+    def agrees(self, prompt, hotwords, lists: bool, task: str | None = None) -> bool:
+        """Whether these counts are the ones `prompt`, `hotwords`, `lists` and `task` give."""
+        same = self.prompt is prompt and self.hotwords == list(hotwords or ()) and self.lists == bool(lists)
+        return same and self.task == task
 
     def counts(self, manifest, lines) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, fields) of `manifest`'s `lines` (indices): tokens as PromptBuilder.encode renders the line, 0
@@ -90,6 +93,7 @@ class LinePrompts:
             task, system = task_of(utt), getattr(utt, "system", None)
             own = self.lists and getattr(utt, "hotwords", None) is not None
             fields[i] = (task is not None) | (system is not None) << 1 | own << 2
+            task = task if task is not None else self.task
             listed = given_hotwords(utt, self.hotwords) if self.lists else ()
             asked.setdefault((task, system, tuple(listed)), []).append(i)
         new = [how for how in asked if how not in seen]

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
+from llmasr.data.languages import language_key
 from llmasr.errors import nearest_hint
 from llmasr.models.attention_kernels import key_padding_bias
 from llmasr.models.sanm import (
@@ -107,6 +108,31 @@ def language_query(language: str | None) -> str:
     """The query a line's language key (llmasr.data.languages.language_key) gets: its own where SenseVoiceSmall has
     one, else "auto" (no language, or one it has no query for: llmasr check names those lines)."""
     return language if language in LANGUAGES else "auto"
+
+
+def asked_language(model, language, setting: str = "language") -> str | None:
+    """`language` asked of every line without its own `lang` (decode --language, Transcriber's language=) as a
+    language key (None for "auto": SenseVoice's own identification); ValueError naming `setting` where it is no
+    language, where `model`'s encoder reads none, or where SenseVoiceSmall has no query for it: a line would run with
+    "auto" whatever was asked."""
+    if language is None:
+        return None
+    key = language_key(language) if isinstance(language, str) else None
+    if key is None:
+        raise ValueError(f"{setting}: a language code or name (zh, en, Japanese), got {language!r}")
+    if not model.per_line_language:
+        queries = getattr(model.encoder, "query_ids", None)
+        held = "" if queries is None else " (its queries.language is fixed by the recipe it was trained with)"
+        raise ValueError(
+            f"{setting} {language!r}: this model's encoder reads no language{held}; a SenseVoice encoder with "
+            "model.encoder.conf.queries.language per_line takes one"
+        )
+    if key not in LANGUAGES:
+        raise ValueError(
+            f"{setting} {language!r}: SenseVoiceSmall has a query for {', '.join(sorted(LANGUAGES))}, not {key!r}; "
+            "leave it out (or give auto) for SenseVoice's own language identification"
+        )
+    return None if key == "auto" else key
 
 
 # encoder_conf keys FunASR's class takes and never reads: (value it would mean nothing unusual with, ...).

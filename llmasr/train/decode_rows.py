@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class DecodeRows:
     """Counts the LLM positions of a decoding loader's items (`model`: a SpeechLLM, or anything with .frontend,
     .encoder, .adaptor and .prompt; `cfg`: the DecodeConfig; `hotwords`: the list of every line without its own;
-    `prompted`: whether prompts render the lists; `lines`: a LinePrompts of them)."""
+    `prompted`: whether prompts render the lists; `lines`: a LinePrompts of them; `task`: the task of every line
+    without its own, decode --task)."""
 
     model: object
     cfg: object
@@ -42,11 +43,12 @@ class DecodeRows:
     prompted: bool = True
     # the lines' prompt counts, shared with decoding_prompt (start-up reads each line once); made where not given
     lines: LinePrompts | None = None
+    task: str | None = None
 
     def __post_init__(self):
         if self.lines is None:
-            self.lines = LinePrompts(self.model.prompt, self.hotwords, self.prompted)
-        elif not self.lines.agrees(self.model.prompt, self.hotwords, self.prompted):
+            self.lines = LinePrompts(self.model.prompt, self.hotwords, self.prompted, task=self.task)
+        elif not self.lines.agrees(self.model.prompt, self.hotwords, self.prompted, self.task):
             raise ValueError("DecodeRows: `lines` counts prompts under another prompt builder, list or `prompted`")
 
     @property

@@ -174,6 +174,15 @@ def test_two_ranks_write_what_one_process_writes(exported_dir, manifest, tmp_pat
     assert len((tmp_path / "two" / "hyp.txt").read_text().splitlines()) == len(TEXTS) + 1
 
 
+def test_two_ranks_with_a_task_for_the_lines_write_what_one_process_writes(exported_dir, manifest, tmp_path):
+    """decode --task: each rank renders and counts (window, budget) every line's prompt with it."""
+    got = two_ranks_write_what_one_process_writes(
+        exported_dir, manifest, tmp_path, "--batch-seconds", "1.6", "--max-llm-tokens", "150", "--max-new-tokens",
+        "5", "--max-bad-fraction", "0.5", "--max-window-seconds", "2.5", "--task", "语音转写：", "--confidence",
+    )  # fmt: skip
+    assert got["task"] == "语音转写：" and got["split"] == 1
+
+
 def test_the_two_tasks_of_an_srun_step_write_what_one_process_writes(exported_dir, manifest, tmp_path):
     """A batch script's `srun python -m llmasr decode ...` (2 tasks, MASTER_ADDR / MASTER_PORT exported): one decode
     of 2 ranks, rank 0 writing the files one process writes, not two whole decodes into one folder."""

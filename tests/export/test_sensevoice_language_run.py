@@ -2,7 +2,8 @@
 trains on lines in several languages, each line's `lang` reaching the encoder as its row's query (training,
 validation); the export records the setting; decoding its dev set gives each line its own language, as validation
 did (the teacher-forced loss of the run's checkpoint equals the exported model's on the same batches), and
-`Transcriber(language=...)` gives a file the query a line of that language gets."""
+`Transcriber(language=...)` gives a file the query a line of that language gets, as `llmasr decode --language`
+gives every line without its own `lang` (scored in no language group: its `lang` is its reference label)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from llmasr.commands.data_pseudo_label import main as pseudo_main
+from llmasr.commands.decode import main as decode_main
+from llmasr.data.manifest import Manifest
 from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
 from llmasr.export.export import export_model
 from llmasr.export.transcribe import TranscribeError, Transcriber
@@ -52,7 +56,7 @@ def languages_seen(monkeypatch):
     return seen
 
 
-def test_per_line_languages_train_export_decode(tmp_path, languages_seen):
+def test_per_line_languages_train_export_decode(tmp_path, languages_seen, capsys):
     from llmasr.testing.tiny_llm import write_tiny_llm_dir
 
     llm_dir = write_tiny_llm_dir(tmp_path / "llm")
@@ -125,3 +129,28 @@ def test_per_line_languages_train_export_decode(tmp_path, languages_seen):
     seen = [lang for langs in languages_seen for lang in langs]
     assert [r["windows"] for r in rows] == [seen.count("ja"), seen.count("en")] and rows[0]["windows"] > 1
     assert train_keys  # the train lines' languages were those seen above
+
+    # decode --language: the query of every line without its own `lang`, each window of a long one included
+    languages_seen.clear()
+    args = ["--model", str(out), "--num-workers", "0", "--language", "en"]
+    assert decode_main([*args, "--data", str(dev), "--output", str(tmp_path / "en")]) == 0
+    assert {lang for langs in languages_seen for lang in langs} == set(KEYS) - {None}  # the line of none: "en"
+    rows = [json.loads(line) for line in (tmp_path / "en" / "results.jsonl").read_text().splitlines()]
+    (bare,) = [r for r in rows if keys[r["key"]] is None]
+    assert asr(str(wav[bare["key"]]), language="en") == bare["hyp"]
+    summary = json.loads((tmp_path / "en" / "wer.json").read_text())
+    assert summary["language"] == "en" and summary["by_language"]["en"]["utterances"] == 1  # line 0's own alone
+    assert "asked: language en for the lines without their own `lang`" in (tmp_path / "en" / "wer.txt").read_text()
+    (tmp_path / "bare.jsonl").write_text("".join(line.replace(', "lang": "en"', "") + "\n" for line in lines[1:]))
+    languages_seen.clear()
+    flags = ["--max-window-seconds", "2", "--window-overlap", "0.5"]
+    assert decode_main([*args, *flags, "--data", str(tmp_path / "bare.jsonl"), "--output", str(tmp_path / "w")]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
+    assert row["windows"] > 1 and [lang for langs in languages_seen for lang in langs] == ["en"] * row["windows"]
+    capsys.readouterr()
+    assert pseudo_main([str(tmp_path / "en"), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    labels = {u.key: u.lang for u in Manifest.open(tmp_path / "pl.jsonl")}
+    own = {r["key"]: r.get("lang", "en") for r in map(json.loads, dev.read_text().splitlines())}  # "en": none own
+    assert labels and labels == {k: own[k] for k in labels} and (bare["key"] in labels or not bare["hyp"].strip())
+    assert decode_main([*args[:-1], "German", "--data", str(dev), "--output", str(tmp_path / "de")]) == 2
+    assert "--language 'German': SenseVoiceSmall has a query for auto, en, " in capsys.readouterr().err

@@ -77,8 +77,9 @@ def builders(tokenizer, refusing) -> list[PromptBuilder]:
     return [PromptBuilder(tokenizer), capped, refusing]
 
 
-def reference(prompt, hotwords, lists: bool, manifest) -> list[int]:
-    """Every line read and its prompt encoded, one by one (0: a bad line, or one that cannot render)."""
+def reference(prompt, hotwords, lists: bool, manifest, task: str | None = None) -> list[int]:
+    """Every line read and its prompt encoded, one by one (0: a bad line, or one that cannot render); `task`: that of
+    the lines without their own (decode --task)."""
     out = []
     for i in range(len(manifest)):
         try:
@@ -88,7 +89,7 @@ def reference(prompt, hotwords, lists: bool, manifest) -> list[int]:
             continue
         listed = given_hotwords(utt, hotwords) if lists else []
         try:
-            out.append(len(prompt.encode(None, task=task_of(utt), hotwords=listed, system=utt.system).ids))
+            out.append(len(prompt.encode(None, task=task_of(utt, task), hotwords=listed, system=utt.system).ids))
         except ValueError:
             out.append(0)
     return out
@@ -166,6 +167,23 @@ def test_decoding_prompt_finds_what_the_line_by_line_walk_found(builders, manife
         else:
             assert said.startswith(f"{manifest.path}:{manifest.lineno(line)} (key {manifest[line].key})'s ")
         assert decoding_prompt(prompt, hotwords, manifest, lists=lists) == (got, said)  # a LinePrompts of its own
+
+
+def test_a_task_for_the_lines_without_their_own_is_counted_as_the_dataset_renders_it(builders, manifest):
+    """decode --task: a line without its own `prompt` (a blank one included) renders the task given, so the window
+    that fits the context and the budget count it; a line's own prompt wins."""
+    task = "Write down every word said in this recording, exactly as it is spoken, numbers spelled out."
+    for prompt in builders:
+        want = reference(prompt, None, True, manifest, task)
+        counted = LinePrompts(prompt, None, True, task=task)
+        assert counted.counts(manifest, np.arange(len(manifest)))[0].tolist() == want
+        assert want != reference(prompt, None, True, manifest)  # the task moves the counts
+        assert decoding_prompt(prompt, None, manifest, counted=counted, task=task)[0] == max(want)
+        with pytest.raises(ValueError, match="another prompt builder, list, `lists` or task"):
+            decoding_prompt(prompt, None, manifest, counted=counted)
+    rows = DecodeRows(SimpleNamespace(prompt=builders[0]), SimpleNamespace(), task=task)
+    assert rows.prompts(manifest, np.arange(len(manifest))).tolist() == reference(builders[0], None, True, manifest,
+                                                                                   task)  # fmt: skip
 
 
 def test_decode_rows_counts_a_window_as_its_line_and_refuses_other_counts(builders, manifest):
