@@ -31,13 +31,11 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr import errors
 from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.data.config import DataConfig
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
@@ -49,6 +47,7 @@ from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
 from llmasr.export.decode_folders import clear_for_decode
+from llmasr.export.decode_options import DecodeError, DecodeOptions
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.merge import ExportError, as_exported
@@ -68,47 +67,6 @@ from llmasr.train.decode_rows import DecodeRows, over_budget
 
 log = logging.getLogger(__name__)
 SOLO = DecodeWorld()  # one process decodes everything
-
-
-@dataclass
-class DecodeOptions:
-    """What a decoding run needs besides its DecodeConfig."""
-
-    num_workers: int = 2  # data loader workers
-    max_bad_fraction: float = DataConfig.max_bad_fraction  # fail (after writing the outputs) above this
-    ctc: bool = False  # also write the CTC branch's greedy transcripts to HYP_DIR/ctc/
-    features_on: str = "auto"  # as data.features_on: worker, device, or auto (device on an accelerator)
-    hotwords: list[str] | None = None  # --hotwords: the list of every line without its own `hotwords` field
-    hotwords_file: str | None = None  # where that list came from (reported in wer.txt)
-    # --hotwords-unprompted: the lists are scored but no prompt renders them (the unbiased baseline of the same lists)
-    hotwords_unprompted: bool = False
-    # The hotword flags given (--hotwords-unprompted, --hotword-boost B): each acts on the lines' lists alone, so where
-    # no decoded line has one they are named in a warning (the log, wer.txt, wer.json's hotword_flags_unused)
-    hotword_flags: tuple[str, ...] = ()
-    # The longest audio the model was trained on (its export's or checkpoint meta's training.longest_seconds):
-    # decode.max_window_seconds unset means this. None: unknown.
-    training_max_seconds: float | None = None
-    # --task: the task of every line without its own `prompt`; --language: the language query (a language key) of
-    # every line without its own `lang` (a line's `lang` stays its label in wer.txt's groups). A line's own wins.
-    task: str | None = None
-    language: str | None = None
-    # False: bad lines are not logged, the caller names each by what its user gave (Transcriber: the audio, not the
-    # line of the manifest it wrote for it in a folder gone by then)
-    log_bad_lines: bool = True
-
-    def __post_init__(self):
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers: must be >= 0 (0: load in the decoding process), got {self.num_workers}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError(f"max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
-        if self.features_on not in ("worker", "device", "auto"):
-            raise ConfigError(f"features_on: expected worker, device or auto, got {self.features_on!r}")
-        if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
-            raise ConfigError(f"task: the prompt's task text, got {self.task!r}; leave it out for the model's")
-
-
-class DecodeError(RuntimeError):
-    """Decoding cannot run as asked."""
 
 
 def window_limit(
