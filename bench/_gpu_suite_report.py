@@ -38,7 +38,7 @@ def markdown(res: dict) -> list[str]:
         "",
         f"Model: {p.get('encoder_conf')} + {p.get('llm_conf')}, random weights, recipe "
         "recipes/paraformer-large_qwen2.5-1.5b_lora_zero2.yaml (LoRA r16 on every projection, gradient checkpointing).",
-        f"{res['updates']} updates for the shipped recipe's run and liger's, half (at least 3) for the others; "
+        f"{res['updates']} updates for the shipped recipe's run, half (at least 3) for the others; "
         "medians of the train.log lines after the first; "
         "peak memory: "
         "the device's (torch.cuda.max_memory_allocated), the process's resident peak on CPU. Suite wall time "
