@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_text
@@ -119,8 +120,6 @@ class Transcriber:
             audio = [audio]
         if not audio:
             return []
-        if task is not None and (not isinstance(task, str) or not task.strip()):  # a blank one would be the model's
-            raise TranscribeError(f"task: the prompt's task text, got {task!r}; leave it out for the model's")
         if isinstance(hotwords, (str, bytes)):  # list("Zhang Wei") would bias towards its letters
             words = hotwords.split()
             # FunASR's generate(hotword="魔搭 达摩院") is two phrases: which was meant, only the caller knows
@@ -140,16 +139,19 @@ class Transcriber:
                 "the %d given are dropped, the longest first; kept %s", self.model.prompt.hotwords_max_tokens,
                 dropped, len(hotwords), kept,
             )  # fmt: skip
-        language = _language(self.model, language)
+        # the call's task and language reach every clip as decode's --task and --language reach a line
+        try:  # DecodeOptions refuses a blank task
+            opts = dataclasses.replace(
+                self.opts, hotwords=hotwords, task=task, language=_language(self.model, language)
+            )
+        except ConfigError as err:
+            raise TranscribeError(str(err)) from None
         _check_rate(sample_rate)
         waves = [i for i, c in enumerate(audio) if not isinstance(c, PATHS) and not _not_audio(c)]
         if sample_rate is None and waves:  # the call's fault, not a clip's (a clip of neither kind is named as such)
             raise TranscribeError(f"waveform {waves[0]}: a waveform needs its sample_rate (Hz)")
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
-            # the call's task and language reach every clip as decode's --task and --language reach a line
-            hotwords = None if hotwords is None else list(hotwords)
-            opts = dataclasses.replace(self.opts, hotwords=hotwords, task=task, language=language)
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
             rows = []
