@@ -169,7 +169,7 @@ def screen_and_decode(path: Path, name: str, want_lines: int, names: list[str], 
         )
         text = "\n".join(f"{e.get('manifest')}:{e.get('line')} {e.get('reason')}" for e in bad.examples)
         if filtered:  # batching's filters skip these from the start, named in the warning train.log starts with
-            from llmasr.data.screen import describe_skipped
+            from llmasr.data.skipped_lines import describe_skipped
 
             text += "\n" + (describe_skipped(sampler, loader.dataset.manifest, data_cfg.batching, "train") or "")
         nm = names if not name.startswith(("duration 0", "source_len 0")) else []

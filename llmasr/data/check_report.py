@@ -10,7 +10,8 @@ import numpy as np
 
 from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
-from llmasr.data.screen import ctc_unknown_text, longest_kept_text, own_prompts_said
+from llmasr.data.screen import ctc_unknown_text, own_prompts_said
+from llmasr.data.skipped_lines import longest_kept_text
 from llmasr.data.transcript_text import text_warnings
 
 

@@ -34,8 +34,9 @@ from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.noise_list import read_noise_list
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
-from llmasr.data.screen import describe_skipped, start_tracker
+from llmasr.data.screen import start_tracker
 from llmasr.data.screen_share import ScreenShare, shared_fill
+from llmasr.data.skipped_lines import describe_skipped
 from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_plan import PlanShare, WindowRules, split_long
 from llmasr.data.worker_start import fork_deadlock_warning, worker_init

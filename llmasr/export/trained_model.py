@@ -249,7 +249,7 @@ def longest_seconds(dirs: list[Path], metas: list[CheckpointMeta], recipe) -> fl
     unlimited); for a checkpoint saved before llmasr recorded it, from the run's training manifests again."""
     older = [d for d, m in zip(dirs, metas) if m.training is None]
     if older:
-        from llmasr.data.screen import longest_trained
+        from llmasr.data.skipped_lines import longest_trained
 
         log.info("%s: no training.longest_seconds in its %s (saved by an older llmasr): reading the training "
                  "manifests (data.train) again for the longest audio trained on", older[0], META)  # fmt: skip

@@ -9,7 +9,7 @@ import logging
 from llmasr import errors
 from llmasr import run_dir as ck
 from llmasr.data import plan_record
-from llmasr.data.screen import longest_trained
+from llmasr.data.skipped_lines import longest_trained
 from llmasr.models.fingerprint import base_fingerprint
 from llmasr.models.sanm_chunk import chunk_draws
 from llmasr.run_dir.files import hash_share, merge_shares
@@ -24,7 +24,7 @@ log = logging.getLogger("llmasr.train")
 
 class RunCheckpoints:
     """Saves checkpoints of one run (`engine`, its recipe, rank and world) into RUN_DIR/checkpoints. From its
-    training `manifest` each records the longest audio it trains on (llmasr.data.screen.longest_trained; None:
+    training `manifest` each records the longest audio it trains on (llmasr.data.skipped_lines.longest_trained; None:
     unlimited), for decoding, and its files as the run read them (llmasr.train.resume.manifest_contents); with the
     training `sampler`, what its batches were cut from (llmasr.data.plan_record), for a refused resume to explain."""
 

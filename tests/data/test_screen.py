@@ -1,10 +1,8 @@
-"""screen: the lines known bad before loading, at every index a mix gives them; longest_trained: the longest audio a
-recipe's training data holds, which decoding takes as its window limit."""
+"""screen: the lines known bad before loading, at every index a mix gives them."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from speech_fakes import write_wav
@@ -13,7 +11,7 @@ from llmasr.config_io import from_dict
 from llmasr.data.config import DataConfig
 from llmasr.data.manifest import Manifest
 from llmasr.data.mixed_manifest import MixedManifest
-from llmasr.data.screen import longest_trained, screen
+from llmasr.data.screen import screen
 
 
 def manifest(tmp_path, durations, name="train.jsonl"):
@@ -30,31 +28,6 @@ def manifest(tmp_path, durations, name="train.jsonl"):
 
 def cfg(train, **batching):
     return from_dict(DataConfig, {"train": train, "batching": batching}, "data")
-
-
-def test_the_longest_kept_training_utterance(tmp_path):
-    path = manifest(tmp_path, [1.5, 3.25, 12.0, 2.0])
-    assert longest_trained(cfg([path], max_duration=10.0)) == 3.25  # 12 s is skipped by training
-    assert longest_trained(cfg([path], max_duration=10.0, truncate_to_max=True)) == 10.0  # ... or cut to 10 s
-    assert longest_trained(cfg([path], max_duration=math.inf)) == 12.0
-    # a line of exactly max_duration is trained (the sampler keeps it): its float32 duration is not past the limit
-    exact = manifest(tmp_path, [1.5, 20.1], name="exact.jsonl")
-    assert longest_trained(cfg([exact], max_duration=20.1)) == pytest.approx(20.1)
-    other = manifest(tmp_path, [4.0], name="other.jsonl")
-    assert longest_trained(cfg([path, other], max_duration=10.0)) == 4.0  # every training manifest
-    slow = from_dict(
-        DataConfig,
-        {"train": [path], "batching": {"max_duration": 10.0}, "augment": {"speed_perturb": {"enable": True}}},
-        "data",
-    )
-    assert longest_trained(slow) == pytest.approx(3.25 / 0.9, abs=1e-4)  # speed 0.9 stretches it
-
-
-def test_unknown_durations_fall_back_to_max_duration(tmp_path, caplog):
-    assert longest_trained(cfg([manifest(tmp_path, [1.0, None])], max_duration=20.0)) == 20.0
-    assert longest_trained(cfg([manifest(tmp_path, [1.0, None])], max_duration=math.inf)) is None
-    assert longest_trained(cfg([str(tmp_path / "moved.jsonl")], max_duration=20.0)) == 20.0
-    assert "the longest training utterance is unknown" in caplog.text
 
 
 def test_a_manifest_listed_twice_is_screened_at_both_indices(tmp_path):
