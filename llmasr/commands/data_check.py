@@ -19,7 +19,6 @@ from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig
 from llmasr.data.dataset import CTCRule
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.manifest import Manifest
 from llmasr.data.speech_check import hear_speech
 from llmasr.data.write_durations import check_out, write_durations
 from llmasr.errors import command
@@ -27,7 +26,7 @@ from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.recipe import Recipe, load_recipe
-from llmasr.train.check_languages import manifest_language_lines, per_line_recipe
+from llmasr.train.check_languages import data_check_text, per_line_recipe
 
 # command-line option -> data.batching key
 BATCHING_OPTIONS = (
@@ -223,11 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         report.ctc_frames_text = frames
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)
-    print(format_report(report, max_examples=args.show))
     if recipe is not None and per_line_recipe(recipe):  # SenseVoice's query: each line's language, or "auto"
-        print("language queries (model.encoder.conf.queries.language per_line)")
-        for path in report.manifests if not report.errors else ():
-            print("\n".join(manifest_language_lines(key or "manifest", Manifest.open(path, need_target=False))))
+        report.language_text = data_check_text(report.languages, key or "manifest")
+    print(format_report(report, max_examples=args.show))
     if args.write_durations and not report.errors:
         path = getattr(specs[0], "path", specs[0])
         counts = write_durations(path, report.durations, args.write_durations)

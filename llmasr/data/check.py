@@ -32,7 +32,7 @@ from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest, epoch_mix
 from llmasr.data.record_fields import unread_fields
-from llmasr.data.records import audio_reason, wrong_duration
+from llmasr.data.records import audio_reason, language_of, wrong_duration
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
@@ -82,6 +82,9 @@ class DataReport:
     ctc_frames_text: str = ""  # the lines whose CTC labels outnumber their encoder frames (llmasr.data.ctc_frames)
     # the lines that give a prompt of their own: manifest -> [lines, the first's manifest:line, its prompt]
     own_prompts: dict[str, list] = field(default_factory=dict)
+    # each manifest's lines per language: (manifest, language key or None) -> [lines, the first's manifest:line]
+    languages: dict[tuple, list] = field(default_factory=dict)
+    language_text: list[str] = field(default_factory=list)  # what SenseVoice's per-line queries make of them
     # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
     audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
     sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
@@ -107,7 +110,8 @@ class DataReport:
 
 
 def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
-                llm_unk: tuple | None = None, need=None, prompts: dict | None = None):  # fmt: skip
+                llm_unk: tuple | None = None, need=None, prompts: dict | None = None,
+                languages: dict | None = None):  # fmt: skip
     """(utterance, target_len, None) or (None, 0, bad record) for line i of manifest m (no audio access); `spell`:
     the CTC vocabulary's spelling check (llmasr.data.ctc_frames.CTCSpelling; with `need`, an array, need[i] its
     count of the line's labels); `unread`: gathers the fields the line's
@@ -115,7 +119,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
     where it gathers what the vocabulary spells <unk>, alike); `text`: what is wrong with the text of the transcripts
     (llmasr.data.transcript_text), alike; `llm_unk`: (an llmasr.data.llm_unk.LLMUnk, where gather_unk gathers the
     transcripts it finds unk in); `prompts`: gathers the lines that give a prompt of their own (manifest ->
-    [lines, the first's manifest:line, its prompt])."""
+    [lines, the first's manifest:line, its prompt]); `languages`: gathers each manifest's lines per language
+    ((manifest, language key or None) -> [lines, the first's manifest:line]), as the start-up screen does."""
     try:
         rec, utt = m.parsed(i)
     except BadRecord as rec:
@@ -123,6 +128,8 @@ def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tupl
     if unread is not None:
         for name in unread_fields(rec):
             unread.setdefault(name, [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
+    if languages is not None:
+        languages.setdefault((m.path, language_of(utt)), [0, f"{m.path}:{m.lineno(i)}"])[0] += 1
     where = {"manifest": str(getattr(utt, "manifest", "?")), "line": int(getattr(utt, "line", i + 1)), "key": utt.key}
     if not m.need_target and (utt.target is None or utt.target == ""):  # audio to transcribe; an empty reference
         return utt, 0, None
@@ -276,6 +283,7 @@ def check_data(
                         asks_unk,
                         need_of if counting else None,
                         report.own_prompts if need_target else None,
+                        report.languages,
                     )  # fmt: skip
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads

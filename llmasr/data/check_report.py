@@ -152,6 +152,8 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.own_prompts:  # what the recipe's prompt is not, for those lines
         found = [(path, n, first, own) for path, (n, first, own) in report.own_prompts.items()]
         lines += ["", "## prompts", own_prompts_said(found)]
+    if report.language_text:  # the recipe's SenseVoice asks each line's language (llmasr.train.check_languages)
+        lines += ["", *report.language_text]
     if report.ctc_unknown:
         found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
         lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]

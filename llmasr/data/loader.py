@@ -235,7 +235,8 @@ def build_dataloader(
                                     epoch_items=epoch_indices(epoch) if epoch_indices else None,
                                     target_lens=tl, share=share, text_lens=texts,
                                     llm_unk=unk_of_prompt(prompt_builder), ctc_need=ctc_need,
-                                    enforce=train, prompts=(own_prompts := {}))  # fmt: skip
+                                    enforce=train, prompts=(own_prompts := {}),
+                                    languages=(languages := {}))  # fmt: skip
     durations = np.asarray(manifest.durations(), dtype=np.float64)
     skip = np.asarray([b.index for b in static], dtype=np.int64)
     llm_lens = None if rows is None else rows.rows(manifest, durations, texts[0])
@@ -260,6 +261,7 @@ def build_dataloader(
     loader.screened = static  # each bad line's reason, as this rank found it: for the ranks' comparison of findings
     loader.ctc_need = ctc_need  # each line's CTC labels in frames (llmasr.data.ctc_frames), for the model's check
     loader.own_prompts = own_prompts  # the lines with a prompt of their own, by manifest (llmasr check names them)
+    loader.languages = languages  # each manifest's lines per language (SenseVoice's per-line queries are said of it)
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
     items = f"{n} items"

@@ -26,7 +26,7 @@ from llmasr.data.ctc_frames import CTCSpelling
 from llmasr.data.llm_unk import LLMUnk, gather_unk, merge_unk
 from llmasr.data.manifest import BadRecord
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
-from llmasr.data.records import audio_reason
+from llmasr.data.records import audio_reason, language_of
 from llmasr.data.screen_share import ScreenShare
 from llmasr.data.transcript_text import gather_text, text_warnings
 
@@ -53,7 +53,7 @@ def screen(
     manifest, ctc_labels: Callable[[str], object] | None = None, target_lens: np.ndarray | None = None,
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
     unknown: dict | None = None, text: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
-    ctc_need: np.ndarray | None = None, prompts: dict | None = None,
+    ctc_need: np.ndarray | None = None, prompts: dict | None = None, languages: dict | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -68,7 +68,9 @@ def screen(
     LLM's tokenizer spells unk, the dict where the transcripts holding it are gathered: llmasr.data.llm_unk
     .gather_unk). `ctc_need` (int64, one a line, with `ctc_labels`): filled with the encoder frames each line's CTC
     labels need (llmasr.data.ctc_frames.frames_needed; 0 where it has none), from the spelling pass's encoding.
-    `prompts`, alike `unread`: the lines that give a prompt of their own, by manifest -> [lines, the first's index]."""
+    `prompts`, alike `unread`: the lines that give a prompt of their own, by manifest -> [lines, the first's index];
+    `languages`, alike: each manifest's lines per language, (manifest, language key or None) -> [lines, the first's
+    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -98,7 +100,8 @@ def screen(
             if ctc_need is not None:
                 ctc_need[share.indices(n, part)] = found["ctc_need"]
     bad.sort(key=lambda b: b.index)
-    for gathered, key in ((unread, "unread"), (unknown, "unknown"), (text, "text"), (prompts, "prompts")):
+    found = ((unread, "unread"), (unknown, "unknown"), (text, "text"), (prompts, "prompts"), (languages, "languages"))
+    for gathered, key in found:
         for part in screened if gathered is not None else ():
             for name, (lines, first) in part[key].items():
                 seen = gathered.setdefault(name, [0, first])
@@ -124,6 +127,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     text: dict[str, list[int]] = {}  # what is wrong with the transcripts' text -> [lines, first index]
     llm_unk: dict = {}
     prompts: dict[str, list[int]] = {}  # manifest -> [lines with a prompt of their own, first index]
+    languages: dict[tuple, list[int]] = {}  # (manifest, language key or None) -> [lines, first index]
     spell = CTCSpelling(ctc_labels, count=ctc_need is not None) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
@@ -137,6 +141,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
         gather_text(text, utt.target, i)
         if utt.prompt is not None:
             prompts.setdefault(str(utt.manifest), [0, i])[0] += 1
+        languages.setdefault((str(utt.manifest), language_of(utt)), [0, i])[0] += 1
         if target_lens is not None:
             target_lens[i] = target_length(utt)
         if text_lens is not None:
@@ -169,6 +174,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
     return {"bad": bad, "unread": unread, "unknown": spelled_unk, "text": text, "llm_unk": llm_unk, "prompts": prompts,
+            "languages": languages,
             "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines],
@@ -210,14 +216,15 @@ PROBES_WORTH_A_NOTE = 10_000  # header probes at start-up that cost seconds a ra
 def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_size: int, ctc_labels=None,
                   epoch_items=None, target_lens=None, share: ScreenShare | None = None, text_lens=None,
                   llm_unk: LLMUnk | None = None, ctc_need=None, enforce: bool = True,
-                  prompts: dict | None = None):  # fmt: skip
+                  prompts: dict | None = None, languages: dict | None = None):  # fmt: skip
     """Screen `manifest` and refuse at start when its known-bad lines pass data.max_bad_fraction; returns (this
     rank's BadDataTracker, every line known bad). `indices`: a validation subset, which counts only its own;
     `ctc_labels`: the dataset's CTC rule, when the model has a CTC head; `epoch_items`: a weighted mix's visits of
     the first epoch, which the start-up check counts per visit, as training does; `target_lens`, `share`,
     `text_lens`, `ctc_need`: screen's; `llm_unk`: what the LLM's tokenizer spells unk (None: it spells any text);
     `enforce`: the tracker's (validation's is False: the trainer checks the ranks' sum at the pass's end);
-    `prompts`: filled with screen's, the lines that give a prompt of their own (train.log names them)."""
+    `prompts`: filled with screen's, the lines that give a prompt of their own (train.log names them); `languages`:
+    filled with screen's, each manifest's lines per language."""
     unknown = int(np.isnan(np.asarray(manifest.durations(), dtype=np.float64)).sum())
     unread: dict[str, list[int]] = {}
     spelled_unk: dict[str, list[int]] = {}
@@ -225,7 +232,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     unk_found: dict = {}
     prompts = {} if prompts is None else prompts
     static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
-                          (llm_unk, unk_found) if llm_unk is not None else None, ctc_need, prompts)  # fmt: skip
+                          (llm_unk, unk_found) if llm_unk is not None else None, ctc_need, prompts,
+                          languages)  # fmt: skip
     if prompts and rank == 0:
         log.info("%s: %s", name, own_prompts_text(manifest, prompts))
     if unread and rank == 0:

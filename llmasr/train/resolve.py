@@ -5,6 +5,7 @@ into the run plan that `llmasr train` and `llmasr check` share.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from llmasr.data.manifest import manifest_file_problem
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.config import ModelConfig
 from llmasr.models.encoder_spec import encoder_frontend
+from llmasr.train.check_languages import query_warnings
+
+log = logging.getLogger("llmasr.train")
 
 # How to name the manifests: a recipe written without them (`llmasr convert funasr`'s) takes them on the command line.
 GIVE_TRAIN = ("name them on the command line after the recipe, data.train=[data/train.jsonl] (several: "
@@ -196,7 +200,10 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
                 f"data.valid: no batch for rank {rank} of {world_size} (every item filtered? "
                 f"{valid_sampler.filtered or ''})"
             )
-    return train_loader, sampler, valid_loader
+    loaders = train_loader, sampler, valid_loader
+    for said in query_warnings(recipe, loaders) if rank == 0 else ():  # lines a per-line SenseVoice asks "auto" of
+        log.warning("%s", said)
+    return loaders
 
 
 def llm_rows(model_cfg: ModelConfig, data_cfg, side: TextSide):

@@ -363,3 +363,29 @@ def test_each_line_s_ctc_label_count_comes_from_its_screener(tmp_path):
 
     for mine in ranks(3, rank):
         np.testing.assert_array_equal(mine, need)
+
+
+def test_each_manifest_s_lines_per_language_are_counted_over_every_rank_s_part(tmp_path):
+    """SenseVoice's per-line queries are said of the languages the screen gathers: each rank its part of a mix that
+    lists one manifest twice, every rank ending with the whole count and the first line of each language."""
+    path = tmp_path / "train.jsonl"
+    corpus(tmp_path)
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line != "{not json"]
+    for i, rec in enumerate(recs):
+        rec.update({"lang": ("en", "<|zh|>", "de-DE")[i % 3]} if i % 4 else {})
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    whole: dict = {}
+    screen(mix(str(path)), languages=whole)
+    assert whole == {
+        (str(path), None): [12, 0],
+        (str(path), "en"): [12, 3],
+        (str(path), "zh"): [10, 1],
+        (str(path), "de"): [10, 2],
+    }  # both copies counted; the first line's index in the mix
+
+    def rank(r, gather):
+        mine: dict = {}
+        screen(mix(str(path)), None, None, ScreenShare(r, 3, gather, "node"), languages=mine)
+        return mine
+
+    assert ranks(3, rank) == [whole] * 3

@@ -67,6 +67,10 @@ def test_per_line_languages_train_export_decode(tmp_path, languages_seen, capsys
     section["encoder"]["conf"]["queries"] = {"language": "per_line", "itn": False}
     section["ctc"] = {"weight": 0.3, "from_encoder": True}
     run = train_run(tmp_path / "run", section, train, updates=2, valid=dev, data={"valid_max_utts": 100})
+    said = (run.run_dir / "train.log").read_text()  # at start-up: the German lines run with "auto"
+    for name, path, n in (("data.train", train, 2), ("data.valid", dev, 1)):
+        assert (f"{name}: {n} line(s) in a language SenseVoiceSmall has no query for run with 'auto': de {n} (first "
+                f"{path}:4)") in said  # fmt: skip
     keys = {json.loads(line)["key"]: KEYS[i] for i, line in enumerate(dev.read_text().splitlines())}
     train_keys = {json.loads(line)["key"]: KEYS[i % 6] for i, line in enumerate(train.read_text().splitlines())}
     assert languages_seen and all(langs is not None for langs in languages_seen)  # every call: the rows' languages

@@ -7,22 +7,45 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from llmasr.config_io import from_dict
+from llmasr.data.check import check_data
+from llmasr.data.config import DataConfig
+from llmasr.data.frontend import FrontendConfig
 from llmasr.data.manifest import Manifest
-from llmasr.train.check_languages import manifest_language_lines, per_line_recipe
+from llmasr.data.screen import screen, where
+from llmasr.train.check_languages import data_check_text, per_line_recipe, tally, tally_lines
 
 
-def test_lines_per_query_and_those_without_one(tmp_path):
+def _mixed_languages(tmp_path):
     labels = ["en", "<|zh|>", "German", None, "cmn_hans_cn", "de-DE", "fr", "<|yue|>"]
     path = tmp_path / "m.jsonl"
     lines = [{"key": f"k{i}", "source": "x.wav", "target": "a", **({"lang": lab} if lab else {})} for i, lab in
              enumerate(labels)]  # fmt: skip
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    got = manifest_language_lines("data.train", Manifest.open(path))
-    assert got == [
+    return path, [
         f"  data.train {path}: zh 2, en 1, yue 1",
         "  data.train: 1 line(s) name no language (lang / language / text_language): 'auto'",
         f"  warning: data.train: 3 line(s) in a language SenseVoiceSmall has no query for run with 'auto': de 2 "
         f"(first {path}:3); fr 1 (first {path}:7)",
+    ]
+
+
+def test_lines_per_query_and_those_without_one_as_the_screen_gathers_them(tmp_path):
+    """The start-up screen (training, `llmasr check`) gathers each line's language in its one pass over the lines,
+    shared by the ranks of a node: the same counts whichever rank screened which line."""
+    path, want = _mixed_languages(tmp_path)
+    manifest = Manifest.open(path)
+    screen(manifest, languages=(found := {}))
+    assert tally_lines("data.train", tally(found, lambda i: "{}:{}".format(*where(manifest, i)))) == want
+
+
+def test_lines_per_query_as_data_check_gathers_them(tmp_path):
+    path, want = _mixed_languages(tmp_path)
+    frontend = FrontendConfig()
+    report = check_data([path], from_dict(DataConfig, {}, "data"), frontend, probe=False, need_target=False)
+    assert data_check_text(report.languages, "data.train") == [
+        "## language queries (model.encoder.conf.queries.language per_line)",
+        *want,
     ]
 
 
@@ -42,6 +65,7 @@ def test_check_names_the_lines_without_a_query(tmp_path, capsys):
     import yaml
     from check_runner import run_check
 
+    from llmasr.commands.data_check import main as data_check
     from llmasr.testing.run_dirs import model_section
     from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
     from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
@@ -64,6 +88,11 @@ def test_check_names_the_lines_without_a_query(tmp_path, capsys):
     assert code == 0 and "language queries (model.encoder.conf.queries.language per_line" in out
     assert f"  data.train {manifest}: en 1, ja 1, zh 1\n" in out
     assert f"language SenseVoiceSmall has no query for run with 'auto': de 2 (first {manifest}:2)" in out
+    assert data_check(["--recipe", str(tmp_path / "r.yaml"), "--no-probe"]) == 0  # the section before the verdict
+    out = capsys.readouterr().out
+    section = out.index("## language queries (model.encoder.conf.queries.language per_line)")
+    assert out.index(f"  data.train {manifest}: en 1, ja 1, zh 1\n") > section
+    assert out.index(f"run with 'auto': de 2 (first {manifest}:2)") < out.index("result: OK")
     recipe["model"]["encoder"]["conf"]["queries"] = {"language": "zh"}  # every line zh's query: the others said
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     code, out, err = run_check(capsys, "--config", str(tmp_path / "r.yaml"), "--deepspeed", "zero2")
