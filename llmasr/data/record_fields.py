@@ -128,8 +128,14 @@ SEGMENT_LINES = (
 
 def json_document(first: bytes) -> str | None:
     """Why a file whose first line is `first` is one JSON document rather than JSON Lines (a pretty-printed object
-    opening with '{' alone, or an array), with what to write instead; None otherwise. Every line of such a file had
-    been a bad line of its own, none saying so."""
+    opening with '{' alone, or an array), or UTF-16 text, with what to write instead; None otherwise. Every line of
+    such a file had been a bad line of its own, none saying so (json reads bytes in UTF-16 too, so most lines of an
+    English UTF-16 file had parsed, each shifted by the byte its line end left, and a Chinese line had not)."""
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first:  # a BOM, or a NUL byte of each ASCII one
+        return (
+            "UTF-16 text (Windows Notepad's 'Unicode'), not UTF-8: JSON reads some of its lines and misreads the rest "
+            "(any character outside ASCII); save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8"
+        )
     head = first.strip().removeprefix(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"["):
         return f"{NOT_JSON_LINES}: it is a JSON array; write each element on a line of its own, e.g. jq -c '.[]'"

@@ -12,7 +12,7 @@ import soundfile as sf
 from speech_fakes import cut, write_jsonl
 from speech_fakes import write_tone_wav as write_wav
 
-from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.manifest import BadManifest, BadRecord, Manifest
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
 
@@ -156,7 +156,6 @@ def test_a_manifest_in_a_local_code_page_is_told_how_to_convert_it(tmp_path):
 def test_a_kaldi_data_folder_given_as_a_manifest_names_the_command_that_writes_one(tmp_path, given):
     """`--data data/kaldi/test` (the folder) was "a directory, not a manifest file", and `--data .../wav.scp` made
     every line a bad one ("malformed JSON"), neither naming `llmasr data kaldi`."""
-    from llmasr.data.manifest import BadManifest
 
     folder = tmp_path / "kaldi"
     folder.mkdir()
@@ -191,3 +190,19 @@ def test_a_json_document_given_as_a_manifest_is_told_it_is_no_json_lines(tmp_pat
     assert where in said and "one JSON document, not JSON Lines (one JSON object a line)" in said
     assert ("jq -c '.[]'" in said) == (shape == "array")
     assert ("audios[].segments[]" in said) == (shape != "array")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_manifest_is_refused_whole(tmp_path, encoding, capsys):
+    """A manifest saved as UTF-16 (with its byte order mark, or without): json decodes bytes in UTF-16 too, so the
+    lines of English text after the first had parsed (each read shifted by its line end's second byte) and a
+    Chinese line had not: training went on with some lines dropped, told only of line 1."""
+    from llmasr.cli import main
+
+    rows = [{"key": f"u{i}", "source": f"u{i}.wav", "target": t} for i, t in enumerate(["hi", "你好", "ho", "ha"])]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding=encoding)
+    with pytest.raises(BadManifest, match=r"train.jsonl: UTF-16 text .*save it as UTF-8"):
+        Manifest.open(str(path))
+    assert main(["data", "check", str(path), "--no-probe"]) == 2
+    assert f"{path}: cannot open manifest: manifest {path}: UTF-16 text" in "".join(capsys.readouterr())
