@@ -32,10 +32,11 @@ from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest, epoch_mix
 from llmasr.data.record_fields import unread_fields
-from llmasr.data.records import audio_reason, wrong_duration
+from llmasr.data.records import audio_reason
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
+from llmasr.data.stated_duration import wrong_duration
 from llmasr.data.transcript_text import gather_text
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
