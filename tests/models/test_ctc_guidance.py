@@ -347,7 +347,7 @@ def test_a_run_saved_with_timestamps_and_no_ctc_head_still_resumes_and_exports(t
     import yaml
 
     from llmasr.recipe import Recipe, load_recipe
-    from llmasr.train import resume as rs
+    from llmasr.train import resume_recipe as rr
 
     saved = tmp_path / "run" / "recipe.yaml"
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
@@ -356,7 +356,7 @@ def test_a_run_saved_with_timestamps_and_no_ctc_head_still_resumes_and_exports(t
         assert load_recipe(saved, saved=True).decode.timestamps is False
     assert "decode.timestamps is true but the model has no CTC head to time words: read as false" in caplog.text
     assert (
-        rs.check_resume_recipe(load_recipe(data={"model": {"ctc": {"weight": 0.0}}}), tmp_path / "run" / "checkpoints")
+        rr.check_resume_recipe(load_recipe(data={"model": {"ctc": {"weight": 0.0}}}), tmp_path / "run" / "checkpoints")
         == []
     )
     with pytest.raises(ConfigError, match="decode.timestamps: word times come from the CTC head"):
