@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmasr.data.audio import AudioError, probe_span
-from llmasr.data.bad_data import as_record_dict, reason_category
+from llmasr.data.bad_data import as_record_dict
+from llmasr.data.bad_reasons import reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.ctc_frames import CTCSpelling, heard_lines, unaligned_text
 from llmasr.data.features import FeatureExtractor
