@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -74,17 +72,6 @@ class RecipeLoader(yaml.SafeLoader):
                     "replace the first", key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep)
-
-
-def unique_keys(refuse: Callable[[str], Exception], pairs: list[tuple[str, Any]]) -> dict:
-    """json.loads' object_pairs_hook (bound with functools.partial) for an object whose keys are all different: JSON
-    keeps the last of a repeated key without a word. `refuse(key)`: the error for a repeated one, naming the file."""
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise refuse(key)
-        seen.add(key)
-    return dict(pairs)
 
 
 def _number(kind: type, construct):
@@ -166,50 +153,6 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return unshared(data)
-
-
-def not_utf8(err: UnicodeDecodeError, path: str | Path | None = None) -> str:
-    """What a file saved in a local code page (GBK, cp1252) is told, after its path: the encoding its bytes read in,
-    where they read as Chinese in GB18030 (Chinese Windows' code page) or start with a UTF-16 byte order mark."""
-    data = err.object if isinstance(err.object, bytes) else b""
-    how = "save it as UTF-8"
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        how = "it is UTF-16 (Windows Notepad's 'Unicode'): save it as UTF-8"
-    elif _reads_as_chinese(data):
-        name = Path(path).name if path is not None else "FILE"
-        how = f"it reads as GB18030/GBK Chinese: convert it, e.g. iconv -f GB18030 -t UTF-8 {name} > {name}.utf8"
-    return f"not UTF-8 text ({err.reason} at byte {err.start}); {how}"
-
-
-def malformed_json(err: ValueError) -> str:
-    """A JSON-lines record's parse error, placed in its line: json's own "line 2 column 1" counts the lines of the
-    text it parsed (the record and its line end), which beside FILE:LINE reads as another line of the file."""
-    if not isinstance(err, json.JSONDecodeError):
-        return f"malformed JSON: {err}"
-    end = len(err.doc.rstrip())
-    where = "at the end of the line" if err.pos >= end else f"at column {err.pos + 1} of the line"
-    return f"malformed JSON: {err.msg} {where}"
-
-
-def _reads_as_chinese(data: bytes) -> bool:
-    try:
-        text = data.decode("gb18030")
-    except UnicodeDecodeError:
-        return False
-    # two Chinese characters at least: an accented letter of a cp1252 file before an ASCII one ("è" "s") decodes as one
-    return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= 2
-
-
-def read_json(path: Path, kind: type, what: str) -> Any:
-    """The JSON file `path`, which must hold a `kind` (dict, list): a ConfigError naming the file and `what` it is
-    meant to be otherwise (unreadable, not UTF-8, not JSON, another type at the top)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable JSON {what}: {err}") from err
-    if not isinstance(data, kind):
-        raise ConfigError(f"{path}: must hold a JSON {kind.__name__} ({what}), got {type(data).__name__}")
-    return data
 
 
 def unshared(node: Any) -> Any:

@@ -17,7 +17,7 @@ from llmasr.config_io import from_dict, load_yaml, to_dict
 from llmasr.models.encoders import ENCODER_TYPES
 from llmasr.recipe import Recipe
 from llmasr.train.config import BRANCHES, SchedulerType
-from llmasr.train.resume import flatten
+from llmasr.train.resume_recipe import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Coming from FunASR"

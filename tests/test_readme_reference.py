@@ -2,7 +2,7 @@
 section documents, every `llmasr ...` command line in a code block parses with its verb's own parser, every dotted
 recipe key it names is a key of the Recipe, the key tables' defaults and the defaults its prose states are the
 dataclasses', and the files and log fields it lists are the ones the code writes. ("Coming from FunASR" has its own
-test, tests/test_readme_funasr.py; the resume table, tests/train/test_resume.py.)"""
+test, tests/test_readme_funasr.py; the resume table, tests/train/test_resume_recipe.py.)"""
 
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatc
     """`model.llm.path=models/llm` on the command line: RUN_DIR/recipe.yaml had kept it relative, so an export
     started from another folder said the base model had changed. A run saved that way still resumes unchanged."""
     from llmasr.config_io import dump_yaml
-    from llmasr.train import resume as rs
+    from llmasr.train import resume_recipe as rr
 
     (tmp_path / "models" / "llm").mkdir(parents=True)
     (tmp_path / "train.jsonl").write_text("")
@@ -164,7 +164,7 @@ def test_paths_from_the_working_directory_are_kept_absolute(tmp_path, monkeypatc
     old = load_recipe(data={}, overrides=overrides[2:])  # saved by an llmasr that kept them relative
     old.model.llm.path, old.data.train = "models/llm", ["train.jsonl"]
     dump_yaml(old, run / "recipe.yaml")
-    assert rs.check_resume_recipe(r, run / "checkpoints") == []
+    assert rr.check_resume_recipe(r, run / "checkpoints") == []
 
 
 def test_a_path_under_the_home_folder_is_read_there(tmp_path, monkeypatch):

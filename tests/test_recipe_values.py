@@ -431,7 +431,7 @@ def test_a_saved_recipe_reads_its_numbers_as_the_recipe_does(tmp_path):
     free-form `model.encoder.conf` value written 1e-1 (as an earlier llmasr saved it: text) was text on one side and
     a number on the other, and the resume was refused for a key nobody changed."""
     from llmasr.recipe import load_recipe
-    from llmasr.train import resume as rs
+    from llmasr.train import resume_recipe as rr
 
     text = "model:\n  encoder:\n    conf: {dropout_rate: 1e-1}\n"
     recipe = tmp_path / "r.yaml"
@@ -441,7 +441,7 @@ def test_a_saved_recipe_reads_its_numbers_as_the_recipe_does(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "recipe.yaml").write_text(text, encoding="utf-8")
-    assert rs.check_resume_recipe(r, run / "checkpoints") == []
+    assert rr.check_resume_recipe(r, run / "checkpoints") == []
 
 
 def test_a_misspelled_branch_is_located_at_its_own_line(tmp_path):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from llmasr.config_io import ConfigError, from_dict, read_json
+from llmasr.config_io import ConfigError, from_dict
 from llmasr.convert.nano_config import (
     ctc_decoder_file,
     ctc_section,
@@ -59,6 +59,7 @@ from llmasr.models.funasr_files import missing_weights, weights_file
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.tokenizer import load_tokenizer
 from llmasr.recipe import Recipe
+from llmasr.text_files import read_json
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from typing import Any
 
 import yaml
 
-from llmasr.config_io import ConfigError, not_utf8, to_dict
+from llmasr.config_io import ConfigError, to_dict
 from llmasr.config_paths import nested_hint
 from llmasr.models.encoders import funasr_class_name
 from llmasr.models.funasr_dir import frontend_from_funasr_conf
 from llmasr.models.funasr_files import file_path_metas, resolve_cmvn
 from llmasr.models.sensevoice import CONF_KEYS
+from llmasr.text_files import not_utf8
 
 NANO_MODEL = "FunASRNano"
 NANO_SYSTEM = "You are a helpful assistant."

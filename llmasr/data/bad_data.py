@@ -1,16 +1,18 @@
-"""The accounting of unusable data: `BadItem` (what SpeechDataset returns for a line it cannot use), the classes of
-reasons, and `BadDataTracker`, which the main process feeds every batch: it logs bad items (rate-limited), keeps
-the first few as examples, and raises `TooMuchBadData` once the bad fraction passes `max_bad_fraction`; and across
-ranks, `ranks_summary` (the line of every rank's counts summed) and `refuse_summed` (validation's limit, on the sum).
+"""The accounting of unusable data: `BadItem` (what SpeechDataset returns for a line it cannot use) and
+`BadDataTracker`, which the main process feeds every batch: it counts bad items by their reason's class
+(llmasr.data.bad_reasons), logs them (rate-limited), keeps the first few as examples, and raises `TooMuchBadData`
+once the bad fraction passes `max_bad_fraction`; and across ranks, `ranks_summary` (the line of every rank's counts
+summed) and `refuse_summed` (validation's limit, on the sum).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+
+from llmasr.data.bad_reasons import reason_category
 
 log = logging.getLogger("llmasr.data")
 
@@ -60,55 +62,6 @@ def as_record_dict(item) -> dict:
 
 class TooMuchBadData(RuntimeError):
     """More than max_bad_fraction of the items seen are unusable."""
-
-
-# (substring of the reason, category) in priority order; reasons carry paths and details that vary per line.
-REASON_CATEGORIES = (
-    ("file not found", "audio file not found"),
-    ("is a directory", "audio file not found"),
-    ("empty audio", "empty audio"),
-    ("empty range", "empty audio"),
-    ("non-finite samples", "corrupt audio"),
-    ("corrupt", "unreadable or corrupt audio"),
-    ("unreadable", "unreadable or corrupt audio"),
-    ("too short for one feature frame", "audio too short"),
-    ("past the end", "segment outside the audio"),
-    ("past the audio", "segment outside the audio"),
-    ("lhotse cut: type", "unsupported lhotse record"),  # its advice names channels: it is no channel of a cut
-    ("channel", "bad channel"),
-    ("malformed JSON", "malformed line"),
-    ("not UTF-8", "malformed line"),
-    ("expected a JSON object", "malformed line"),
-    ("missing field", "missing field"),
-    ("name two languages", "two languages for one line"),  # its head had been the category "fields 'lang'"
-    ("name one setting and disagree", "fields that disagree"),
-    ("empty target", "empty target"),
-    ("is empty", "empty target"),
-    # a list's field by any name (hotwords, a cut's custom.hotwords, asr_hotwords); an item's index had made a
-    # category of its own ("field 'hotwords'[] is an empty phrase")
-    ("hotwords'[", "bad hotwords list"),
-    ("hotwords' must be", "bad hotwords list"),
-    ("non-text target", "non-text target"),
-    ("is not text", "non-text target"),
-    ("must be", "wrong field type or value"),
-    ("CTC", "target outside the CTC vocabulary"),
-    ("LLM's context", "transcript past the LLM's context"),
-    ("prompt builder", "target rejected by the LLM tokenizer"),
-    ("lhotse", "unsupported lhotse record"),
-    ("unknown duration", "unknown duration"),
-    ("manifest duration", "manifest duration wrong"),
-    ("Whisper window", "audio longer than the Whisper window"),
-)
-
-
-def reason_category(reason: str) -> str:
-    """A short, stable class of a bad-item reason, for counting."""
-    for needle, category in REASON_CATEGORIES:
-        if needle in reason:
-            return category
-    head = re.split(r"[:(]", reason, maxsplit=1)[0]
-    head = re.sub(r"\S*[/\\]\S*|\d+(\.\d+)?", "", head).strip()  # drop paths and numbers
-    return head or "other"
 
 
 class BadDataTracker:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmasr.data.audio import AudioError, probe_span
-from llmasr.data.bad_data import as_record_dict, reason_category
+from llmasr.data.bad_data import as_record_dict
+from llmasr.data.bad_reasons import reason_category
 from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.ctc_frames import CTCSpelling, heard_lines, unaligned_text
 from llmasr.data.features import FeatureExtractor
@@ -32,10 +33,11 @@ from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.mixed_manifest import MixedManifest, epoch_mix
 from llmasr.data.record_fields import unread_fields
-from llmasr.data.records import audio_reason, language_of, wrong_duration
+from llmasr.data.records import audio_reason, language_of
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import static_visits, target_length
 from llmasr.data.speech_check import SpeechFindings
+from llmasr.data.stated_duration import wrong_duration
 from llmasr.data.transcript_text import gather_text
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted

@@ -27,7 +27,8 @@ from llmasr.data.clip_lengths import draw_clip_lengths
 from llmasr.data.features import FeatureExtractor, content_rng
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.long_audio import speech_runs, speech_start
-from llmasr.data.records import BadRecord, audio_reason, given_hotwords, language_of, task_of, wrong_duration
+from llmasr.data.records import BadRecord, audio_reason, given_hotwords, language_of, task_of
+from llmasr.data.stated_duration import wrong_duration
 from llmasr.data.visit_keys import dataset_index
 
 

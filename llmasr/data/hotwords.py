@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, not_utf8
+from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
 from llmasr.data.hotword_units import holds, join_units, ngrams, units
 from llmasr.data.records import phrase_text
 from llmasr.scoring import normalize
+from llmasr.text_files import not_utf8
 from llmasr.unread_fields import as_section, changed
 
 log = logging.getLogger(__name__)

@@ -24,18 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import malformed_json, not_utf8, unique_keys
 from llmasr.config_paths import file_problem
 from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
-from llmasr.data.records import (
-    FUNASR_FRAMES_PER_SECOND,
-    BadRecord,
-    Utterance,
-    _is_number,
-    audio_reason,
-    nano_speech_seconds,
-)
+from llmasr.data.records import BadRecord, Utterance, _is_number, audio_reason
+from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, nano_speech_seconds
+from llmasr.text_files import malformed_json, not_utf8, unique_keys
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest"]
 

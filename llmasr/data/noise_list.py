@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.config_io import ConfigError, malformed_json, not_utf8
+from llmasr.config_io import ConfigError
+from llmasr.text_files import malformed_json, not_utf8
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ FunASR jsonl, one JSON object a line:
   `source_len` follows FunASR's scp2jsonl convention: the number of 10 ms frames of the 16 kHz waveform
   (int(num_samples_16k * 1000 / 16000 / 10)), so a record without `duration` gets duration = source_len / 100 s.
   `duration` wins when both are present. Neither is required: fill_durations() probes file headers. A `duration`
-  beside `end` must agree with end - start (durations_disagree); what batching budgets, the audio loaded must bear
-  out (llmasr.data.dataset).
+  beside `end` must agree with end - start (llmasr.data.stated_duration); what batching budgets, the audio loaded
+  must bear out (llmasr.data.dataset).
 
 Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jsonl writes), one turn a line:
     {"messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -40,49 +40,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from llmasr.data.languages import language_key
 from llmasr.data.record_fields import missing_text
+from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, durations_disagree, nano_speech_seconds
 
-FUNASR_FRAMES_PER_SECOND = 100.0  # source_len unit: 10 ms frames
 SPEECH_TAGS = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # Fun-ASR-Nano's audio in a message
 ROLES = ("system", "user", "assistant")
-
-
-DURATION_SLACK_S, DURATION_SLACK_FRACTION = 0.1, 0.01  # a stated duration off by more than both is wrong
-
-
-def duration_slack(stated):
-    """How far a line's audio may run from its `stated` duration and pass as right: max(0.1 s, 1 % of it); a float,
-    or an array of them (what the LLM-position counts add to a stated duration, llmasr.train.line_positions)."""
-    if isinstance(stated, (int, float)):  # a line's, as every line is parsed: numpy's call costs as much as the parse
-        return max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
-    return np.maximum(DURATION_SLACK_S, DURATION_SLACK_FRACTION * np.asarray(stated, dtype=np.float64))
-
-
-def durations_disagree(stated: float, actual: float) -> bool:
-    """Whether a line's `stated` duration is off `actual` seconds by more than duration_slack: past rounding,
-    a duration batching would budget wrongly (a line saying 0.5 s whose audio holds 3 s passes max_duration)."""
-    return bool(abs(stated - actual) > duration_slack(stated))
-
-
-def wrong_duration(stated: float, actual: float, cap: float | None = None) -> str | None:
-    """Why a line stating `stated` seconds, whose audio holds `actual`, is a bad line, or None. `cap`: training's
-    truncation (data.batching.truncate_to_max), which budgets and reads at most that much of either."""
-    if cap is not None:
-        stated, actual = min(stated, cap), min(actual, cap)
-    if not durations_disagree(stated, actual):
-        return None
-    return (
-        f"manifest duration {stated:.3f} s, but its audio holds {actual:.3f} s (batching budgets the manifest's: fix "
-        "the line's duration, or its audio)"
-    )
-
-
-def nano_speech_seconds(speech_length: float) -> float:
-    """Fun-ASR-Nano's `speech_length` (fbank frames of 25 ms every 10 ms) -> seconds."""
-    return (speech_length - 1) / FUNASR_FRAMES_PER_SECOND + 0.025
 
 
 class BadRecord(Exception):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, probe_duration
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import DURATION_SLACK_S, BadRecord, _is_number, durations_disagree
+from llmasr.data.records import BadRecord, _is_number
+from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
 from llmasr.export.decode_folders import earlier_folders
 
 RESULTS, SUMMARY = "results.jsonl", "wer.json"

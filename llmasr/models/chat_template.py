@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from llmasr.config_io import not_utf8
+from llmasr.text_files import not_utf8
 
 # The date a chat template that stamps "today" (Llama 3.x, SmolLM3: strftime_now, date_string) renders: a fixed one,
 # so that the prompt a model trains on is the prompt it decodes with, on any day (Llama's own fallback date).

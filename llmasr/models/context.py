@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr.config_io import ConfigError, read_json
+from llmasr.config_io import ConfigError
+from llmasr.text_files import read_json
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 

@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from llmasr.config_io import ConfigError, not_utf8
+from llmasr.config_io import ConfigError
 from llmasr.models.prompt import spelled
+from llmasr.text_files import not_utf8
 
 BLANK_NAMES = ("<blank>", "<blk>")
 SEPARATOR_NAMES = ("<space>", "▁", "|")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from llmasr.config_io import ConfigError, read_json
+from llmasr.config_io import ConfigError
+from llmasr.text_files import read_json
 
 log = logging.getLogger(__name__)
 

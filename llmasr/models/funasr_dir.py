@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from llmasr.config_io import ConfigError, not_utf8
+from llmasr.config_io import ConfigError
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
 from llmasr.models.encoders import EncoderEntry, funasr_0x_advice, funasr_class_name, funasr_entry
@@ -37,6 +37,7 @@ from llmasr.models.state_dict import (
     under_prefix,
     unwrap_state_dict,
 )
+from llmasr.text_files import not_utf8
 
 log = logging.getLogger(__name__)
 

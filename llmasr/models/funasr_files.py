@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llmasr.config_io import ConfigError, read_json
+from llmasr.config_io import ConfigError
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
+from llmasr.text_files import read_json
 
 log = logging.getLogger(__name__)
 

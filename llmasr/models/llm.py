@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, not_utf8
+from llmasr.config_io import ConfigError
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import (
@@ -29,6 +29,7 @@ from llmasr.models.llm_files import (
     weight_files,
 )
 from llmasr.models.tokenizer import TOKENIZER_FILES, LLMLoadError, load_tokenizer, tokenizer_dir
+from llmasr.text_files import not_utf8
 
 log = logging.getLogger(__name__)
 

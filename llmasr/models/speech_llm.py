@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,19 +18,15 @@ from torch import nn
 from llmasr.data.batch import Batch
 from llmasr.data.device_features import DeviceFeatures
 from llmasr.data.frontend import FrontendConfig
-from llmasr.models.confidence import hypothesis_logprobs
 from llmasr.models.ctc import ctc_greedy, ctc_loss, ctc_unalignable
 from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
-from llmasr.models.ctc_gate import heard_rows, searched_rows_only
-from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
-from llmasr.models.ctc_prefix import CTCPrefixScorer
+from llmasr.models.ctc_gate import heard_rows
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decode_guards import EndTokens, Guards, caps_alone, other_end_ids
 from llmasr.models.decoding import DecodeConfig, Transcripts
-from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
+from llmasr.models.llm_search import gated_search
 from llmasr.models.losses import group_rows, labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
@@ -300,7 +295,7 @@ class SpeechLLM(nn.Module):
         """
         cfg = DecodeConfig() if cfg is None else cfg
         merged, ctc, ctc_texts, heard = self._prepare(batch, cfg)
-        rows, truncated, mode, scores = self._gated_search(merged, batch, cfg, generate_kwargs, ctc, heard)
+        rows, truncated, mode, scores = gated_search(self, merged, batch, cfg, generate_kwargs, ctc, heard)
         llm = [self.prompt.decode(ids) if ok else "" for ids, ok in zip(rows, heard)]
         times = None
         if cfg.timestamps and ctc is not None:
@@ -333,7 +328,7 @@ class SpeechLLM(nn.Module):
         cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
         merged, ctc, _, heard = self._prepare(batch, cfg, texts=False)
         kwargs = {k: v for k, v in settings.items() if k not in names}
-        return self._gated_search(merged, batch, cfg, kwargs, ctc, heard)[0]
+        return gated_search(self, merged, batch, cfg, kwargs, ctc, heard)[0]
 
     def _prepare(self, batch: Batch, cfg: DecodeConfig, texts: bool = True) -> tuple:
         """What a search of `batch` starts from: (the left-padded prompts with their audio (MergedInputs), the CTC
@@ -349,92 +344,8 @@ class SpeechLLM(nn.Module):
             said = self.ctc_texts(*ctc) if texts or gate else None  # generate_ids without the gate reads none
         return merged, ctc, said, heard_rows(said) if gate else [True] * len(batch.feat_lens)
 
-    def _gated_search(self, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs: dict, ctc, heard) -> tuple:
-        """_search's (ids, truncation, mode, confidence) per row of `batch`, over the rows `heard` holds true only
-        (models.ctc_gate): a row it holds false has no tokens, no guard and no confidence."""
-        if all(heard):
-            return self._search(merged, batch.feat_lens, cfg, generate_kwargs, ctc, batch.hotwords)
-        mode = cfg.mode(cfg.guidance(True, self.ctc_on_llm_vocab), self.ctc_on_llm_vocab)
-
-        def search(merged, feat_lens, ctc, hotwords):
-            return self._search(merged, feat_lens, cfg, generate_kwargs, ctc, hotwords)
-
-        synced = bool(generate_kwargs.get("synced_gpus"))
-        return searched_rows_only(search, merged, batch, ctc, heard, synced, cfg.confidence, mode)
-
     @property
     def ctc_on_llm_vocab(self) -> bool:
         """Whether the CTC head spells in the LLM's tokens (it can guide the search token by token), or in its own
         vocabulary (its guidance rescores a beam's n-best)."""
         return isinstance(self.ctc_tokenizer, LLMCTCTokenizer)
-
-    def _search(self, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc, hotwords=None) -> tuple:
-        """(token ids per row, each cut at its cap; truncation per row; mode name; with cfg.confidence each row's
-        Confidence, of the row before the cut) of the search `cfg` asks for; `ctc`: (CTC log-probs, lengths) of a
-        model with a CTC head, else None; `hotwords`: each row's phrases (cfg.hotword_boost boosts them)."""
-        # deferred like every transformers import (models.llm)
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
-        cfg.validate_search()  # a DecodeConfig built in Python has met no recipe's checks
-        llm_vocab = self.ctc_on_llm_vocab
-        weight = cfg.guidance(ctc is not None, llm_vocab)
-        caps = [cfg.new_token_cap(s) for s in (feat_lens.double() * self.frontend.frame_seconds).tolist()]
-        guards = Guards(caps, cfg.repeat_limit, self.prompt.end_id, cfg.num_beams)
-        boost, end = cfg.boost(weight, llm_vocab), self.prompt.end_id
-        boosts = []
-        if boost > 0 and hotwords is not None and any(hotwords):
-            boosts.append(HotwordBoost(hotwords, self.prompt.tokenizer, boost, end, cfg.num_beams))
-        ends = [end, *other_end_ids(self.llm.generation_config, self.prompt.tokenizer, end)]
-        processors = [EndTokens(end, ends[1:])]
-        if cfg.repetition_penalty != 1.0:  # generate's own skips as many first tokens of a row as it has left padding
-            processors.insert(0, RepetitionPenaltyLogitsProcessor(float(cfg.repetition_penalty)))
-        if weight > 0 and llm_vocab:
-            scorer = CTCPrefixScorer(ctc[0], ctc[1], self.ctc_tokenizer.blank_id)
-            listed = [boosts[0].tokens(u) for u in range(len(hotwords))] if boosts else None
-            processors.append(CTCPrefixGuide(scorer, weight, end, cfg.num_beams, listed))
-        # the boost after the guide (added to the joint score of the candidates it kept) and after the guards (an end
-        # they force inside a phrase gives its bonus back)
-        processors += [guards, *boosts]
-        nbest = cfg.num_beams if weight > 0 and not llm_vocab else 1
-        boosted_beams = nullcontext()
-        if boosts and cfg.num_beams > 1:  # "never": nor does it stop once num_beams have ended (early_stopping true)
-            boosted_beams = beam_search_to_the_caps(base_lm(self.llm))
-            generate_kwargs = {"early_stopping": "never", **generate_kwargs}
-        with boosted_beams, caps_alone(self.llm):
-            out = self.llm.generate(
-                inputs_embeds=merged.inputs_embeds,
-                attention_mask=merged.attention_mask,
-                max_new_tokens=max(caps) + 1,  # the guard ends each row at its own cap
-                do_sample=False,
-                eos_token_id=self.prompt.end_id,
-                pad_token_id=self.prompt.pad_id,
-                logits_processor=LogitsProcessorList(processors),
-                num_return_sequences=nbest,
-                output_scores=nbest > 1,
-                return_dict_in_generate=True,
-                **cfg.generation(),
-                **generate_kwargs,
-            )
-        rows = out.sequences.tolist()
-        if nbest > 1:
-            penalty = generate_kwargs.get("length_penalty")
-            rows = self._rescored(rows, out.sequences_scores, nbest, ctc, weight, penalty)
-        # Each row is cut at its own cap, so a looping utterance yields the same text in a batch as alone.
-        truncated = [guards.truncation(row, cap) for row, cap in zip(rows, caps)]
-        scores = hypothesis_logprobs(self.llm, merged, rows, ends, self.logit_transform) if cfg.confidence else None
-        return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab), scores
-
-    def _rescored(self, rows: list, scores: torch.Tensor, nbest: int, ctc, weight: float, penalty=None) -> list:
-        """The best of each utterance's `nbest` rows by LLM log-probability joined with the CTC score of its text.
-        Beam scores are divided by length ** length_penalty (tokens with the end token; the guards end every row
-        with it), which is undone here so that both scores are sums over the hypothesis. `penalty`: the one passed
-        to generate, else the LLM's generation_config's."""
-        groups = [rows[b * nbest : (b + 1) * nbest] for b in range(len(rows) // nbest)]
-        if penalty is None:
-            penalty = getattr(self.llm.generation_config, "length_penalty", None)
-        penalty = 1.0 if penalty is None else float(penalty)  # unset: generate's default, 1.0
-        end = self.prompt.end_id
-        sums = [s * (r.index(end) + 1 if end in r else len(r)) ** penalty for r, s in zip(rows, scores.tolist())]
-        hyps = [[(self.prompt.decode(r), sums[b * nbest + i]) for i, r in enumerate(g)] for b, g in enumerate(groups)]
-        best = rescore_nbest(hyps, ctc[0], ctc[1], self.ctc_tokenizer, weight)
-        return [g[i] for g, i in zip(groups, best)]

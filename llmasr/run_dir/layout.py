@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmasr.config_io import not_utf8
 from llmasr.safe_load import CheckpointError
+from llmasr.text_files import not_utf8
 
 RECIPE_FILE = "recipe.yaml"
 DS_CONFIG_FILE = "ds_config.json"

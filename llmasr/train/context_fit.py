@@ -2,7 +2,7 @@
 (llmasr.models.context): `llmasr train` and `llmasr check` refuse a recipe whose longest utterances would reach
 positions the LLM was never trained on, instead of degrading (or failing) hours into the run. What a line takes of
 the context is counted by llmasr.train.line_positions, as the batch budget data.batching.max_llm_tokens counts it:
-its audio at the longest the dataset loads for its stated duration (records.duration_slack past it). Validation's
+its audio at the longest the dataset loads for its stated duration (stated_duration's slack past it). Validation's
 greedy pass (its WER) reads the prompt and audio and then writes up to the decode section's cap: that must fit too."""
 
 from __future__ import annotations

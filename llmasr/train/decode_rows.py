@@ -9,7 +9,7 @@ decoded in a batch of its own (decoding skips no item), and decode says which.
 An item's input is its audio tokens (llmasr.models.context.audio_tokens: the model's own frontend, encoder and
 adaptor, of its audio as long as loading takes it for the stated duration, llmasr.train.line_positions.heard_seconds)
 and its prompt as the dataset renders it: its task and system message and its biasing list (its own, else the
---hotwords list; none when lists are not prompted), after the token cap. The cap on new tokens is SpeechLLM._search's:
+--hotwords list; none when lists are not prompted), after the token cap. The cap on new tokens is models.llm_search's:
 decode.max_new_tokens, else tokens_per_second x its seconds + 8 (one more for the end token generate writes).
 """
 
@@ -70,7 +70,7 @@ class DecodeRows:
         return inputs * beams, new * beams
 
     def new_tokens(self, seconds: float) -> int:
-        """The most tokens generate writes for `seconds` of audio (SpeechLLM._search's cap, and its end token)."""
+        """The most tokens generate writes for `seconds` of audio (models.llm_search's cap, and its end token)."""
         return self.cfg.new_token_cap(seconds) + 1
 
     def prompts(self, manifest, items: np.ndarray) -> np.ndarray:

@@ -29,8 +29,9 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from llmasr.config_io import ConfigError, unique_keys
+from llmasr.config_io import ConfigError
 from llmasr.errors import nearest_hint
+from llmasr.text_files import unique_keys
 from llmasr.train.config import TrainConfig
 from llmasr.train.ds_keys import check_ds_keys
 from llmasr.train.ds_owned import BLOCKS, check_owned

@@ -3,7 +3,7 @@
 (llmasr.train.context_fit) and for the batch budget data.batching.max_llm_tokens (the sampler's `llm_lens`).
 
 The audio tokens are llmasr.models.context.audio_tokens of the audio a line is heard as (`heard_seconds`: at the
-longest the dataset loads for its stated duration, records.duration_slack past it), counted by
+longest the dataset loads for its stated duration, stated_duration.duration_slack past it), counted by
 the model's own frontend, encoder and adaptor: the built model's, or, before it exists (batching is planned first),
 builder.audio_side's, the same classes built on the meta device from the recipe. Prompt and transcript are bounded by
 the transcript's UTF-8 bytes (no tokenizer writes more tokens than bytes, and a token at each seam), and encoded
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmasr.data.manifest import BadRecord
-from llmasr.data.records import duration_slack, given_hotwords, task_of
+from llmasr.data.records import given_hotwords, task_of
 from llmasr.data.sampler_settings import longest_kept
+from llmasr.data.stated_duration import duration_slack
 from llmasr.models.context import audio_tokens, capped_list_tokens
 
 log = logging.getLogger("llmasr.train")
@@ -29,7 +30,7 @@ log = logging.getLogger("llmasr.train")
 def heard_seconds(durations, data_cfg, frontend, *, train: bool) -> np.ndarray:
     """The longest audio each line is heard as (NaN for lines batching leaves out): its stated duration, cut at
     data.batching.max_duration under truncate_to_max, lengthened by as much more audio as the dataset takes for it
-    (records.duration_slack: the batch budget and the context check both count the audio as loaded, not as stated),
+    (duration_slack: the batch budget and the context check both count the audio as loaded, not as stated),
     then by the slowest speed factor and the pauses augmentation may add (training only); under a Whisper frontend,
     as far as its window holds (the augmenter slows and pads a clip that far; AugmentConfig.cost counts it
     unstretched, as the window costs a batch)."""

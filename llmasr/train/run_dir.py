@@ -29,7 +29,7 @@ from llmasr.config_io import ConfigError, dump_yaml
 from llmasr.config_paths import output_problem
 from llmasr.train.process_group import all_gather_object, barrier, broadcast_object
 from llmasr.train.progress import plot_lr, write_lr_csv
-from llmasr.train.resume import check_resume_recipe
+from llmasr.train.resume_recipe import check_resume_recipe
 from llmasr.train.shared_dir import check_shared, plant_token
 
 

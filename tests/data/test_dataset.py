@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from speech_fakes import FakeCTCTokenizer, FakePromptBuilder, write_manifest, write_wav
 
-from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData, reason_category
+from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
+from llmasr.data.bad_reasons import reason_category
 from llmasr.data.collate import Collator
 from llmasr.data.dataset import PromptEncoder, SpeechDataset
 from llmasr.data.frontend import FrontendConfig

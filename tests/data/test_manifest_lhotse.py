@@ -12,7 +12,7 @@ from speech_fakes import cut, write_jsonl
 from speech_fakes import write_tone_wav as write_wav
 
 from llmasr.data.audio import load_audio
-from llmasr.data.bad_data import reason_category
+from llmasr.data.bad_reasons import reason_category
 from llmasr.data.manifest import BadRecord, Manifest
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")

@@ -8,7 +8,8 @@ import re
 from speech_fakes import FakePromptBuilder, write_manifest, write_wav
 
 from llmasr.config_io import from_dict
-from llmasr.data.bad_data import BadItem, reason_category
+from llmasr.data.bad_data import BadItem
+from llmasr.data.bad_reasons import reason_category
 from llmasr.data.check import check_data
 from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig

@@ -236,9 +236,9 @@ def short_context(tmp_path_factory):
 
 
 def test_decode_windows_fit_the_llm_context(short_context, tmp_path, monkeypatch, caplog):
+    import llmasr.models.llm_search as llm_search
     from llmasr.export.decode import DecodeError, decode_manifest, window_limit
     from llmasr.models.context import audio_tokens
-    from llmasr.models.speech_llm import SpeechLLM
 
     model, manifest = short_context
     cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
@@ -249,13 +249,13 @@ def test_decode_windows_fit_the_llm_context(short_context, tmp_path, monkeypatch
     )
     assert f"long audio is decoded in windows of at most {fit:g} s" in caplog.text
     assert "pass the LLM's context of 80 tokens (config.json's max_position_embeddings)" in caplog.text
-    seen, search = [], SpeechLLM._search
+    seen, search = [], llm_search.llm_search
 
-    def spy(self, merged, *args, **kwargs):
+    def spy(model, merged, *args, **kwargs):
         seen.extend(merged.attention_mask.sum(1).tolist())
-        return search(self, merged, *args, **kwargs)
+        return search(model, merged, *args, **kwargs)
 
-    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    monkeypatch.setattr(llm_search, "llm_search", spy)
     summary = decode_manifest(model, manifest, tmp_path / "hyp", cfg, opts)
     assert summary["windows"] > 1 and summary["max_window_seconds"] == fit
     assert seen and max(seen) + 4 <= 80
@@ -277,21 +277,21 @@ def test_decode_windows_count_a_lines_own_list_at_its_cap(short_context, tmp_pat
     counts at that cap, so every window with its list still fits the context."""
     import json
 
+    import llmasr.models.llm_search as llm_search
     from llmasr.export.decode import decode_manifest
-    from llmasr.models.speech_llm import SpeechLLM
 
     model, manifest = short_context
     line = json.loads(manifest.read_text())
     listed = tmp_path / "listed.jsonl"
     listed.write_text(json.dumps({**line, "hotwords": ["one two three four", "five six seven eight"]}) + "\n")
     monkeypatch.setattr(model.prompt, "hotwords_max_tokens", 12)
-    seen, search = [], SpeechLLM._search
+    seen, search = [], llm_search.llm_search
 
-    def spy(self, merged, *args, **kwargs):
+    def spy(model, merged, *args, **kwargs):
         seen.extend(merged.attention_mask.sum(1).tolist())
-        return search(self, merged, *args, **kwargs)
+        return search(model, merged, *args, **kwargs)
 
-    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    monkeypatch.setattr(llm_search, "llm_search", spy)
     cfg, opts = DecodeConfig(max_new_tokens=4), DecodeOptions(num_workers=0, training_max_seconds=None)
     summary = decode_manifest(model, listed, tmp_path / "hyp", cfg, opts)
     assert summary["windows"] > 1 and seen and max(seen) + 4 <= 80
@@ -307,15 +307,15 @@ def _listed(short_context, tmp_path, hotwords):
 
 
 def _prompt_lengths(monkeypatch) -> list[int]:
-    from llmasr.models.speech_llm import SpeechLLM
+    import llmasr.models.llm_search as llm_search
 
-    seen, search = [], SpeechLLM._search
+    seen, search = [], llm_search.llm_search
 
-    def spy(self, merged, *args, **kwargs):
+    def spy(model, merged, *args, **kwargs):
         seen.extend(merged.attention_mask.sum(1).tolist())
-        return search(self, merged, *args, **kwargs)
+        return search(model, merged, *args, **kwargs)
 
-    monkeypatch.setattr(SpeechLLM, "_search", spy)
+    monkeypatch.setattr(llm_search, "llm_search", spy)
     return seen
 
 

@@ -290,12 +290,12 @@ def test_a_word_vocabulary_head_rescores_the_nbest_and_removes_the_insertion(tin
 def test_nbest_rescoring_weighs_the_llms_whole_log_probability(tiny_llm_dir, tmp_path, monkeypatch):
     """Beam scores come divided by length ** length_penalty; an unset penalty is generate's 1.0 and is undone as such
     (it was taken for 0: the CTC score met the LLM's mean per token, not its sum)."""
-    import llmasr.models.speech_llm as speech_llm
+    import llmasr.models.llm_search as llm_search
 
     m = _word_vocabulary_model(tiny_llm_dir, tmp_path)
     batch, seen = random_batch(m, ["three four"], frames=[30], seed=1), []
-    real = speech_llm.rescore_nbest
-    monkeypatch.setattr(speech_llm, "rescore_nbest", lambda hyps, *a: seen.append(hyps) or real(hyps, *a))
+    real = llm_search.rescore_nbest
+    monkeypatch.setattr(llm_search, "rescore_nbest", lambda hyps, *a: seen.append(hyps) or real(hyps, *a))
     cfg = DecodeConfig(num_beams=3, ctc_weight=0.5, max_new_tokens=6)
     for penalty in (None, 1.0, 0.0):
         m.llm.generation_config.length_penalty = penalty
@@ -347,7 +347,7 @@ def test_a_run_saved_with_timestamps_and_no_ctc_head_still_resumes_and_exports(t
     import yaml
 
     from llmasr.recipe import Recipe, load_recipe
-    from llmasr.train import resume as rs
+    from llmasr.train import resume_recipe as rr
 
     saved = tmp_path / "run" / "recipe.yaml"
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
@@ -356,7 +356,7 @@ def test_a_run_saved_with_timestamps_and_no_ctc_head_still_resumes_and_exports(t
         assert load_recipe(saved, saved=True).decode.timestamps is False
     assert "decode.timestamps is true but the model has no CTC head to time words: read as false" in caplog.text
     assert (
-        rs.check_resume_recipe(load_recipe(data={"model": {"ctc": {"weight": 0.0}}}), tmp_path / "run" / "checkpoints")
+        rr.check_resume_recipe(load_recipe(data={"model": {"ctc": {"weight": 0.0}}}), tmp_path / "run" / "checkpoints")
         == []
     )
     with pytest.raises(ConfigError, match="decode.timestamps: word times come from the CTC head"):

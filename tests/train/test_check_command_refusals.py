@@ -173,7 +173,7 @@ def test_utterances_past_the_llm_context_are_refused_at_start(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     code, _, err = run_check(capsys, "--config", str(path), "--deepspeed", "zero2", "--out", str(tmp_path / "c"))
     model = build_model(data["model"], weights="meta")
-    # counted at the longest audio the dataset loads for 6 s stated: 6 s + max(0.1 s, 1 %) (records.durations_disagree)
+    # counted at the longest audio the dataset loads for 6 s stated: 6 s + max(0.1 s, 1 %) (stated_duration)
     audio, text = audio_tokens(model, 6.1), len(model.prompt.encode("one two").ids)
     assert code != 0
     assert (

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S
+from llmasr.data.stated_duration import DURATION_SLACK_FRACTION, DURATION_SLACK_S
 from llmasr.models.builder import build_model
 from llmasr.models.context import ContextError, audio_tokens
 from llmasr.recipe import load_recipe
@@ -21,7 +21,7 @@ from llmasr.train.resolve import build_loaders, text_side
 
 def loaded_at_most(stated: float) -> float:
     """The longest audio the dataset loads for a line stating `stated` seconds: audio longer by up to max(0.1 s, 1 %)
-    passes as right (records.durations_disagree), so the check counts that much."""
+    passes as right (stated_duration.durations_disagree), so the check counts that much."""
     return stated + max(DURATION_SLACK_S, DURATION_SLACK_FRACTION * stated)
 
 

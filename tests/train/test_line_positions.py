@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmasr.data.records import DURATION_SLACK_FRACTION, DURATION_SLACK_S
+from llmasr.data.stated_duration import DURATION_SLACK_FRACTION, DURATION_SLACK_S
 from llmasr.models.builder import build_model
 from llmasr.models.context import audio_tokens
 from llmasr.recipe import load_recipe

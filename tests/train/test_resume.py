@@ -2,7 +2,6 @@
 rewritten by a resume that fails, and the lr each update really runs with."""
 
 import logging
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,17 +11,16 @@ import torch
 
 import llmasr
 from llmasr import run_dir as ck
-from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_io import ConfigError, to_dict
 from llmasr.recipe import Recipe, load_recipe
 from llmasr.safe_load import CheckpointError
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train import resume as rs
-from llmasr.train.config import BRANCHES, SchedulerConfig
+from llmasr.train import resume_recipe as rr
+from llmasr.train.config import SchedulerConfig
 from llmasr.train.resolve import seed_everything
 from llmasr.train.schedulers import schedule_lr
 from llmasr.train.trainer import train
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -40,58 +38,6 @@ def run_files(run) -> dict:
     return {n: (run / n).read_bytes() for n in names}
 
 
-# -- the key tables -----------------------------------------------------------------------------------------------
-def readme_rows() -> dict[str, set[str]]:
-    """{second column: backticked keys of the first} of the README's resume table."""
-    text = README.read_text()
-    table = text[text.index("| keys | on resume |") :].split("\n\n")[0]
-    rows = {}
-    for line in table.splitlines()[2:]:
-        keys, effect = line.strip("|").split("|")
-        rows[effect.strip()] = set(re.findall(r"`([^`]+)`", keys))
-    return rows
-
-
-def test_readme_table_is_the_code_s():
-    rows = readme_rows()
-    rebuilt = [keys for effect, keys in rows.items() if "rebuilt" in effect]
-    assert rebuilt == [set(rs.RESCHEDULE)]
-    may = set().union(
-        *(keys for effect, keys in rows.items() if effect.startswith("may change") and "rebuilt" not in effect)
-    )
-    assert may == set(rs.MAY_CHANGE)
-
-
-def test_every_listed_key_is_a_recipe_key_and_the_rest_are_refused():
-    from llmasr.models.sanm_chunk import TRAIN_CHUNKS
-
-    full = from_dict(  # a streaming encoder's conf key too (the conf dict holds what the recipe gives)
-        Recipe,
-        {
-            "optim": {"branches": {b: {"lr": 1e-4, "scheduler": {"type": "constant"}} for b in BRANCHES}},
-            "model": {"encoder": {"conf": {"train_chunks": TRAIN_CHUNKS[0]}}},
-        },
-    )
-    keys = set(rs.flatten(to_dict(full)))
-    for pattern in rs.MAY_CHANGE + rs.RESCHEDULE:  # a renamed config key must not leave a dead entry behind
-        assert any(rs._matches(k, pattern) for k in keys), pattern
-    kinds = {k: rs.key_kind(k) for k in keys}
-    assert kinds["optim.branches.llm.lr"] == kinds["optim.scheduler.warmup_ratio"] == "reschedule"
-    assert kinds["optim.branches.ctc.scheduler.type"] == kinds["train.epochs"] == "reschedule"
-    assert kinds["decode.num_beams"] == kinds["data.num_workers"] == kinds["model.llm.path"] == "may_change"
-    for key in ("model.llm.lora", "model.encoder.freeze", "data.train", "data.batching.max_seconds", "data.seed",
-                "train.seed", "train.precision", "optim.weight_decay", "optim.branches.llm.betas", "train.best_metric",
-                "data.augment.speed_perturb.enabled", "train.micro_batch_per_gpu"):  # fmt: skip
-        assert rs.key_kind(key) == "refused", key
-    assert "data.valid_max_utts" in keys and rs.key_kind("data.valid_max_utts") == "may_change"
-
-
-def test_recipe_changes_read_absent_as_none():
-    saved = {"optim": {"branches": {}}, "train": {"epochs": 1}}
-    new = {"optim": {"branches": {"llm": {"lr": 2e-5, "eps": None}}}, "train": {"epochs": 1}}
-    assert rs.recipe_changes(saved, new) == [("optim.branches.llm.lr", None, 2e-5)]
-
-
 def test_a_run_saved_before_spec_augment_s_time_cap_resumes_uncapped_only(tiny_llm_dir, corpus, tmp_path):
     """RUN_DIR/recipe.yaml as an llmasr before data.augment.spec_augment.max_time_fraction wrote it: SpecAugment on,
     the key absent, the time masks drawn uncapped. It had read as today's default 0.5 on both sides, so the resume
@@ -107,16 +53,16 @@ def test_a_run_saved_before_spec_augment_s_time_cap_resumes_uncapped_only(tiny_l
     (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
     said = r"max_time_fraction: 1.0 -> 0.5 \(.*before this key capped none, as 1 does: set data.augment.spec_augment"
     with pytest.raises(ConfigError, match=said + r".max_time_fraction=1"):
-        rs.check_resume_recipe(recipe(tiny_llm_dir, corpus, run, overrides=on), run / ck.CHECKPOINTS)
+        rr.check_resume_recipe(recipe(tiny_llm_dir, corpus, run, overrides=on), run / ck.CHECKPOINTS)
     same = recipe(tiny_llm_dir, corpus, run, overrides=[*on, "data.augment.spec_augment.max_time_fraction=1"])
-    assert rs.check_resume_recipe(same, run / ck.CHECKPOINTS) == []
+    assert rr.check_resume_recipe(same, run / ck.CHECKPOINTS) == []
     sa = "data.augment.spec_augment."
     for section in ({"enable": False}, {"enable": True, "num_time_masks": 2, "max_time_width": 0.1}):
         # no masks drawn, or the masks the cap draws too (each within 0.25 of the utterance): the default stands
         saved["data"]["augment"]["spec_augment"].update(section)
         (run / ck.RECIPE_FILE).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
         now = recipe(tiny_llm_dir, corpus, run, overrides=[*on, *(f"{sa}{k}={v}" for k, v in section.items())])
-        assert rs.check_resume_recipe(now, run / ck.CHECKPOINTS) == []
+        assert rr.check_resume_recipe(now, run / ck.CHECKPOINTS) == []
 
 
 def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_dir, corpus, tmp_path):
@@ -129,7 +75,7 @@ def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_di
     run.mkdir()
     save_recipe(recipe(tiny_llm_dir, corpus, run), run / ck.RECIPE_FILE)
     new = recipe(tiny_llm_dir, corpus, run, overrides=["optim.branches.llm.scheduler={type: constant}"])
-    assert rs.check_resume_recipe(new, run / "checkpoints") == [
+    assert rr.check_resume_recipe(new, run / "checkpoints") == [
         'resume: recipe changes since the run was saved: optim.branches.llm.scheduler.type: "warmup_cosine" -> '
         '"constant"'
     ]  # (the optim-wide schedule the branch had inherited)
@@ -139,7 +85,7 @@ def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_di
         run,
         overrides=["optim.branches.llm.scheduler={type: tri_stage, phase_ratio: [0.1, 0.4, 0.5]}"],
     )
-    (note,) = rs.check_resume_recipe(new, run / "checkpoints")
+    (note,) = rr.check_resume_recipe(new, run / "checkpoints")
     for read in ("phase_ratio: null -> [", 'type: "warmup_cosine" -> "tri_stage"'):
         assert f"optim.branches.llm.scheduler.{read}" in note  # the new type reads them
     # min_lr_ratio: the old type reads it, 0.0 on both sides; init_lr_scale: 0.01, the default, on both
@@ -147,7 +93,7 @@ def test_a_branch_s_new_scheduler_lists_only_the_fields_a_type_reads(tiny_llm_di
     # a saved run's field its type never read (such runs still load), gone from the new recipe: neither reads it
     saved = {"optim": {"scheduler": {"type": "tri_stage", "min_lr_ratio": 0.1}, "branches": {}}}
     new = {"optim": {"scheduler": {"type": "tri_stage", "min_lr_ratio": 0.0}, "branches": {}}}
-    assert rs.recipe_changes(saved, new) == []
+    assert rr.recipe_changes(saved, new) == []
 
 
 # -- real runs ----------------------------------------------------------------------------------------------------
@@ -265,7 +211,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tiny_llm_dir, 
     # resuming one of them is checked against the run's recipe (it had found none to compare with, and allowed all)
     reseeded = recipe(tiny_llm_dir, corpus, run, grad_accum=1, max_updates=3, overrides=["train.seed=999"])
     with pytest.raises(ConfigError, match=f"(?s)the recipe differs from {run / ck.RECIPE_FILE}.*train.seed: 0 -> 999"):
-        rs.check_resume_recipe(reseeded, aside)
+        rr.check_resume_recipe(reseeded, aside)
     # ... and it is this run's own: resumed in its folder, not refused as an earlier run's (whose --overwrite would
     # have deleted the folder being resumed)
     from llmasr.train.run_dir import RunDirError, check_run_start
