@@ -19,6 +19,10 @@ VERBS = {
     "export": ("llmasr.commands.export", "merge LoRA and write a model that plain transformers loads"),
     "decode": ("llmasr.commands.decode", "decode a manifest with an exported model or a checkpoint; WER/CER"),
     "transcribe": ("llmasr.commands.transcribe", "print the transcripts of audio files (no manifest, no scoring)"),
+    "score": (
+        "llmasr.commands.score",
+        "score hypotheses against references by key; compare systems (paired bootstrap)",
+    ),
     "convert": ("llmasr.commands.convert", "convert a FunASR Fun-ASR-Nano directory into an llmasr model directory"),
     "data": (
         "",

@@ -41,7 +41,7 @@ DEBUG_ENV = "LLMASR_DEBUG"
 INPUT_ERRORS = frozenset({
     "ConfigError", "TooMuchBadData", "CheckpointError", "CheckpointMismatchError", "ExportError", "ExportedModelError",
     "DecodeError", "TranscribeError", "ConvertError", "PromptError", "AudioError", "KaldiError", "CMVNError",
-    "PhraseFileError", "BadManifest", "EmptyManifest",
+    "PhraseFileError", "BadManifest", "EmptyManifest", "ScoreInputError",
 })  # fmt: skip
 _traceback_file: Path | None = None
 

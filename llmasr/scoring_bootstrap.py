@@ -52,3 +52,29 @@ def improvement_probability(
         raise ValueError(f"improvement_probability: need the same utterances, got {len(a)} and {len(b)} counts")
     diff = (a - b)[_draws(len(a), resamples, seed)].sum(axis=1)
     return float(((diff < 0).sum() + 0.5 * (diff == 0).sum()) / resamples)
+
+
+def paired_change(
+    errors_a: list[int],
+    errors_b: list[int],
+    units: list[int],
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """How system B's corpus rate differs from system A's on the same utterances (their per-utterance error counts
+    and reference units, in one order): {"low", "high"}: the middle `level` of (rate B - rate A) over paired
+    utterance resamples (None each where no draw holds a reference unit), and "p_better": the share of draws on which
+    B makes fewer errors (improvement_probability's)."""
+    a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
+    ref = np.asarray(units, dtype=np.float64)
+    if not (len(a) == len(b) == len(ref)) or not len(a):
+        raise ValueError(f"paired_change: need the same utterances, got {len(a)}, {len(b)} and {len(ref)} counts")
+    idx = _draws(len(a), resamples, seed)
+    diff, totals = (b - a)[idx].sum(axis=1), ref[idx].sum(axis=1)
+    changes = diff[totals > 0] / totals[totals > 0]
+    tail = (1.0 - level) / 2
+    low, high = (float(q) for q in np.quantile(changes, [tail, 1.0 - tail])) if changes.size else (None, None)
+    p_better = improvement_probability(errors_b, errors_a, resamples=resamples, seed=seed)  # the same draws
+    return {"low": low, "high": high, "p_better": p_better}

@@ -62,7 +62,7 @@ SECTION_VERBS = {
     "### 2. Check, then launch": ("check", "train"),
     "### 3. Resume": ("train", "check"),
     "### 4. Export": ("export", "decode"),
-    "### 5. Decode": ("decode", "transcribe", "data pseudo-label", "data check"),
+    "### 5. Decode": ("decode", "transcribe", "data pseudo-label", "data check", "score"),
     "### 6. Read the logs": ("train",),
     "## Hotwords": ("decode", "transcribe"),
     "### Scoring": ("decode",),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from llmasr.scoring_bootstrap import improvement_probability, rate_interval
+from llmasr.scoring_bootstrap import improvement_probability, paired_change, rate_interval
 
 
 def test_interval_holds_the_rate_and_narrows_with_more_utterances():
@@ -54,3 +55,21 @@ def test_probability_of_improvement():
     assert got == pytest.approx(p_drawn + 0.5 * (1 - p_drawn), abs=0.03)
     with pytest.raises(ValueError, match="the same utterances"):
         improvement_probability([1, 2], [1])
+
+
+def test_paired_change_holds_the_change_and_says_which_system_is_better():
+    rng = np.random.default_rng(3)
+    units = rng.integers(5, 15, size=400)
+    a = rng.binomial(units, 0.10)
+    b = np.where(rng.random(400) < 0.2, np.maximum(a - 1, 0), a)  # B fixes an error in a fifth of the utterances
+    got = paired_change(a.tolist(), b.tolist(), units.tolist())
+    change = (b.sum() - a.sum()) / units.sum()
+    assert got["low"] <= change <= got["high"] < 0 and got["p_better"] > 0.99
+    assert got["p_better"] == improvement_probability(b.tolist(), a.tolist())  # one owner of the probability
+    same = paired_change(a.tolist(), a.tolist(), units.tolist())
+    assert (same["low"], same["high"], same["p_better"]) == (0.0, 0.0, 0.5)
+    # the pairing narrows the interval: B's own rate interval is wider than the change's
+    own = rate_interval(b.tolist(), units.tolist())
+    assert got["high"] - got["low"] < own[1] - own[0]
+    with pytest.raises(ValueError, match="need the same utterances"):
+        paired_change([1, 2], [1, 2], [3])

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
-from llmasr.data.languages import bare_label
 from llmasr.data.windowed import window_texts
 from llmasr.export.decode_confidence import confidence_fields, confidence_summary
 from llmasr.export.decode_gate import ctc_gate_summary
@@ -19,7 +18,9 @@ from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import plural, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
-from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, rate_interval
+from llmasr.scoring_bootstrap import rate_interval
+from llmasr.scoring_inputs import kaldi_key
+from llmasr.scoring_report import add_languages, interval_text
 from llmasr.written_by import KEY, written_by
 
 
@@ -198,7 +199,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     ]
     if line := _asked_line(found):
         text.append(line)
-    _add_languages(summary, text, rows, "hyp", cfg.metric)
+    add_languages(summary, text, rows, "hyp", cfg.metric)
     if line := confidence_summary(summary, rows, cfg.metric):
         text.append(line)
     if line := ctc_gate_summary(summary, rows, cfg.ctc_gate, cfg.metric):
@@ -213,7 +214,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
             f"keys on more than one line: {len(summary['repeated_keys'])} (e.g. {summary['repeated_keys'][0]!r}); "
             "scored line by line here; a scorer pairing hyp.txt and ref.txt by key (sclite, compute-wer) would not"
         )
-    summary["spaced_keys"] = [r["key"] for r in rows if _kaldi_key(r["key"]) != r["key"]]
+    summary["spaced_keys"] = [r["key"] for r in rows if kaldi_key(r["key"]) != r["key"]]
     if summary["spaced_keys"]:
         text.append(
             f"keys holding whitespace: {len(summary['spaced_keys'])} (e.g. {summary['spaced_keys'][0]!r}); written "
@@ -232,7 +233,7 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
 def _repeated_keys(rows: list[dict]) -> list[str]:
     """The keys that stand on more than one line of hyp.txt, as written there ("a b" and "a_b" both as a_b), in
     first-seen order."""
-    return [k for k, n in Counter(_kaldi_key(r["key"]) for r in rows).items() if n > 1]
+    return [k for k, n in Counter(kaldi_key(r["key"]) for r in rows).items() if n > 1]
 
 
 def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
@@ -248,7 +249,7 @@ def ctc_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
     ]
     if line := _asked_line(found):  # the language query reaches the encoder, so the CTC branch too
         text.append(line)
-    _add_languages(summary, text, rows, "ctc_hyp", cfg.metric)
+    add_languages(summary, text, rows, "ctc_hyp", cfg.metric)
     if "windows" in found:
         text.append(_windows_line(found, len(rows)))
     _add_hotwords(summary, text, hot)
@@ -272,7 +273,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     hyp_lines, result_lines = [], []
     for r in rows:
         s, b, phrases = next(scoring) if r["ref"] is not None else (None, None, None)
-        hyp_lines.append(f"{_kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
+        hyp_lines.append(f"{kaldi_key(r['key'])} {_one_line(r[hyp_key])}\n")
         rec = {"key": r["key"], **({"line": r["line"]} if "line" in r else {}), "ref": r["ref"], "hyp": r[hyp_key]}
         rec.update(_counts_of(s))
         rec.update(duration=round(r["duration"], 4), wer=None if s is None else s.rate, windows=r.get("windows", 1))
@@ -298,7 +299,7 @@ def _write_results(out_dir: Path, rows: list[dict], hyp_key: str, metric: str, *
     write_atomic(out_dir / "hyp.txt", "".join(hyp_lines))
     write_atomic(out_dir / "results.jsonl", "".join(result_lines))
     if with_ref:
-        write_atomic(out_dir / "ref.txt", "".join(f"{_kaldi_key(r['key'])} {_one_line(r['ref'])}\n" for r in scored))
+        write_atomic(out_dir / "ref.txt", "".join(f"{kaldi_key(r['key'])} {_one_line(r['ref'])}\n" for r in scored))
     return corpus, hot, rate_interval([s.errors for s in scores], [s.ref_len for s in scores])
 
 
@@ -333,47 +334,10 @@ def _rate_line(corpus, summary: dict) -> str:
             f"{summary['transcribed']} utterances transcribed (hyp.txt); none has a reference transcript: not "
             f"scored{named}"
         )
-    line = f"{corpus.summary()}{_interval_text(summary['rate_ci95'])}"
+    line = f"{corpus.summary()}{interval_text(summary['rate_ci95'])}"
     if summary["unscored"]:
         line += f"; {summary['unscored']} more transcribed without a reference, not scored{named}"
     return line
-
-
-def _interval_text(interval) -> str:
-    if interval is None:
-        return ""
-    return f"; {LEVEL:.0%} CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}% ({RESAMPLES} utterance resamples)"
-
-
-NO_LANGUAGE = "(none)"  # the group of scored lines that give no `lang`
-
-
-def _add_languages(summary: dict, text: list[str], rows: list[dict], hyp_key: str, metric: str) -> None:
-    """The rate of each language the scored lines name (their `lang`, llmasr.data.records.language_of), most
-    utterances first, when they name more than one or only some name one: a mixed test set's one rate hides a
-    language that is far worse. Each group is scored as the whole is (`metric`: auto picks WER or CER per line)."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    labels: dict[str, set[str]] = {}  # the labels a group gathers that are more than its key's spelling ("zh-CN")
-    for r in rows:
-        if r["ref"] is not None:
-            lang = r.get("lang") or NO_LANGUAGE
-            groups.setdefault(lang, []).append((r["ref"], r[hyp_key]))
-            label = " ".join(str(r.get("lang_label") or lang).split())
-            if bare_label(label) != lang:  # "<|zh|>" and "ZH" are "zh" written alike; "zh-CN" and "Chinese" merged
-                labels.setdefault(lang, set()).add(label)
-    if len(groups) < 2:
-        return
-    order = sorted(groups, key=lambda lang: (-len(groups[lang]), lang))
-    summary["by_language"] = {}
-    text.append("by language (the lines' `lang`):")
-    for lang in order:
-        corpus, _ = score_corpus(groups[lang], metric)
-        summary["by_language"][lang] = corpus.to_dict()
-        spelled = ""
-        if lang in labels:  # wer.json beside the groups, which stay score_corpus's
-            summary.setdefault("language_labels", {})[lang] = sorted(labels[lang])
-            spelled = f" (written {', '.join(sorted(labels[lang]))})"
-        text.append(f"  {lang}{spelled}: {corpus.summary()}")
 
 
 def _add_hotwords(summary: dict, text: list[str], hot: BiasedCorpus | None) -> None:
@@ -389,11 +353,6 @@ def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
     summary[KEY] = written_by()  # so that a later llmasr that cannot read the decode names its writer
     write_atomic(out_dir / "wer.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     summary["text"] = "\n".join(text)
-
-
-def _kaldi_key(key: str) -> str:
-    """A key a "key text" line can hold: whitespace in it would move words of the key into the text."""
-    return "_".join(str(key).split()) or "_"
 
 
 def _one_line(text: str) -> str:

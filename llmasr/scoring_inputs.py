@@ -1,0 +1,189 @@
+"""The transcripts `llmasr score` reads: references from a manifest (any format llmasr trains on), a decode folder or
+a Kaldi `text` file; hypotheses from a decode folder, its results.jsonl, a "key text" file (hyp.txt, FunASR's
+1best_recog/text, Kaldi's, any toolkit's) or a jsonl of `key` and `text` lines.
+
+Keys are matched as hyp.txt writes them (`kaldi_key`: whitespace inside a key as "_"), so a decode's hyp.txt pairs with
+the manifest it decoded. Every transcript keeps where it stands (FILE:LINE): a key given twice, a line that does not
+parse or a reference line without a transcript is named there, never dropped or scored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.records import language_of
+from llmasr.text_files import malformed_json, not_utf8
+
+RESULTS = "results.jsonl"  # a decode folder's rows: key, ref, hyp, lang
+MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
+EXAMPLES = 5
+
+
+class ScoreInputError(ValueError):
+    """A reference or hypothesis file that cannot be scored, named with its line."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    key: str  # as matched (kaldi_key)
+    text: str
+    where: str  # FILE:LINE
+    lang: str | None = None  # a reference's language key (llmasr.data.languages), its results group by
+    lang_label: str | None = None  # as the line writes it
+
+
+def kaldi_key(key) -> str:
+    """A key a "key text" line can hold: whitespace in it would move words of the key into the text."""
+    return "_".join(str(key).split()) or "_"
+
+
+def read_references(path: str | Path) -> tuple[list[Transcript], list[str]]:
+    """(the references, in file order; the places of lines without a reference transcript, which are not scored)."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "table":
+        return _unique([_table_row(path, n, key, text) for n, key, text in _table(path)], path), []
+    if kind == "results":
+        rows = list(_results(path))
+        found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang")) for where, r in rows
+                 if r.get("ref") is not None]  # fmt: skip
+        return _unique(found, path), [where for where, r in rows if r.get("ref") is None]
+    manifest = Manifest.open(path, need_target=False)
+    found, unscored = [], []
+    for i in range(len(manifest)):
+        where = f"{path}:{manifest.lineno(i)}"
+        try:
+            utt = manifest.parsed(i)[1]
+        except BadRecord as err:  # a reference that cannot be read would score its hypothesis against nothing
+            raise ScoreInputError(str(err)) from None
+        if utt.target is None or (isinstance(utt.target, str) and not utt.target.strip()):
+            unscored.append(where)  # as decode leaves it: transcribed, not scored
+            continue
+        if not isinstance(utt.target, str):
+            raise ScoreInputError(f"{where}: the transcript is {type(utt.target).__name__}, not text")
+        found.append(Transcript(kaldi_key(utt.key), utt.target, where, language_of(utt), utt.lang))
+    return _unique(found, path), unscored
+
+
+def read_hypotheses(path: str | Path) -> dict[str, Transcript]:
+    """Each key's hypothesis."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "table":
+        found = [_table_row(path, n, key, text) for n, key, text in _table(path)]
+    elif kind == "results":
+        found = [Transcript(kaldi_key(r["key"]), r.get("hyp") or "", where) for where, r in _results(path)]
+    else:
+        found = [Transcript(kaldi_key(r["key"]), r["text"], where) for where, r in _jsonl(path, ("key", "text"))]
+    return {t.key: t for t in _unique(found, path)}
+
+
+def _kind(path: Path) -> str:
+    """ "results" (a decode folder, its results.jsonl), "jsonl" (a manifest, or key + text lines) or "table"."""
+    if path.is_dir():
+        if (path / RESULTS).is_file():
+            return "results"
+        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`")
+    if not path.is_file():
+        raise ScoreInputError(f"{path}: no such file")
+    if path.name.endswith(".gz"):  # a compressed manifest (Manifest reads it)
+        return "jsonl"
+    if not path.name.endswith((".jsonl", ".json")):
+        return "table"
+    first = next((row for _, row in _jsonl(path, ())), {})
+    return "results" if {"key", "ref", "hyp"} <= set(first) else "jsonl"
+
+
+def _results(path: Path):
+    """(FILE:LINE, row) of a decode's results.jsonl."""
+    yield from _jsonl(path / RESULTS if path.is_dir() else path, ("key", "ref", "hyp"))
+
+
+def _jsonl(path: Path, need: tuple[str, ...]):
+    """(FILE:LINE, object) of each non-blank line, holding the fields `need`."""
+    if path.name.endswith(".gz"):
+        raise ScoreInputError(f"{path}: compressed: give the decompressed file (only a reference manifest may be)")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            try:
+                text = raw.decode("utf-8").removeprefix("\ufeff").strip()
+                row = json.loads(text) if text else None
+            except UnicodeDecodeError as err:
+                raise ScoreInputError(f"{where}: {not_utf8(err, path)}") from None
+            except ValueError as err:
+                raise ScoreInputError(f"{where}: {malformed_json(err)}") from None
+            if row is None:
+                continue
+            if not isinstance(row, dict) or (lack := [k for k in need if k not in row]):
+                fields = ", ".join(need)
+                got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)
+                raise ScoreInputError(f"{where}: a line of {fields} wanted, got {got}")
+            if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
+                raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
+            yield where, row
+
+
+def _table(path: Path):
+    """(line number, key, text) of a "key text" file; a line of a key alone is an empty transcript."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").removeprefix("\ufeff").strip()
+            except UnicodeDecodeError as err:
+                raise ScoreInputError(f"{path}:{n}: {not_utf8(err, path)}") from None
+            if line:
+                key, *text = line.split(maxsplit=1)
+                yield n, key, text[0] if text else ""
+
+
+def _table_row(path: Path, n: int, key: str, text: str) -> Transcript:
+    return Transcript(kaldi_key(key), text, f"{path}:{n}")
+
+
+def _unique(found: list[Transcript], path: Path) -> list[Transcript]:
+    """`found`, refused where a key stands twice: paired by key, either line would be scored against the other's."""
+    first: dict[str, Transcript] = {}
+    for t in found:
+        if (seen := first.setdefault(t.key, t)) is not t:
+            raise ScoreInputError(
+                f"{t.where}: key {t.key!r} again, first at {seen.where} (keys are matched with whitespace as '_'): "
+                "each key once"
+            )
+    if not found:
+        raise ScoreInputError(f"{path}: no transcripts")
+    return found
+
+
+def pair(refs: list[Transcript], hyps: dict[str, dict[str, Transcript]], missing: str) -> tuple[list, dict, dict]:
+    """(the references scored; each system's hypothesis of each, {name: [text, ...]}; what pairing left out:
+    {"missing": {name: [keys]}, "extra": {name: [keys]}, "skipped": [keys]}). `missing` (MISSING): "refuse" a
+    reference key a system has no hypothesis for, count it as an "empty" hypothesis (every unit deleted), or "skip"
+    it for every system, so that each is scored on the same utterances."""
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    keys = {r.key for r in refs}
+    absent = {name: [r.key for r in refs if r.key not in h] for name, h in hyps.items()}
+    extra = {name: [k for k in h if k not in keys] for name, h in hyps.items()}
+    for name, h in hyps.items():
+        if len(extra[name]) == len(h):
+            raise ScoreInputError(
+                f"{name}: none of its {len(h)} keys is a reference key (its first {next(iter(h))!r}, the "
+                f"references' {refs[0].key!r}): a hypothesis of another set?"
+            )
+    if missing == "refuse" and (lacking := {name: ks for name, ks in absent.items() if ks}):
+        name, ks = next(iter(lacking.items()))
+        raise ScoreInputError(
+            f"{name}: {len(ks)} of the {len(refs)} reference keys have no hypothesis ({', '.join(ks[:EXAMPLES])}"
+            f"{', ...' if len(ks) > EXAMPLES else ''}): --missing empty scores them as all deleted, --missing skip "
+            "scores every system on the keys they all have"
+        )
+    skipped = sorted({k for ks in absent.values() for k in ks}) if missing == "skip" else []
+    kept = [r for r in refs if r.key not in set(skipped)]
+    if not kept:
+        raise ScoreInputError("no reference key has a hypothesis in every system: nothing to score")
+    texts = {name: [h[r.key].text if r.key in h else "" for r in kept] for name, h in hyps.items()}
+    return kept, texts, {"missing": absent if missing == "empty" else {}, "extra": extra, "skipped": skipped}

@@ -1,0 +1,97 @@
+"""What `llmasr score` reads (llmasr.scoring_inputs): references from a manifest, a decode folder or a Kaldi text
+file, hypotheses from a decode folder, results.jsonl, a "key text" file or key + text jsonl; keys matched as hyp.txt
+writes them; a key given twice, a line that does not parse and keys with no hypothesis named, never dropped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmasr.scoring_inputs import ScoreInputError, pair, read_hypotheses, read_references
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_references_from_a_manifest_keep_their_language_and_name_the_lines_without_a_transcript(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", [
+        {"key": "a 1", "source": "a.wav", "target": "one two", "lang": "en-US"},
+        {"key": "b", "source": "b.wav"},  # audio to transcribe: no reference, not scored
+        {"key": "c", "source": "c.wav", "target": "你好", "lang": "<|zh|>"},
+    ])  # fmt: skip
+    refs, unscored = read_references(path)
+    assert [(r.key, r.text, r.lang, r.lang_label, r.where) for r in refs] == [
+        ("a_1", "one two", "en", "en-US", f"{path}:1"), ("c", "你好", "zh", "<|zh|>", f"{path}:3"),
+    ]  # fmt: skip
+    assert unscored == [f"{path}:2"]
+
+
+def test_references_and_hypotheses_in_every_form_pair_by_key(tmp_path):
+    (tmp_path / "text").write_text("u1 one two\nu2\tthree\n\nu3\n", encoding="utf-8")  # a key alone: empty
+    refs, _ = read_references(tmp_path / "text")
+    assert [(r.key, r.text, r.where) for r in refs] == [
+        ("u1", "one two", f"{tmp_path / 'text'}:1"), ("u2", "three", f"{tmp_path / 'text'}:2"),
+        ("u3", "", f"{tmp_path / 'text'}:4"),
+    ]  # fmt: skip
+    folder = tmp_path / "decode"
+    folder.mkdir()
+    write_jsonl(folder / "results.jsonl", [{"key": "u 1", "ref": "one two", "hyp": "one", "lang": "en"},
+                                           {"key": "u2", "ref": None, "hyp": "three"}])  # fmt: skip
+    refs, unscored = read_references(folder)
+    assert [(r.key, r.text, r.lang) for r in refs] == [("u_1", "one two", "en")]
+    assert unscored == [f"{folder / 'results.jsonl'}:2"]
+    assert {k: t.text for k, t in read_hypotheses(folder).items()} == {"u_1": "one", "u2": "three"}
+    assert {k: t.text for k, t in read_hypotheses(folder / "results.jsonl").items()} == {"u_1": "one", "u2": "three"}
+    other = write_jsonl(tmp_path / "other.jsonl", [{"key": "u1", "text": "one too"}])
+    assert {k: t.text for k, t in read_hypotheses(other).items()} == {"u1": "one too"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("hyp.txt", "u1 a\nu2 b\nu1 c\n", r"hyp.txt:3: key 'u1' again, first at .*hyp.txt:1"),
+        # keys are matched as hyp.txt writes them: "u 1" is u_1 there
+        ("hyp.jsonl", '{"key": "u 1", "text": "a"}\n{"key": "u_1", "text": "b"}\n', r"hyp.jsonl:2: key 'u_1' again"),
+        ("hyp.txt", "u1 a\n".encode("utf-16"), r"hyp.txt:1: not UTF-8 text.*UTF-16"),
+        ("hyp.jsonl", '{"key": "u1", "text": "a"}\n{"key": "u2"}\n', r"hyp.jsonl:2: a line of key, text wanted"),
+        ("hyp.jsonl", '{"key": "u1", "text": "a"}\n{"key": "u2", "text": \n', r"hyp.jsonl:2: malformed JSON"),
+        ("hyp.jsonl", '{"key": "u1", "text": 3}\n', r"hyp.jsonl:1: text must be text"),
+        ("hyp.txt", "\n\n", r"hyp.txt: no transcripts"),
+    ],
+)  # fmt: skip
+def test_a_hypothesis_file_that_cannot_be_paired_is_named_at_its_line(tmp_path, name, content, said):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ScoreInputError, match=said):
+        read_hypotheses(path)
+
+
+def test_a_folder_not_of_decode_and_a_bad_manifest_line_are_refused(tmp_path):
+    with pytest.raises(ScoreInputError, match="a folder without results.jsonl: not the output folder of"):
+        read_hypotheses(tmp_path)
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"key": "a", "source": "a.wav", "target": "x"}\n{"key": "b", "target": "y"}\n')
+    with pytest.raises(ScoreInputError, match=r"test.jsonl:2"):
+        read_references(path)
+
+
+def test_missing_hypotheses_are_refused_counted_deleted_or_skipped_for_every_system(tmp_path):
+    refs, _ = read_references(write_jsonl(tmp_path / "ref.jsonl", [
+        {"key": k, "source": f"{k}.wav", "target": "w"} for k in ("u1", "u2", "u3")]))  # fmt: skip
+    (tmp_path / "a.txt").write_text("u1 w\nu2 w\nu3 w\nzz w\n")
+    (tmp_path / "b.txt").write_text("u1 w\nu3 x\n")
+    hyps = {name: read_hypotheses(tmp_path / name) for name in ("a.txt", "b.txt")}
+    with pytest.raises(ScoreInputError, match=r"b.txt: 1 of the 3 reference keys have no hypothesis \(u2\): --missing"):
+        pair(refs, hyps, "refuse")
+    kept, texts, left = pair(refs, hyps, "empty")
+    assert [r.key for r in kept] == ["u1", "u2", "u3"] and texts["b.txt"] == ["w", "", "x"]
+    assert left == {"missing": {"a.txt": [], "b.txt": ["u2"]}, "extra": {"a.txt": ["zz"], "b.txt": []}, "skipped": []}
+    kept, texts, left = pair(refs, hyps, "skip")
+    assert [r.key for r in kept] == ["u1", "u3"] and texts == {"a.txt": ["w", "w"], "b.txt": ["w", "x"]}
+    assert left["skipped"] == ["u2"]
+    (tmp_path / "c.txt").write_text("x1 w\n")
+    with pytest.raises(ScoreInputError, match=r"none of its 1 keys is a reference key .*'x1'.*'u1'"):
+        pair(refs, {"c.txt": read_hypotheses(tmp_path / "c.txt")}, "empty")

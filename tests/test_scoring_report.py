@@ -1,0 +1,99 @@
+"""`llmasr score` (llmasr.scoring_report, llmasr.commands.score): a decode's own figures are reproduced from its
+folder, its hyp.txt and the manifest it decoded, and two systems are compared on the same utterances: the change in
+rate with its paired interval, the utterances each made better and worse, language by language."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmasr.commands.score import main as score
+from llmasr.export.decode_results import llm_summary
+from llmasr.models.decoding import DecodeConfig
+
+FOUND = dict(manifest="data/test.jsonl", lines=6, skipped=0, skipped_by_reason={})
+TIMING = dict(audio_seconds=6.0, decode_seconds=1.0, device="cpu", mode="greedy")
+LINES = [  # key, reference, language label, system A's hypothesis, system B's
+    ("en 1", "turn the light on", "en-US", "turn the light on", "turn the lights on"),
+    ("en2", "open the window", "en", "open a window", "open the window"),
+    ("en3", "call my mother now", "English", "call my brother", "call my mother now"),
+    ("zh1", "今天天气很好", "<|zh|>", "今天天汽很好", "今天天气很好"),
+    ("zh2", "我们走吧", "zh-CN", "我们走吧", "我们走吧"),
+    ("none", "one more line", None, "one more line", "one more"),
+]
+
+
+def decode_folder(tmp_path, column: int, name: str):
+    """A decode's folder as llmasr decode writes it (its summary writer), of system A's (3) or B's (4) hypotheses."""
+    from llmasr.data.languages import language_key
+
+    rows = [dict(key=k, ref=ref, hyp=line[column], duration=2.0, truncated=None, hotwords=None,
+                 lang=None if lab is None else language_key(lab), lang_label=lab, line=i + 1)
+            for i, line in enumerate(LINES) for k, ref, lab in [line[:3]]]  # fmt: skip
+    llm_summary(tmp_path / name, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    return tmp_path / name
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"key": k, "source": f"{i}.wav", "target": ref, **({"lang": lab} if lab else
+                        {})}, ensure_ascii=False) + "\n" for i, (k, ref, lab, _, _) in enumerate(LINES)),
+                        encoding="utf-8")  # fmt: skip
+    return manifest, decode_folder(tmp_path, 3, "a"), decode_folder(tmp_path, 4, "b")
+
+
+def test_a_decode_is_scored_as_decode_scored_it_from_its_folder_or_its_hyp_txt(corpus, capsys):
+    manifest, a, _ = corpus
+    wer_txt = (a / "wer.txt").read_text(encoding="utf-8").splitlines()
+    rate = wer_txt[0].split(": ", 1)[1]
+    languages = wer_txt[wer_txt.index("by language (the lines' `lang`):") :][:4]
+    for ref, hyp in ((manifest, a), (manifest, a / "hyp.txt"), (a / "ref.txt", a / "results.jsonl"), (a, a)):
+        assert score([str(ref), str(hyp)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[2] == f"A: {rate}", (ref, hyp)
+        if ref == manifest:  # Kaldi's text names no language; results.jsonl the key alone ("en", not "en-US")
+            assert out[3 : 3 + len(languages)] == languages
+        elif ref == a:
+            assert out[4].startswith("  en: WER 27.27%")
+    assert json.loads((a / "wer.json").read_text())["rate"] > 0
+
+
+def test_two_systems_compared_on_the_same_utterances(corpus, capsys, tmp_path):
+    manifest, a, b = corpus
+    out_json = tmp_path / "score.json"
+    assert score([str(manifest), str(a), str(b / "hyp.txt"), "--names", "base,tuned", "--show", "1",
+                  "--json", str(out_json)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    # tuned fixes en2, en3 and zh1, and breaks "en 1" and "none"
+    assert "tuned against base: MER " in out
+    assert "  utterances: 3 with fewer errors, 2 with more, 1 the same" in out
+    assert "  worse in tuned, the largest changes first (1 of 2; errors base -> tuned):" in out
+    assert "    en3 (2 -> 0) ref: call my mother now" in out
+    assert "    zh1 (1 -> 0)" not in out  # --show 1: the largest change only
+    summary = json.loads(out_json.read_text(encoding="utf-8"))
+    (comp,) = summary["comparisons"]
+    assert (comp["better"], comp["worse"], comp["same"]) == (3, 2, 1)
+    assert [e["key"] for e in comp["better_examples"]] == ["en3"]
+    assert comp["by_language"]["en"]["utterances"] == 3 and comp["by_language"]["zh"]["rate"][1] == 0.0
+    base, tuned = summary["systems"]
+    assert (base["name"], base["path"], tuned["path"]) == ("base", str(a), str(b / "hyp.txt"))
+    assert comp["rate_change"] == pytest.approx(tuned["rate"] - base["rate"])
+    low, high = comp["change_ci95"]
+    assert low <= comp["rate_change"] <= high and 0.0 < comp["p_better"] < 1.0
+
+
+def test_keys_without_a_hypothesis_are_refused_unless_asked(corpus, capsys, tmp_path):
+    manifest, a, _ = corpus
+    short = tmp_path / "short.txt"
+    short.write_text("".join(line for line in (a / "hyp.txt").read_text(encoding="utf-8").splitlines(True)[:-1]))
+    assert score([str(manifest), str(a), str(short)]) == 2
+    assert "short.txt: 1 of the 6 reference keys have no hypothesis (none): --missing empty" in capsys.readouterr().err
+    assert score([str(manifest), str(a), str(short), "--missing", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 of 6 reference keys lack a hypothesis in some system, left out of every system's score" in out
+    assert "over 5 utterances" in out and "over 6 utterances" not in out
+    with pytest.raises(SystemExit):  # a usage error, as argparse gives it
+        score([str(manifest), str(a), str(short), "--names", "x"])
+    assert "--names x: one name for each of the 2 systems" in capsys.readouterr().err
