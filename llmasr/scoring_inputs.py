@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.records import language_of
+from llmasr.data.records import given_hotwords, language_of
+from llmasr.scoring_bias import hotword_list
 from llmasr.text_files import malformed_json, not_utf8
 
 RESULTS = "results.jsonl"  # a decode folder's rows: key, ref, hyp, lang
@@ -33,6 +34,7 @@ class Transcript:
     where: str  # FILE:LINE
     lang: str | None = None  # a reference's language key (llmasr.data.languages), its results group by
     lang_label: str | None = None  # as the line writes it
+    hotwords: tuple[str, ...] = ()  # a reference's biasing list: B-/U- rates are scored under it
 
 
 def kaldi_key(key) -> str:
@@ -40,16 +42,19 @@ def kaldi_key(key) -> str:
     return "_".join(str(key).split()) or "_"
 
 
-def read_references(path: str | Path) -> tuple[list[Transcript], list[str]]:
-    """(the references, in file order; the places of lines without a reference transcript, which are not scored)."""
+def read_references(path: str | Path, hotwords: list[str] | None = None) -> tuple[list[Transcript], list[str]]:
+    """(the references, in file order; the places of lines without a reference transcript, which are not scored).
+    `hotwords`: the biasing list of every reference without its own (a manifest line's `hotwords`, a decode row's
+    list: the one its prompt rendered), as `llmasr decode --hotwords` gives it."""
     path = Path(path)
     kind = _kind(path)
+    default = tuple(hotwords or ())
     if kind == "table":
-        return _unique([_table_row(path, n, key, text) for n, key, text in _table(path)], path), []
+        return _unique([_table_row(path, n, key, text, default) for n, key, text in _table(path)], path), []
     if kind == "results":
         rows = list(_results(path))
-        found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang")) for where, r in rows
-                 if r.get("ref") is not None]  # fmt: skip
+        found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang"), None, _row_list(r, where) or default)
+                 for where, r in rows if r.get("ref") is not None]  # fmt: skip
         return _unique(found, path), [where for where, r in rows if r.get("ref") is None]
     manifest = Manifest.open(path, need_target=False)
     found, unscored = [], []
@@ -64,7 +69,8 @@ def read_references(path: str | Path) -> tuple[list[Transcript], list[str]]:
             continue
         if not isinstance(utt.target, str):
             raise ScoreInputError(f"{where}: the transcript is {type(utt.target).__name__}, not text")
-        found.append(Transcript(kaldi_key(utt.key), utt.target, where, language_of(utt), utt.lang))
+        lists = tuple(given_hotwords(utt, default))
+        found.append(Transcript(kaldi_key(utt.key), utt.target, where, language_of(utt), utt.lang, lists))
     return _unique(found, path), unscored
 
 
@@ -140,8 +146,16 @@ def _table(path: Path):
                 yield n, key, text[0] if text else ""
 
 
-def _table_row(path: Path, n: int, key: str, text: str) -> Transcript:
-    return Transcript(kaldi_key(key), text, f"{path}:{n}")
+def _table_row(path: Path, n: int, key: str, text: str, hotwords: tuple = ()) -> Transcript:
+    return Transcript(kaldi_key(key), text, f"{path}:{n}", hotwords=hotwords)
+
+
+def _row_list(row: dict, where: str) -> tuple[str, ...]:
+    """A decode row's biasing list as it was scored (`hotwords_scored` where the prompt rendered none)."""
+    try:
+        return tuple(hotword_list(row.get("hotwords_scored", row.get("hotwords")), where))
+    except ValueError as err:
+        raise ScoreInputError(str(err)) from None
 
 
 def _unique(found: list[Transcript], path: Path) -> list[Transcript]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from llmasr.data.languages import bare_label
 from llmasr.scoring import CorpusScore, UttScore, score_corpus
+from llmasr.scoring_bias import BiasedCorpus, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, paired_change, rate_interval
 
 NO_LANGUAGE = "(none)"  # the group of scored lines that give no `lang`
@@ -67,12 +68,24 @@ class SystemScore:
     def errors(self) -> list[int]:
         return [s.errors for s in self.scores]
 
+    @property
+    def biased(self) -> tuple[BiasedCorpus, list] | None:
+        """The B-/U- scores under the references' biasing lists (llmasr.scoring_bias), None where none has one."""
+        lists = [list(r.get("hotwords") or ()) for r in self.rows]
+        if not any(lists):
+            return None
+        return score_lists(self.scores, lists, self.corpus.name, self.corpus.unit_name)
+
     def report(self) -> tuple[list[str], dict]:
-        """wer.txt's lines of this system (its rate and interval, by language), and their wer.json fields."""
+        """wer.txt's lines of this system (its rate and interval, by language, with biasing lists B-/U- rates and
+        phrase recall), and their wer.json fields."""
         interval = rate_interval(self.errors, [s.ref_len for s in self.scores])
         summary = {"name": self.name, "path": self.path, **self.corpus.to_dict(), "rate_ci95": interval}
         text = [f"{self.name}: {self.corpus.summary()}{interval_text(interval)}"]
         add_languages(summary, text, self.rows, "hyp", self.metric)
+        if (hot := self.biased) is not None:
+            summary["hotwords"] = hot[0].to_dict()
+            text += [f"  {line}" for line in hot[0].summary_lines()]
         return text, summary
 
 
@@ -97,6 +110,9 @@ def compare(base: SystemScore, other: SystemScore, show: int) -> tuple[list[str]
     out = {"base": base.name, "other": other.name, "rate_change": delta, "change_ci95": [change["low"],
            change["high"]], "p_better": change["p_better"], "better": better, "worse": worse,
            "same": len(diffs) - better - worse}  # fmt: skip
+    if (hot := _biased_change(base, other)) is not None:
+        text.append(hot[0])
+        out["hotwords"] = hot[1]
     groups = _language_groups(base.rows)
     if len(groups) > 1:
         text.append("  by language (the lines' `lang`):")
@@ -120,6 +136,22 @@ def compare(base: SystemScore, other: SystemScore, show: int) -> tuple[list[str]
                 text += [f"    {row['key']} ({base.errors[i]} -> {other.errors[i]}) ref: {row['ref']}",
                          f"      {base.name}: {row['hyp']}", f"      {other.name}: {other.rows[i]['hyp']}"]  # fmt: skip
     return text, out
+
+
+def _biased_change(base: SystemScore, other: SystemScore) -> tuple[str, dict] | None:
+    """The change of the B- rate (the listed phrases' units) and of phrase recall, paired as the rate's is."""
+    a, b = base.biased, other.biased
+    if a is None:
+        return None
+    units = [u.biased.units for u in a[1]]
+    change = paired_change([u.biased.errors for u in a[1]], [u.biased.errors for u in b[1]], units)
+    rates = [c.biased.rate for c in (a[0], b[0])]
+    recall = [c.rates()["recall"] for c in (a[0], b[0])]
+    said = " -> ".join("n/a" if r is None else f"{100 * r:.2f}%" for r in rates)
+    recalled = " -> ".join("n/a" if r is None else f"{100 * r:.2f}%" for r in recall)
+    line = (f"  B-{a[0].metric} {said}, fewer biased errors in {100 * change['p_better']:.1f}% of the resamples; "
+            f"hotword recall {recalled}")  # fmt: skip
+    return line, {"biased_rate": rates, "p_better": change["p_better"], "recall": recall}
 
 
 def _language_groups(rows: list[dict]) -> dict[str, list[int]]:

@@ -24,11 +24,11 @@ LINES = [  # key, reference, language label, system A's hypothesis, system B's
 ]
 
 
-def decode_folder(tmp_path, column: int, name: str):
+def decode_folder(tmp_path, column: int, name: str, hotwords=None):
     """A decode's folder as llmasr decode writes it (its summary writer), of system A's (3) or B's (4) hypotheses."""
     from llmasr.data.languages import language_key
 
-    rows = [dict(key=k, ref=ref, hyp=line[column], duration=2.0, truncated=None, hotwords=None,
+    rows = [dict(key=k, ref=ref, hyp=line[column], duration=2.0, truncated=None, hotwords=hotwords,
                  lang=None if lab is None else language_key(lab), lang_label=lab, line=i + 1)
             for i, line in enumerate(LINES) for k, ref, lab in [line[:3]]]  # fmt: skip
     llm_summary(tmp_path / name, rows, dict(FOUND), DecodeConfig(), dict(TIMING))
@@ -97,3 +97,22 @@ def test_keys_without_a_hypothesis_are_refused_unless_asked(corpus, capsys, tmp_
     with pytest.raises(SystemExit):  # a usage error, as argparse gives it
         score([str(manifest), str(a), str(short), "--names", "x"])
     assert "--names x: one name for each of the 2 systems" in capsys.readouterr().err
+
+
+def test_biased_rates_under_the_lists_decode_scored_with(corpus, capsys, tmp_path):
+    """B-/U- rates and recall: from the lists a decode's rows carry, or `--hotwords` for references without their
+    own (as `llmasr decode --hotwords` gives them), the same lines as the decode's wer.txt."""
+    manifest, _, _ = corpus
+    phrases = ["mother", "window", "天气"]
+    a = decode_folder(tmp_path, 3, "hot_a", phrases)
+    b = decode_folder(tmp_path, 4, "hot_b", phrases)
+    said = [line for line in (a / "wer.txt").read_text(encoding="utf-8").splitlines() if "B-MER" in line]
+    assert len(said) == 1 and "U-MER" in said[0]
+    (tmp_path / "phrases.txt").write_text("\n".join(phrases) + "\n", encoding="utf-8")
+    for refs in ([str(a)], [str(manifest), "--hotwords", str(tmp_path / "phrases.txt")]):
+        assert score([refs[0], str(a), str(b), *refs[1:]]) == 0
+        out = capsys.readouterr().out
+        assert f"  {said[0]}" in out
+        assert "  B-MER 50.00% -> 0.00%, fewer biased errors in " in out and "hotword recall 33.33% -> 100.00%" in out
+    assert score([str(manifest), str(a), str(b)]) == 0  # the manifest's lines have no lists, and none was given
+    assert "B-MER" not in capsys.readouterr().out

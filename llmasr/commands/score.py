@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
 from llmasr.config_paths import output_file_problem
+from llmasr.data.hotwords import read_phrase_file
 from llmasr.errors import command
 from llmasr.scoring import METRICS
 from llmasr.scoring_inputs import EXAMPLES, MISSING, pair, read_hypotheses, read_references
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="utterances listed that each compared system made most worse and most better (default 5)",
     )
+    p.add_argument("--hotwords", metavar="FILE", help="a biasing list (one phrase a line) for every reference "
+                   "without its own `hotwords`: B-/U- rates and hotword recall, as llmasr decode --hotwords scores "
+                   "them")  # fmt: skip
     p.add_argument("--names", metavar="A,B,...", help="a short name for each system, in order (default: A, B, C, ...)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return p
@@ -58,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else [_letter(i) for i in range(len(args.hyps))]
     if len(names) != len(args.hyps) or len(set(names)) != len(names) or not all(names):
         p.error(f"--names {args.names}: one name for each of the {len(args.hyps)} systems, each its own")
-    refs, unscored = read_references(args.ref)
+    refs, unscored = read_references(args.ref, read_phrase_file(args.hotwords) if args.hotwords else None)
     hyps = {name: read_hypotheses(name) for name in args.hyps}
     kept, texts, left = pair(refs, hyps, args.missing)
     systems = [
-        SystemScore(name, path, [{"key": r.key, "ref": r.text, "hyp": hyp, "lang": r.lang,
-                                  "lang_label": r.lang_label} for r, hyp in zip(kept, texts[path])], args.metric)
+        SystemScore(name, path, [{"key": r.key, "ref": r.text, "hyp": hyp, "lang": r.lang, "lang_label": r.lang_label,
+                                  "hotwords": r.hotwords} for r, hyp in zip(kept, texts[path])], args.metric)
         for name, path in zip(names, args.hyps)
     ]  # fmt: skip
     text = [f"references: {args.ref}: {len(refs)} with a transcript" + _unscored(unscored)]
