@@ -14,6 +14,7 @@ from llmasr.atomic_file import manifest_writer
 from llmasr.data.audio import missing_audio
 from llmasr.data.audio_commands import piped_file
 from llmasr.data.records import BadRecord
+from llmasr.text_files import not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,8 @@ def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str,
             try:
                 # a BOM is no part of a key: it opens the file, or a line where `cat` joined files saved with one
                 raw = data.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError as err:
-                raise KaldiError(
-                    f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start}); convert the file first, e.g. "
-                    f"iconv -f GBK -t UTF-8 {path.name}"
-                ) from None
+            except UnicodeDecodeError as err:  # the encoding it reads in (GB18030, UTF-16), as a manifest's is named
+                raise KaldiError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
             line = raw.strip()
             if not line:
                 continue

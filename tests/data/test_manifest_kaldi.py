@@ -114,7 +114,11 @@ def test_kaldi_files_that_are_not_utf8_are_named_with_their_line(tmp_path, capsy
     (tmp_path / "text").write_bytes("a 你好\n".encode("gbk"))
     assert main([str(tmp_path), str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'text'}:1: not UTF-8" in err and "iconv -f GBK -t UTF-8 text" in err
+    assert f"{tmp_path / 'text'}:1: not UTF-8" in err and "iconv -f GB18030 -t UTF-8 text > text.utf8" in err
+    (tmp_path / "text").write_bytes("a hello\n".encode("utf-16"))  # Notepad's "Unicode": told so, not GBK's advice
+    assert main([str(tmp_path), str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'text'}:1: not UTF-8" in err and "it is UTF-16" in err and "GB" not in err
 
 
 @pytest.mark.parametrize("with_segments", [False, True])
