@@ -83,7 +83,7 @@ def read_hypotheses(path: str | Path) -> dict[str, Transcript]:
     elif kind == "results":
         found = [Transcript(kaldi_key(r["key"]), r.get("hyp") or "", where) for where, r in _results(path)]
     else:
-        found = [Transcript(kaldi_key(r["key"]), r["text"], where) for where, r in _jsonl(path, ("key", "text"))]
+        found = [Transcript(kaldi_key(r["key"]), r["text"] or "", where) for where, r in _jsonl(path, ("key", "text"))]
     return {t.key: t for t in _unique(found, path)}
 
 
@@ -195,8 +195,9 @@ def pair(refs: list[Transcript], hyps: dict[str, dict[str, Transcript]], missing
             f"{', ...' if len(ks) > EXAMPLES else ''}): --missing empty scores them as all deleted, --missing skip "
             "scores every system on the keys they all have"
         )
-    skipped = sorted({k for ks in absent.values() for k in ks}) if missing == "skip" else []
-    kept = [r for r in refs if r.key not in set(skipped)]
+    lacking = {k for ks in absent.values() for k in ks} if missing == "skip" else set()
+    skipped = [r.key for r in refs if r.key in lacking]  # in the references' order
+    kept = [r for r in refs if r.key not in lacking]
     if not kept:
         raise ScoreInputError("no reference key has a hypothesis in every system: nothing to score")
     texts = {name: [h[r.key].text if r.key in h else "" for r in kept] for name, h in hyps.items()}
