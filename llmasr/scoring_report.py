@@ -6,6 +6,7 @@ utterances it made better and worse, and the ones that changed most."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from llmasr.data.languages import bare_label
 from llmasr.scoring import CorpusScore, UttScore, score_corpus
@@ -68,7 +69,7 @@ class SystemScore:
     def errors(self) -> list[int]:
         return [s.errors for s in self.scores]
 
-    @property
+    @cached_property
     def biased(self) -> tuple[BiasedCorpus, list] | None:
         """The B-/U- scores under the references' biasing lists (llmasr.scoring_bias), None where none has one."""
         lists = [list(r.get("hotwords") or ()) for r in self.rows]
