@@ -5,11 +5,12 @@ utterances it made better and worse, and the ones that changed most."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from llmasr.data.languages import bare_label
-from llmasr.scoring import CorpusScore, UttScore, score_corpus
+from llmasr.scoring import CorpusScore, UttScore, score_corpus, tokens
 from llmasr.scoring_bias import BiasedCorpus, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, paired_change, rate_interval
 
@@ -77,9 +78,9 @@ class SystemScore:
             return None
         return score_lists(self.scores, lists, self.corpus.name, self.corpus.unit_name)
 
-    def report(self) -> tuple[list[str], dict]:
+    def report(self, most: int = 0) -> tuple[list[str], dict]:
         """wer.txt's lines of this system (its rate and interval, by language, with biasing lists B-/U- rates and
-        phrase recall), and their wer.json fields."""
+        phrase recall; its `most` frequent errors of each kind), and their wer.json fields."""
         interval = rate_interval(self.errors, [s.ref_len for s in self.scores])
         summary = {"name": self.name, "path": self.path, **self.corpus.to_dict(), "rate_ci95": interval}
         text = [f"{self.name}: {self.corpus.summary()}{interval_text(interval)}"]
@@ -87,6 +88,9 @@ class SystemScore:
         if (hot := self.biased) is not None:
             summary["hotwords"] = hot[0].to_dict()
             text += [f"  {line}" for line in hot[0].summary_lines()]
+        if most:
+            lines, summary["frequent_errors"] = frequent_errors(self.scores, most)
+            text += lines
         return text, summary
 
 
@@ -153,6 +157,24 @@ def _biased_change(base: SystemScore, other: SystemScore) -> tuple[str, dict] | 
     line = (f"  B-{a[0].metric} {said}, fewer biased errors in {100 * change['p_better']:.1f}% of the resamples; "
             f"hotword recall {recalled}")  # fmt: skip
     return line, {"biased_rate": rates, "p_better": change["p_better"], "recall": recall}
+
+
+def frequent_errors(scores: list[UttScore], most: int) -> tuple[list[str], dict]:
+    """The `most` frequent substitutions (reference unit -> hypothesis unit), deletions and insertions over the
+    alignments the rate was counted on (units as scored: normalised words, or characters): lines and JSON fields."""
+    found = {"substitutions": Counter(), "deletions": Counter(), "insertions": Counter()}
+    for s in scores:
+        ref, hyp = tokens(s.ref_norm, s.metric), tokens(s.hyp_norm, s.metric)
+        for op in s.alignment:
+            if op.kind == "sub":
+                found["substitutions"][f"{ref[op.ref]} -> {hyp[op.hyp]}"] += 1
+            elif op.kind == "del":
+                found["deletions"][ref[op.ref]] += 1
+            elif op.kind == "ins":
+                found["insertions"][hyp[op.hyp]] += 1
+    out = {kind: counts.most_common(most) for kind, counts in found.items()}
+    text = [f"  {kind}: " + ", ".join(f"{unit} x{n}" for unit, n in top) for kind, top in out.items() if top]
+    return text, out
 
 
 def _language_groups(rows: list[dict]) -> dict[str, list[int]]:

@@ -116,3 +116,16 @@ def test_biased_rates_under_the_lists_decode_scored_with(corpus, capsys, tmp_pat
         assert "  B-MER 50.00% -> 0.00%, fewer biased errors in " in out and "hotword recall 33.33% -> 100.00%" in out
     assert score([str(manifest), str(a), str(b)]) == 0  # the manifest's lines have no lists, and none was given
     assert "B-MER" not in capsys.readouterr().out
+
+
+def test_the_most_frequent_errors_are_counted_on_the_scored_units():
+    from llmasr.scoring import score_corpus
+    from llmasr.scoring_report import frequent_errors
+
+    _, scores = score_corpus([("Open the window", "open a window"), ("open the door", "open a door now"),
+                              ("今天天气很好", "今天天汽好")])  # fmt: skip
+    text, found = frequent_errors(scores, 2)
+    assert found == {"substitutions": [("the -> a", 2), ("气 -> 汽", 1)], "deletions": [("很", 1)],
+                     "insertions": [("now", 1)]}  # fmt: skip
+    assert text[0] == "  substitutions: the -> a x2, 气 -> 汽 x1"
+    assert frequent_errors(scores, 0)[1] == {"substitutions": [], "deletions": [], "insertions": []}

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hotwords", metavar="FILE", help="a biasing list (one phrase a line) for every reference "
                    "without its own `hotwords`: B-/U- rates and hotword recall, as llmasr decode --hotwords scores "
                    "them")  # fmt: skip
+    p.add_argument(
+        "--errors",
+        type=int,
+        default=10,
+        metavar="N",
+        help="each system's N most frequent substitutions, deletions and insertions (default 10; 0: none)",
+    )
     p.add_argument("--names", metavar="A,B,...", help="a short name for each system, in order (default: A, B, C, ...)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return p
@@ -53,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.show < 0:
-        p.error(f"--show: a count, not {args.show}")
+    for flag, value in (("--show", args.show), ("--errors", args.errors)):
+        if value < 0:
+            p.error(f"{flag}: a count, not {value}")
     if args.json and (unwritable := output_file_problem(Path(args.json), [Path(args.ref), *map(Path, args.hyps)])):
         p.error(f"--json {args.json}: {unwritable}")
     if len(set(args.hyps)) != len(args.hyps):
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     text += _left_lines(left, len(refs))
     summary = {"ref": args.ref, "systems": [], "comparisons": [], **left, "unscored": unscored}
     for system in systems:
-        lines, fields = system.report()
+        lines, fields = system.report(args.errors)
         text += lines
         summary["systems"].append(fields)
     for other in systems[1:]:
