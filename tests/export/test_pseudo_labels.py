@@ -386,3 +386,6 @@ def test_a_chatml_lines_own_system_message_is_carried(model, tmp_path, capsys):
     assert [w.get("prompt") for w in written] == ["Transcribe:", None]
     read = Manifest.open(tmp_path / "pl.jsonl")  # training renders the line's own, as the ChatML line had it
     assert [u.system for u in read] == ["You transcribe court hearings.", None]
+    # and `llmasr data check` does not call it a field llmasr leaves unread (it had: "system: 1 line")
+    assert data_check_main([str(tmp_path / "pl.jsonl")]) == 0
+    assert "fields llmasr does not read" not in capsys.readouterr().out
