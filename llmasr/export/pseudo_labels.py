@@ -25,8 +25,10 @@ from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import language_of, missing_hint, task_of
 from llmasr.export.pseudo_label_inputs import (
+    BAD,
     RESULTS,
     PseudoLabelError,
+    bad_lines,
     decoded_end,
     decoded_manifest,
     line_of,
@@ -84,7 +86,11 @@ class PseudoLabels:
     left_out: Counter = field(default_factory=Counter)
     rate_kept: str | None = None
     rate_all: str | None = None
-    not_decoded: int = 0
+    not_decoded: int = 0  # manifest lines bad.jsonl lists (with no bad.jsonl: every line not in results.jsonl)
+    # manifest lines in neither results.jsonl nor bad.jsonl (added since the decode, or rows taken out of
+    # results.jsonl), and the first of them as manifest:line
+    undecoded: int = 0
+    first_undecoded: str | None = None
     windowed: int = 0  # decoded lines decoded in windows (long recordings), a training line a window
     windows: int = 0  # their windows
     cut_in_speech: int = 0  # kept windows a neighbour overlaps (cut without a pause)
@@ -117,7 +123,13 @@ class PseudoLabels:
             )
         lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
         if self.not_decoded:
-            lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see bad.jsonl): {self.not_decoded}")
+            lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see {BAD}): {self.not_decoded}")
+        if self.undecoded:
+            lines.append(
+                f"  manifest lines in neither {RESULTS} nor {BAD}, not written: {self.undecoded} (first: "
+                f"{self.first_undecoded}): lines added to the manifest since the decode (decode them), or rows taken "
+                f"out of {RESULTS}"
+            )
         if self.file_listed:
             one = self.file_listed == 1
             lines.append(
@@ -156,7 +168,8 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     if unwritable := output_file_problem(output, [decoded / RESULTS, source]):  # the manifest wer.json names too
         raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
-    got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
+    got = PseudoLabels(output=output, decoded=len(rows))
+    _count_undecoded(got, lines, rows, bad_lines(decoded))
     got.hotwords_file = summary.get("hotwords_file")
     got.asked = {k: summary[k] for k in FIELDS if summary.get(k)}
     written, scored, whole, missing, keys = [], [], [], [], {}
@@ -207,6 +220,20 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     with manifest_writer(output) as f:
         f.write("".join(written).encode("utf-8"))
     return got
+
+
+def _count_undecoded(got: PseudoLabels, lines: Manifest, rows: list[dict], bad: set[int] | None) -> None:
+    """Count the manifest's lines that results.jsonl lacks: those bad.jsonl lists, and apart from them those it does
+    not (a line added since the decode had been called bad at decoding)."""
+    if bad is None:  # no bad.jsonl: nothing tells the two apart
+        got.not_decoded = max(len(lines) - len(rows), 0)
+        return
+    decoded = {row["line"] for row in rows}
+    numbers = [lines.lineno(i) for i in range(len(lines))]
+    got.not_decoded = sum(n in bad and n not in decoded for n in numbers)
+    undecoded = [n for n in numbers if n not in decoded and n not in bad]
+    got.undecoded = len(undecoded)
+    got.first_undecoded = f"{lines.path}:{undecoded[0]}" if undecoded else None
 
 
 def _missing_audio(missing: list) -> str:

@@ -329,6 +329,27 @@ def test_a_decode_wide_hotword_list_is_said_not_to_be_carried(exported_dir, tmp_
     assert [u.hotwords for u in Manifest.open(tmp_path / "pl.jsonl")] == [["zero"], None, None]
 
 
+def test_manifest_lines_the_decode_never_read_are_not_called_bad_at_decoding(exported_dir, tmp_path, capsys):
+    """The lines results.jsonl lacks are those bad.jsonl lists and, apart from them, lines added to the manifest since
+    the decode (or rows taken out of results.jsonl): all of them had been said to be "bad at decoding, see
+    bad.jsonl", where bad.jsonl did not list them."""
+    gone = json.dumps({"key": "gone", "source": "wav/nowhere.wav"})
+    manifest = write_corpus(tmp_path / "data", TEXTS[:2], extra_lines=[gone])
+    out = tmp_path / "decoded"
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out),
+                        "--max-new-tokens", "2", "--max-bad-fraction", "1"]) == 0  # fmt: skip
+    assert [json.loads(r)["line"] for r in open(out / "bad.jsonl", encoding="utf-8")] == [3]
+    added = [json.dumps({"key": f"new{i}", "source": "wav/test0.wav"}) for i in range(2)]
+    with open(manifest, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in added))
+    capsys.readouterr()
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    assert "manifest lines not in results.jsonl (bad at decoding, see bad.jsonl): 1\n" in report
+    assert f"manifest lines in neither results.jsonl nor bad.jsonl, not written: 2 (first: {manifest}:4)" in report
+    assert [u.key for u in Manifest.open(tmp_path / "pl.jsonl")] == [r["key"] for r in results(out) if r["hyp"]]
+
+
 def test_windows_cut_inside_speech_are_named_and_window_keys_must_be_free(exported_dir, tmp_path, capsys):
     manifest = write_corpus(tmp_path, TEXTS)
     long_manifest, _ = write_joined_recording(tmp_path, TEXTS, gap_s=0.0)  # no pause: windows overlap at their cuts
