@@ -96,11 +96,11 @@ class PseudoLabels:
     cut_in_speech: int = 0  # kept windows a neighbour overlaps (cut without a pause)
     part_kept: int = 0  # scored lines decoded in windows of which some windows were left out
     hotwords_file: str | None = None  # the decode's --hotwords FILE, the list of lines without their own
-    file_listed: int = 0  # kept lines decoded with it, which their training lines do not carry
+    file_listed: int = 0  # kept training lines decoded with it, which do not carry it
     # the decode's --task / --language (wer.json), written as the `prompt` / `lang` of kept lines without their own,
     # so that training asks each line as the decode did
     asked: dict = field(default_factory=dict)
-    asked_lines: int = 0  # kept lines given one of them
+    asked_lines: int = 0  # kept training lines given one of them
 
     def report(self, filt: LabelFilter) -> str:
         offered = plural(self.offered, "line" if self.windowed else "decoded line")
@@ -139,7 +139,8 @@ class PseudoLabels:
             )
         if self.asked_lines:
             given = " and ".join(f"--{k} {v!r} as `{FIELDS[k]}`" for k, v in self.asked.items())
-            lines.append(f"  {plural(self.asked_lines, 'kept line')} without its own carry the decode's {given}")
+            own = "its own carries" if self.asked_lines == 1 else "their own carry"
+            lines.append(f"  {plural(self.asked_lines, 'kept line')} without {own} the decode's {given}")
         if self.rate_all is not None:
             part = (
                 f" ({plural(self.part_kept, 'recording')} kept in part, in neither: a window has no reference of its "
@@ -207,8 +208,9 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
             got.cut_in_speech += bool(piece.get("cut_in_speech"))
         got.kept += len(kept)
         if kept:
-            got.file_listed += bool(got.hotwords_file) and utt.hotwords is None
-            got.asked_lines += any(not _own(utt, FIELDS[k]) for k in got.asked)
+            # training lines, as `kept` counts them: a window each of a long recording
+            got.file_listed += len(kept) * (bool(got.hotwords_file) and utt.hotwords is None)
+            got.asked_lines += len(kept) * any(not _own(utt, FIELDS[k]) for k in got.asked)
     if scored:
         got.rate_all = _rate(scored)
         got.rate_kept = _rate(whole) or "no line with a reference"

@@ -350,6 +350,25 @@ def test_manifest_lines_the_decode_never_read_are_not_called_bad_at_decoding(exp
     assert [u.key for u in Manifest.open(tmp_path / "pl.jsonl")] == [r["key"] for r in results(out) if r["hyp"]]
 
 
+def test_the_note_of_a_decode_wide_list_counts_training_lines_a_window_each(exported_dir, tmp_path, capsys):
+    """A long recording decoded with --hotwords FILE gives a training line a window, none carrying the list: the note
+    had counted the recording once (2 "kept lines" where 2 + its windows were written without it)."""
+    manifest = write_corpus(tmp_path, TEXTS[:2])
+    long_manifest, _ = write_joined_recording(tmp_path, TEXTS[:2])
+    manifest.write_text(manifest.read_text() + long_manifest.read_text(), encoding="utf-8")
+    (tmp_path / "hot.txt").write_text("quick brown\n")
+    out = tmp_path / "decoded"
+    flags = ["--max-new-tokens", "2", "--max-window-seconds", "2", "--window-overlap", "0.5"]
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), *flags,
+                        "--hotwords", str(tmp_path / "hot.txt")]) == 0  # fmt: skip
+    assert max(r["windows"] for r in results(out)) > 1
+    capsys.readouterr()
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    written = list(Manifest.open(tmp_path / "pl.jsonl"))
+    assert len(written) > 3 and all(u.hotwords is None for u in written)
+    assert f"note: {len(written)} kept lines were decoded with --hotwords" in capsys.readouterr().out
+
+
 def test_windows_cut_inside_speech_are_named_and_window_keys_must_be_free(exported_dir, tmp_path, capsys):
     manifest = write_corpus(tmp_path, TEXTS)
     long_manifest, _ = write_joined_recording(tmp_path, TEXTS, gap_s=0.0)  # no pause: windows overlap at their cuts
