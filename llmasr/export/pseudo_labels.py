@@ -171,7 +171,8 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     lines = Manifest.open(source, need_target=False)
     got = PseudoLabels(output=output, decoded=len(rows))
     _count_undecoded(got, lines, rows, bad_lines(decoded))
-    got.hotwords_file = summary.get("hotwords_file")
+    # a list the decode only scored against (--hotwords-unprompted) biased no transcript: nothing to carry
+    got.hotwords_file = None if summary.get("hotwords_unprompted") else summary.get("hotwords_file")
     got.asked = {k: summary[k] for k in FIELDS if summary.get(k)}
     written, scored, whole, missing, keys = [], [], [], [], {}
     for n, row in enumerate(rows, start=1):

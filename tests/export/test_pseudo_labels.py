@@ -327,6 +327,13 @@ def test_a_decode_wide_hotword_list_is_said_not_to_be_carried(exported_dir, tmp_
         f"note: 2 kept lines were decoded with --hotwords {tmp_path / 'hot.txt'}'s list (none of their own)" in report
     )
     assert [u.hotwords for u in Manifest.open(tmp_path / "pl.jsonl")] == [["zero"], None, None]
+    # a list only scored against (--hotwords-unprompted) biased no transcript: the note had said it did
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "unp"),
+                        "--max-new-tokens", "2", "--hotwords", str(tmp_path / "hot.txt"),
+                        "--hotwords-unprompted"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert pseudo_main([str(tmp_path / "unp"), "--output", str(tmp_path / "unp.jsonl"), "--keep-truncated"]) == 0
+    assert "--hotwords" not in capsys.readouterr().out
 
 
 def test_manifest_lines_the_decode_never_read_are_not_called_bad_at_decoding(exported_dir, tmp_path, capsys):
