@@ -213,5 +213,8 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
             "llmasr decode would fail (after writing its outputs)" if report.for_decoding
             else "training would stop with TooMuchBadData"
         )  # fmt: skip
+        untranscribed = sum(str(b["reason"]).startswith("missing field 'target'") for b in report.bad)
+        if not report.for_decoding and untranscribed == len(report.bad):  # audio to transcribe, checked for training
+            verdict += f"; all {untranscribed} bad lines lack a `target`: check a manifest to decode with --decode"
     lines += ["", "result: " + verdict]
     return "\n".join(lines)

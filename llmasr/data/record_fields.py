@@ -10,7 +10,7 @@ import json
 # ("hotword", "Prompt") would change nothing, so `llmasr data check` names them (unread_fields).
 FUNASR_FIELDS = frozenset(
     ("key", "source", "target", "duration", "source_len", "target_len", "prompt", "task", "lang", "language",
-     "text_language", "channel", "start", "end", "hotwords")
+     "text_language", "channel", "start", "end", "hotwords", "system")
 )  # fmt: skip
 CHATML_FIELDS = frozenset(
     ("messages", "key", "duration", "speech_length", "text_length", "lang", "language", "text_language", "hotwords",

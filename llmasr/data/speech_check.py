@@ -8,7 +8,9 @@ misses whispered or distant speech, and a fast talker is no fault):
 - a speaking rate far from the manifest's: characters of transcript (spaces left out) per second of speech more
   than RATE_FACTOR times the median or less than its 1/RATE_FACTOR: audio cut short or a transcript of something
   else. A line with less than MIN_SPEECH_S of speech has no rate.
-The report also gives the share of the audio that is speech.
+The report also gives the share of the audio that is speech. A line without a transcript (a manifest to decode,
+`--decode`) is heard too, apart: where the VAD finds no speech in it, `llmasr decode --vad` leaves its text empty
+(its gate), which is listed, so that what the decode and its pseudo-labels will leave out is known before.
 """
 
 from __future__ import annotations
@@ -35,15 +37,29 @@ class SpeechFindings:
     speech_seconds: float = 0.0
     median_rate: float = math.nan  # characters per second of speech
     no_speech: list[dict] = field(default_factory=list)  # manifest, line, key, target
+    # lines without a transcript (audio to decode): how many, their audio and speech seconds, those without speech
+    untranscribed: int = 0
+    untranscribed_audio_seconds: float = 0.0
+    untranscribed_speech_seconds: float = 0.0
+    silent: list[dict] = field(default_factory=list)  # manifest, line, key
     rate_outliers: list[dict] = field(default_factory=list)  # manifest, line, key, rate, speech_s, target
 
     def lines_of_report(self, max_examples: int) -> list[str]:
         share = self.speech_seconds / self.audio_seconds if self.audio_seconds else 0.0
         out = ["", f"## speech (the VAD {self.vad})"]
+        rate = "n/a" if math.isnan(self.median_rate) else f"{self.median_rate:.1f} characters a second of speech"
         out.append(
-            f"{self.lines} lines heard: {self.speech_seconds / 3600:.2f} h of speech in {self.audio_seconds / 3600:.2f}"
-            f" h of audio ({100 * share:.1f}%); median rate {self.median_rate:.1f} characters a second of speech"
+            f"{self.lines} lines with a transcript heard: {self.speech_seconds / 3600:.2f} h of speech in "
+            f"{self.audio_seconds / 3600:.2f} h of audio ({100 * share:.1f}%); median rate {rate}"
         )
+        if self.untranscribed:
+            part = self.untranscribed_speech_seconds / self.untranscribed_audio_seconds
+            out.append(
+                f"{self.untranscribed} lines without a transcript heard: {self.untranscribed_speech_seconds / 3600:.2f}"
+                f" h of speech in {self.untranscribed_audio_seconds / 3600:.2f} h of audio ({100 * part:.1f}%); "
+                f"without speech, transcribed empty by `llmasr decode --vad` (its gate): {len(self.silent)}"
+            )
+            out += [f"  {f['manifest']}:{f['line']} key={f['key']}" for f in self.silent[:max_examples]]
         out.append(f"transcripts over audio without speech: {len(self.no_speech)}")
         out += [
             f"  {f['manifest']}:{f['line']} key={f['key']}: {f['target'][:60]!r}" for f in self.no_speech[:max_examples]
@@ -62,7 +78,8 @@ class SpeechFindings:
 def hear_speech(
     manifest_paths: list[str], speech_segments: Callable, sample_rate: int, *, vad: str, workers: int = 0
 ) -> SpeechFindings:
-    """The findings over every usable line of `manifest_paths` with a transcript (see the module docstring)."""
+    """The findings over every usable line of `manifest_paths`, those without a transcript apart (see the module
+    docstring)."""
     found = SpeechFindings(vad=vad)
     heard = []  # (manifest, line, key, target, audio_s, speech_s)
     for path in manifest_paths:
@@ -74,8 +91,8 @@ def hear_speech(
         def listen(i: int, m=m):
             try:
                 utt = m[i]
-                if not (isinstance(utt.target, str) and utt.target.strip()):
-                    return None  # nothing to bear out
+                if isinstance(utt.target, str) and not utt.target.strip():
+                    return None  # an empty reference: nothing to bear out
                 wave = load_audio(
                     utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end, channel=utt.channel
                 )
@@ -87,6 +104,12 @@ def hear_speech(
         for result in worker_map(listen, range(len(m)), workers):
             if result is not None:
                 heard.append((path, *result))
+    untranscribed = [h for h in heard if h[3] is None]
+    found.untranscribed = len(untranscribed)
+    found.untranscribed_audio_seconds = float(sum(h[4] for h in untranscribed))
+    found.untranscribed_speech_seconds = float(sum(h[5] for h in untranscribed))
+    found.silent = [{"manifest": h[0], "line": h[1], "key": h[2]} for h in untranscribed if h[5] == 0]
+    heard = [h for h in heard if h[3] is not None]
     found.lines = len(heard)
     found.audio_seconds = float(sum(h[4] for h in heard))
     found.speech_seconds = float(sum(h[5] for h in heard))

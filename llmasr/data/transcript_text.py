@@ -46,9 +46,13 @@ _ODD_SPACE = re.compile(r"[^\S ]")  # whitespace other than a space: each is not
 RUN = "spaces in a row"
 WHITESPACE = "whitespace"  # lines holding any of those
 DECOMPOSED = "not NFC"
-# Invisible format characters, as re reads them (the fix the warning gives uses this class): soft hyphen, Arabic letter
-# mark, zero-width space, LRM/RLM, the embeddings and overrides, word joiner, the isolates, BOM. Not U+200C/U+200D.
-_INVISIBLE_CLASS = r"[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+# Invisible format characters, as re reads them (the fix the warning gives uses this class): the C0 and C1 control
+# characters that are not whitespace (an LLM's byte token can write U+0002 into a pseudo-label), soft hyphen, Arabic
+# letter mark, zero-width space, LRM/RLM, the embeddings and overrides, word joiner, the isolates, BOM. Not
+# U+200C/U+200D.
+_INVISIBLE_CLASS = (
+    r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+)
 _INVISIBLE = re.compile(_INVISIBLE_CLASS)
 INVISIBLE = "invisible"  # lines holding any; each character is counted as "invisible U+XXXX NAME"
 INVISIBLE_FIX = f"re.sub(r'{_INVISIBLE_CLASS}', '', text)"
@@ -89,7 +93,7 @@ def gather_text(found: dict, text, where) -> None:
         kinds.update([RUN] if "  " in inner else [])
         for kind in kinds | ({WHITESPACE} if kinds else set()):
             found.setdefault(kind, [0, where])[0] += 1
-        if not text.isascii() and (hidden := _INVISIBLE.findall(text)):  # a second scan: one regex of both is slower
+        if hidden := _INVISIBLE.findall(text):  # a second scan: one regex of both is slower
             for kind in {f"{INVISIBLE} {_code_name(c)}" for c in hidden} | {INVISIBLE}:
                 found.setdefault(kind, [0, where])[0] += 1
     if text.isascii():
@@ -142,7 +146,8 @@ def text_warnings(found: dict, place: Callable = str) -> list[tuple[str, str]]:
             "invisible characters in transcripts",
             f"transcripts hold invisible format characters ({_lines(found[INVISIBLE][0])}): {parts}. Text pasted from "
             "web pages and word processors carries them; a tokenizer spells each, so training teaches the LLM to "
-            "write characters nobody sees (scoring drops them, a zero-width space as a space, so the WER does not "
+            "write characters nobody sees (scoring drops them, a zero-width space or a control character as a "
+            "space, so the WER does not "
             "show it). The joiners U+200C and U+200D, which Persian, Indic scripts and emoji need, are not among "
             f"them. Remove them: `{INVISIBLE_FIX}`{APPLY} (where a zero-width space stands for a space between two "
             "words, replace it with one first)",

@@ -12,7 +12,7 @@ from llmasr.data.records import BadRecord, _is_number
 from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
 from llmasr.export.decode_folders import earlier_folders
 
-RESULTS, SUMMARY = "results.jsonl", "wer.json"
+RESULTS, SUMMARY, BAD = "results.jsonl", "wer.json", "bad.jsonl"
 
 
 class PseudoLabelError(ValueError):
@@ -97,6 +97,24 @@ def _row_problem(row) -> str | None:
         return None
     name, want = wrong[0]
     return f"field '{name}' must be {want}, got {row.get(name)!r:.60}"
+
+
+def bad_lines(decoded: Path) -> set[int] | None:
+    """The manifest lines the decode folder's bad.jsonl lists (lines it could not decode); None where it has none."""
+    path = decoded / BAD
+    if not path.is_file():
+        return None
+    lines = set()
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            try:
+                row = json.loads(text)
+            except ValueError as err:
+                raise PseudoLabelError(f"{path}:{n}: not JSON ({err})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("line"), int):
+                raise PseudoLabelError(f"{path}:{n}: not a row of `llmasr decode` (a JSON object with its `line`)")
+            lines.add(row["line"])
+    return lines
 
 
 def read_summary(decoded: Path) -> dict:

@@ -25,8 +25,10 @@ from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import language_of, missing_hint, task_of
 from llmasr.export.pseudo_label_inputs import (
+    BAD,
     RESULTS,
     PseudoLabelError,
+    bad_lines,
     decoded_end,
     decoded_manifest,
     line_of,
@@ -84,17 +86,21 @@ class PseudoLabels:
     left_out: Counter = field(default_factory=Counter)
     rate_kept: str | None = None
     rate_all: str | None = None
-    not_decoded: int = 0
+    not_decoded: int = 0  # manifest lines bad.jsonl lists (with no bad.jsonl: every line not in results.jsonl)
+    # manifest lines in neither results.jsonl nor bad.jsonl (added since the decode, or rows taken out of
+    # results.jsonl), and the first of them as manifest:line
+    undecoded: int = 0
+    first_undecoded: str | None = None
     windowed: int = 0  # decoded lines decoded in windows (long recordings), a training line a window
     windows: int = 0  # their windows
     cut_in_speech: int = 0  # kept windows a neighbour overlaps (cut without a pause)
     part_kept: int = 0  # scored lines decoded in windows of which some windows were left out
     hotwords_file: str | None = None  # the decode's --hotwords FILE, the list of lines without their own
-    file_listed: int = 0  # kept lines decoded with it, which their training lines do not carry
+    file_listed: int = 0  # kept training lines decoded with it, which do not carry it
     # the decode's --task / --language (wer.json), written as the `prompt` / `lang` of kept lines without their own,
     # so that training asks each line as the decode did
     asked: dict = field(default_factory=dict)
-    asked_lines: int = 0  # kept lines given one of them
+    asked_lines: int = 0  # kept training lines given one of them
 
     def report(self, filt: LabelFilter) -> str:
         offered = plural(self.offered, "line" if self.windowed else "decoded line")
@@ -117,7 +123,13 @@ class PseudoLabels:
             )
         lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
         if self.not_decoded:
-            lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see bad.jsonl): {self.not_decoded}")
+            lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see {BAD}): {self.not_decoded}")
+        if self.undecoded:
+            lines.append(
+                f"  manifest lines in neither {RESULTS} nor {BAD}, not written: {self.undecoded} (first: "
+                f"{self.first_undecoded}): lines added to the manifest since the decode (decode them), or rows taken "
+                f"out of {RESULTS}"
+            )
         if self.file_listed:
             one = self.file_listed == 1
             lines.append(
@@ -127,7 +139,8 @@ class PseudoLabels:
             )
         if self.asked_lines:
             given = " and ".join(f"--{k} {v!r} as `{FIELDS[k]}`" for k, v in self.asked.items())
-            lines.append(f"  {plural(self.asked_lines, 'kept line')} without its own carry the decode's {given}")
+            own = "its own carries" if self.asked_lines == 1 else "their own carry"
+            lines.append(f"  {plural(self.asked_lines, 'kept line')} without {own} the decode's {given}")
         if self.rate_all is not None:
             part = (
                 f" ({plural(self.part_kept, 'recording')} kept in part, in neither: a window has no reference of its "
@@ -156,8 +169,10 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     if unwritable := output_file_problem(output, [decoded / RESULTS, source]):  # the manifest wer.json names too
         raise PseudoLabelError(f"--output {output}: {unwritable}")
     lines = Manifest.open(source, need_target=False)
-    got = PseudoLabels(output=output, decoded=len(rows), not_decoded=max(len(lines) - len(rows), 0))
-    got.hotwords_file = summary.get("hotwords_file")
+    got = PseudoLabels(output=output, decoded=len(rows))
+    _count_undecoded(got, lines, rows, bad_lines(decoded))
+    # a list the decode only scored against (--hotwords-unprompted) biased no transcript: nothing to carry
+    got.hotwords_file = None if summary.get("hotwords_unprompted") else summary.get("hotwords_file")
     got.asked = {k: summary[k] for k in FIELDS if summary.get(k)}
     written, scored, whole, missing, keys = [], [], [], [], {}
     for n, row in enumerate(rows, start=1):
@@ -194,8 +209,9 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
             got.cut_in_speech += bool(piece.get("cut_in_speech"))
         got.kept += len(kept)
         if kept:
-            got.file_listed += bool(got.hotwords_file) and utt.hotwords is None
-            got.asked_lines += any(not _own(utt, FIELDS[k]) for k in got.asked)
+            # training lines, as `kept` counts them: a window each of a long recording
+            got.file_listed += len(kept) * (bool(got.hotwords_file) and utt.hotwords is None)
+            got.asked_lines += len(kept) * any(not _own(utt, FIELDS[k]) for k in got.asked)
     if scored:
         got.rate_all = _rate(scored)
         got.rate_kept = _rate(whole) or "no line with a reference"
@@ -207,6 +223,20 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
     with manifest_writer(output) as f:
         f.write("".join(written).encode("utf-8"))
     return got
+
+
+def _count_undecoded(got: PseudoLabels, lines: Manifest, rows: list[dict], bad: set[int] | None) -> None:
+    """Count the manifest's lines that results.jsonl lacks: those bad.jsonl lists, and apart from them those it does
+    not (a line added since the decode had been called bad at decoding)."""
+    if bad is None:  # no bad.jsonl: nothing tells the two apart
+        got.not_decoded = max(len(lines) - len(rows), 0)
+        return
+    decoded = {row["line"] for row in rows}
+    numbers = [lines.lineno(i) for i in range(len(lines))]
+    got.not_decoded = sum(n in bad and n not in decoded for n in numbers)
+    undecoded = [n for n in numbers if n not in decoded and n not in bad]
+    got.undecoded = len(undecoded)
+    got.first_undecoded = f"{lines.path}:{undecoded[0]}" if undecoded else None
 
 
 def _missing_audio(missing: list) -> str:

@@ -40,6 +40,8 @@ from llmasr.models.sensevoice import asked_language
 log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
+# what a call takes for its clips (__call__, transcripts), and load's **decode does not
+PER_CALL = frozenset(("task", "language", "hotwords", "sample_rate"))
 MIN_SAMPLE_RATE = 1000  # Hz; below it, a rate in kHz (sample_rate=16): hours of "audio" decoded into noise
 
 
@@ -76,6 +78,11 @@ class Transcriber:
         fields to override the model's saved settings (num_beams=4, ctc_weight=0.5, ...; max_new_tokens=0 unsets a
         saved cap: the cap by duration). `base_llm`: the folder of
         an adapter export's base LLM where it is not where the export's description says (a copy on this machine)."""
+        if per_call := sorted(set(decode) & PER_CALL):  # README's `Transcriber` `task=`: not a decode: setting
+            raise TypeError(
+                f"Transcriber.load: {', '.join(per_call)} is given to each call, not to load: "
+                f"asr(audio, {per_call[0]}=...) or asr.transcripts([...], {per_call[0]}=...)"
+            )
         if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
             raise TranscribeError(
                 "Transcriber.load: give one model, an exported model directory (the first argument) or a training "

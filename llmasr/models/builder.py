@@ -9,6 +9,7 @@ where the weights come from is its `weights` argument, and the LLM's rotary freq
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from llmasr.models.prompt import PromptBuilder
 from llmasr.models.rotary import round_rotary
 from llmasr.models.speech_llm import SpeechLLM
 from llmasr.models.state_dict import (
+    CheckpointMismatchError,
     load_into,
     read_safetensors,
     torch_load,
@@ -93,7 +95,7 @@ def build_encoder(
         if pretrained and cfg.init_from:
             state = read_weights(cfg.init_from, cfg.init_prefix, "model.encoder", shapes_only=shapes_only)
             where = f"encoder weights {cfg.init_from}"
-            load_into(encoder, state, source=where, reinit_option="model.encoder.reinit_keys", **reinit)
+            _load_encoder_weights(encoder, state, where, cfg, spec.conf, reinit)
         elif pretrained:
             log.info(
                 "%s encoder built from conf with random initial weights (no model.encoder.path or init_from): a new "
@@ -110,6 +112,30 @@ def build_encoder(
             raise ConfigError(f"model.encoder.gradient_checkpointing: {type(encoder).__name__} does not support it")
         encoder.gradient_checkpointing = True
     return encoder, spec.frontend
+
+
+def _load_encoder_weights(encoder, state, where: str, cfg: EncoderConfig, conf: dict, reinit: dict) -> None:
+    """`model.encoder.init_from`'s weights into the encoder built from model.encoder.conf: a mismatch names the conf
+    settings that size the tensors otherwise and, for a folder `llmasr export` wrote (a second round from an export),
+    the description that holds the conf the weights were trained with."""
+    from llmasr.models.funasr_dir import SIZING
+
+    defaults = {k: p.default for k, p in inspect.signature(type(encoder).__init__).parameters.items()}
+    built = {**defaults, **conf}  # a size the recipe leaves out is its class's default
+    sizes = {f"model.encoder.conf.{k}": built[k] for k in SIZING if isinstance(built.get(k), int)}
+    try:
+        load_into(encoder, state, source=where, reinit_option="model.encoder.reinit_keys", sizes=sizes,
+                  built_from="model.encoder.conf", **reinit)  # fmt: skip
+    except CheckpointMismatchError as err:
+        from llmasr.models.exported import MODEL_FILE  # exported builds models: imported here, not at the top
+
+        described = Path(cfg.init_from).parent / MODEL_FILE
+        if not described.is_file():
+            raise
+        raise CheckpointMismatchError(
+            f"{err}\n{described} gives the encoder these weights were trained as (encoder.type, encoder.conf): "
+            "restate its conf as model.encoder.conf"
+        ) from None
 
 
 def read_weights(init_from: str, init_prefix: str, what: str, *, shapes_only: bool = False) -> dict:

@@ -155,7 +155,7 @@ def _number(given: Any, key: str, where: str) -> int | float:
 
 # encoder_conf settings that size an encoder's tensors (input_size: the frontend's n_mels * lfr_m), named where
 # model.pt's tensors have other sizes
-_SIZING = ("input_size", "output_size", "linear_units", "kernel_size", "cnn_module_kernel")
+SIZING = ("input_size", "output_size", "linear_units", "kernel_size", "cnn_module_kernel")
 
 
 def funasr_frontend(model_dir: str | Path) -> FrontendConfig:
@@ -292,7 +292,7 @@ def load_funasr_encoder(
         taken += ("embed.",)
     cfg = model_dir / "config.yaml"
     sizes = {f"{cfg} " + ("frontend_conf n_mels * lfr_m" if k == "input_size" else f"encoder_conf.{k}"): conf[k]
-             for k in _SIZING if isinstance(conf.get(k), int)}  # fmt: skip
+             for k in SIZING if isinstance(conf.get(k), int)}  # fmt: skip
     load_into(encoder, encoder_state, source=f"{ckpt_path} ({prefix}*)", reinit_keys=reinit_keys, frozen_by=frozen_by,
               reinit_option="model.encoder.reinit_keys", sizes=sizes, built_from=f"{cfg} encoder_conf")  # fmt: skip
     log_left_out(state, taken, ckpt_path, str(read_funasr_config(model_dir).get("model", "model")))

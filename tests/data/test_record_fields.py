@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmasr.data.record_fields import near_field, unread_text
+from llmasr.data.record_fields import near_field, unread_fields, unread_text
 
 
 @pytest.mark.parametrize("name", ["id", "emo", "sid", "lid", "sex", "snr", "ts", "spk", "text", "gender", "words"])
@@ -55,3 +55,10 @@ def test_a_missing_field_without_a_stand_in_says_only_what_is_missing(tmp_path):
     with pytest.raises(BadRecord) as e:
         Manifest.open(str(path))[0]
     assert e.value.reason == "missing field 'target' (a FunASR jsonl record needs key, source, target)"
+
+
+def test_a_funasr_line_s_own_system_message_is_a_field_llmasr_reads():
+    """A FunASR line's `system` (what `llmasr data pseudo-label` writes for a ChatML line's system message) is read
+    by the parser: `llmasr data check` and train.log had named it among the fields that change nothing."""
+    assert unread_fields({"key": "a", "source": "a.wav", "target": "hi", "system": "You transcribe calls."}) == []
+    assert unread_fields({"messages": [], "system": "x"}) == ["system"]  # a ChatML line's is in its messages

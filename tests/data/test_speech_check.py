@@ -37,6 +37,7 @@ def manifest(tmp_path_factory):
     lines.append({"key": "long_text", "source": "s0.wav", "target": " ".join([TEXT] * 5)})  # five times too fast
     lines.append({"key": "gone", "source": "nope.wav", "target": TEXT})  # bad: the check lists it elsewhere
     lines.append({"key": "untranscribed", "source": "s1.wav"})
+    lines.append({"key": "quiet", "source": "hush.wav"})  # audio to decode without speech: the VAD gate empties it
     path = root / "m.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -70,3 +71,25 @@ def test_data_check_reports_them(manifest, vad_dir, tmp_path, capsys):
     assert "--vad: " in capsys.readouterr().err
     assert main([str(manifest), "--vad", str(vad_dir), "--vad-max-end-silence-ms", "0"]) == 2
     assert "--vad-max-end-silence-ms: must be > 0 ms, got 0" in capsys.readouterr().err
+
+
+def test_lines_without_a_transcript_are_heard_apart_and_the_silent_ones_listed(manifest, vad_dir, capsys):
+    """A manifest to decode (`--decode`: no transcripts) had been heard not at all: "0 lines heard ... median rate
+    nan", where the VAD finds the lines that `llmasr decode --vad` leaves empty, and its pseudo-labels leave out."""
+    found = hear_speech([str(manifest)], _segments(vad_dir), SR, vad=str(vad_dir))
+    assert found.untranscribed == 2 and [(f["line"], f["key"]) for f in found.silent] == [(11, "quiet")]
+    assert found.untranscribed_audio_seconds == pytest.approx(3.2 + 3.0) and found.untranscribed_speech_seconds > 2
+    assert main([str(manifest), "--decode", "--vad", str(vad_dir), "--max-bad-fraction", "0.5", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "8 lines with a transcript heard: " in out
+    assert (
+        "2 lines without a transcript heard: " in out
+        and "transcribed empty by `llmasr decode --vad` (its gate): 1" in out
+    )
+    assert f"{manifest}:11 key=quiet" in out
+    untranscribed = manifest.parent / "untranscribed.jsonl"
+    untranscribed.write_text(json.dumps({"key": "quiet", "source": "hush.wav"}) + "\n")
+    assert main([str(untranscribed), "--decode", "--vad", str(vad_dir), "--workers", "0"]) == 0
+    assert "0 lines with a transcript heard: 0.00 h of speech in 0.00 h of audio (0.0%); median rate n/a" in (
+        capsys.readouterr().out
+    )

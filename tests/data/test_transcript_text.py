@@ -206,3 +206,24 @@ def test_full_width_letters_and_digits_are_named_and_the_fix_leaves_full_width_p
     assert main([str(path)]) == 0 and "full-width" not in capsys.readouterr().out
     one = write_manifest(tmp_path / "one.jsonl", [json.dumps(dict(recs[0], target=texts[0]), ensure_ascii=False)])
     assert main([str(one)]) == 0 and "\n1 line holds full-width Latin letters" in capsys.readouterr().out
+
+
+def test_control_characters_are_named_with_their_lines_and_the_fix_removes_them(tmp_path, capsys):
+    """A control character that is not whitespace (an LLM's byte token wrote U+0002 into a pseudo-label's target) is
+    invisible and trains as written: `llmasr data check` had said OK, an ASCII line not being searched for them."""
+    import re
+
+    from llmasr.data.transcript_text import INVISIBLE_FIX
+
+    path = good_corpus(tmp_path, 4)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[1]["target"], recs[2]["target"] = "lve\x02nve", "caf\u00e9\x7f au lait"
+    path = write_manifest(tmp_path / "m.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "## invisible characters in transcripts" in out and "whitespace in" not in out
+    assert f"U+0002 control character in 1 line (first: {path}:2)" in out
+    assert f"U+007F control character in 1 line (first: {path}:3)" in out
+    for r in recs:
+        r["target"] = eval(INVISIBLE_FIX, {"re": re, "text": r["target"]})
+    assert recs[1]["target"] == "lvenve" and recs[2]["target"] == "caf\u00e9 au lait"

@@ -327,6 +327,53 @@ def test_a_decode_wide_hotword_list_is_said_not_to_be_carried(exported_dir, tmp_
         f"note: 2 kept lines were decoded with --hotwords {tmp_path / 'hot.txt'}'s list (none of their own)" in report
     )
     assert [u.hotwords for u in Manifest.open(tmp_path / "pl.jsonl")] == [["zero"], None, None]
+    # a list only scored against (--hotwords-unprompted) biased no transcript: the note had said it did
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(tmp_path / "unp"),
+                        "--max-new-tokens", "2", "--hotwords", str(tmp_path / "hot.txt"),
+                        "--hotwords-unprompted"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert pseudo_main([str(tmp_path / "unp"), "--output", str(tmp_path / "unp.jsonl"), "--keep-truncated"]) == 0
+    assert "--hotwords" not in capsys.readouterr().out
+
+
+def test_manifest_lines_the_decode_never_read_are_not_called_bad_at_decoding(exported_dir, tmp_path, capsys):
+    """The lines results.jsonl lacks are those bad.jsonl lists and, apart from them, lines added to the manifest since
+    the decode (or rows taken out of results.jsonl): all of them had been said to be "bad at decoding, see
+    bad.jsonl", where bad.jsonl did not list them."""
+    gone = json.dumps({"key": "gone", "source": "wav/nowhere.wav"})
+    manifest = write_corpus(tmp_path / "data", TEXTS[:2], extra_lines=[gone])
+    out = tmp_path / "decoded"
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out),
+                        "--max-new-tokens", "2", "--max-bad-fraction", "1"]) == 0  # fmt: skip
+    assert [json.loads(r)["line"] for r in open(out / "bad.jsonl", encoding="utf-8")] == [3]
+    added = [json.dumps({"key": f"new{i}", "source": "wav/test0.wav"}) for i in range(2)]
+    with open(manifest, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in added))
+    capsys.readouterr()
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    assert "manifest lines not in results.jsonl (bad at decoding, see bad.jsonl): 1\n" in report
+    assert f"manifest lines in neither results.jsonl nor bad.jsonl, not written: 2 (first: {manifest}:4)" in report
+    assert [u.key for u in Manifest.open(tmp_path / "pl.jsonl")] == [r["key"] for r in results(out) if r["hyp"]]
+
+
+def test_the_note_of_a_decode_wide_list_counts_training_lines_a_window_each(exported_dir, tmp_path, capsys):
+    """A long recording decoded with --hotwords FILE gives a training line a window, none carrying the list: the note
+    had counted the recording once (2 "kept lines" where 2 + its windows were written without it)."""
+    manifest = write_corpus(tmp_path, TEXTS[:2])
+    long_manifest, _ = write_joined_recording(tmp_path, TEXTS[:2])
+    manifest.write_text(manifest.read_text() + long_manifest.read_text(), encoding="utf-8")
+    (tmp_path / "hot.txt").write_text("quick brown\n")
+    out = tmp_path / "decoded"
+    flags = ["--max-new-tokens", "2", "--max-window-seconds", "2", "--window-overlap", "0.5"]
+    assert decode_main(["--model", str(exported_dir), "--data", str(manifest), "--output", str(out), *flags,
+                        "--hotwords", str(tmp_path / "hot.txt")]) == 0  # fmt: skip
+    assert max(r["windows"] for r in results(out)) > 1
+    capsys.readouterr()
+    assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    written = list(Manifest.open(tmp_path / "pl.jsonl"))
+    assert len(written) > 3 and all(u.hotwords is None for u in written)
+    assert f"note: {len(written)} kept lines were decoded with --hotwords" in capsys.readouterr().out
 
 
 def test_windows_cut_inside_speech_are_named_and_window_keys_must_be_free(exported_dir, tmp_path, capsys):
@@ -386,3 +433,6 @@ def test_a_chatml_lines_own_system_message_is_carried(model, tmp_path, capsys):
     assert [w.get("prompt") for w in written] == ["Transcribe:", None]
     read = Manifest.open(tmp_path / "pl.jsonl")  # training renders the line's own, as the ChatML line had it
     assert [u.system for u in read] == ["You transcribe court hearings.", None]
+    # and `llmasr data check` does not call it a field llmasr leaves unread (it had: "system: 1 line")
+    assert data_check_main([str(tmp_path / "pl.jsonl")]) == 0
+    assert "fields llmasr does not read" not in capsys.readouterr().out

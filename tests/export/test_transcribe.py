@@ -239,6 +239,9 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
         Transcriber.load(exported_dir, num_beams=0)
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
         Transcriber.load(exported_dir, beams=4)
+    # what each call takes (README: `Transcriber` `task=`) had been "unknown setting(s) ['task']", naming no way on
+    with pytest.raises(TypeError, match=r"task is given to each call, not to load: asr\(audio, task=\.\.\.\)"):
+        Transcriber.load(exported_dir, task="Transcribe this:")
     # a setting of the wrong type is named as a recipe's is: timestamps="false" had turned word times on (a true
     # string), num_beams="4" failed as a bare comparison of str and int
     with pytest.raises(ConfigError, match="decode.timestamps: expected true/false, got 'false'"):

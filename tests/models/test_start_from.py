@@ -222,3 +222,23 @@ def test_a_misspelt_file_in_the_start_folder_is_named_before_settings_are_compar
     typo = f"model.adaptor.init_from={exported_dir / 'adaptr.safetensors'}"
     with pytest.raises(ConfigError, match=r"model.adaptor.init_from: file not found: .*adaptr.safetensors"):
         check_start_folder(load_recipe(recipe, [typo, f"model.llm.path={other}"]).model)
+
+
+def test_an_export_s_encoder_under_another_conf_names_the_sizes_and_the_description(tiny_run, exported_dir):
+    """A second round from an export (`model.encoder.init_from: EXPORT/encoder.safetensors`) whose recipe leaves
+    the encoder's conf at the class defaults had been refused with a wall of tensor shapes alone: the sizes to set
+    and the llmasr_model.yaml that holds them are named."""
+    from llmasr.models.builder import build_model
+    from llmasr.models.state_dict import CheckpointMismatchError
+
+    start = ["model.encoder.path=null", f"model.encoder.init_from={exported_dir / 'encoder.safetensors'}",
+             "model.encoder.frontend.lfr_m=7", "model.encoder.frontend.lfr_n=6"]  # fmt: skip
+    recipe = tiny_run.run_dir / "recipe.yaml"
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_model(load_recipe(recipe, start).model)
+    said = str(e.value)
+    assert "model.encoder.conf.output_size is 256, the checkpoint's tensors 32: set it to 32" in said
+    assert "model.encoder.conf.linear_units is 2048, the checkpoint's tensors 64: set it to 64" in said
+    assert f"{exported_dir / 'llmasr_model.yaml'} gives the encoder these weights were trained as" in said
+    sizes = [f"model.encoder.conf.{k}={v}" for k, v in (("output_size", 32), ("linear_units", 64), ("num_blocks", 2))]
+    build_model(load_recipe(recipe, [*start, *sizes]).model)  # as said: it builds
