@@ -8,6 +8,7 @@ import sys
 
 from llmasr import errors
 from llmasr.export.export import ExportError, export_model
+from llmasr.export.finetune_recipe import FINETUNE_NAME
 from llmasr.run_dir import CheckpointError
 
 
@@ -67,5 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError) as err:
         print(f"llmasr export: error: {err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
-    print(f"exported to {out}")
+    print(f"exported to {out}; decode with: llmasr decode --model {out} ...; train on from it with: llmasr train "
+          f"--config {out / FINETUNE_NAME} --deepspeed zero2 data.train=[...] data.valid=[...] (check first: llmasr "
+          "check, same arguments)")  # fmt: skip
     return 0

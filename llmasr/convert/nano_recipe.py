@@ -16,21 +16,11 @@ from pathlib import Path
 
 import yaml
 
+from llmasr.export.finetune_recipe import dump_recipe, relative
 from llmasr.models.exported import exported_model_section
 
 RECIPE_NAME = "finetune_lora_zero2.yaml"
 TEMPLATE = Path(__file__).resolve().with_name("nano_finetune.yaml")
-
-
-def _relative(value, folder: Path):
-    """`value` with every path inside `folder` named relative to it (recursively through dicts and lists)."""
-    if isinstance(value, dict):
-        return {k: _relative(v, folder) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relative(v, folder) for v in value]
-    if isinstance(value, str) and value.startswith(str(folder) + "/"):
-        return Path(value).relative_to(folder).as_posix()
-    return value
 
 
 def _set_over(base: dict, choices: dict) -> dict:
@@ -49,7 +39,7 @@ def finetune_recipe(model_dir: Path, run_name: str) -> dict:
     `model_dir`, its run folder exp/<run_name>_lora (from the working directory the run is started in)."""
     model_dir = Path(model_dir).resolve()
     template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))  # plain values: dumped again as read
-    model = _relative(exported_model_section(model_dir, read_llm=False), model_dir)
+    model = relative(exported_model_section(model_dir, read_llm=False), model_dir)
     if not model.get("ctc", {}).get("weight"):  # no CTC head (the branch was left out): no model.ctc at all
         model.pop("ctc", None)
     for part, choices in template.pop("model").items():  # only over parts the folder has
@@ -80,22 +70,10 @@ def header(out: str) -> str:
     )
 
 
-class _Dumper(yaml.SafeDumper):
-    """Writes a multi-line string (Nano's hotword block, a chat template) as a literal block, readable as the prompt
-    renders it, where PyYAML would fold it into a quoted line with its newlines doubled."""
-
-
-def _text(dumper: yaml.SafeDumper, value: str):
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_Dumper.add_representer(str, _text)
-
-
 def write_finetune_recipe(model_dir: Path, out: Path, named: str | Path) -> Path:
     """Write RECIPE_NAME into `model_dir`, the staged folder that becomes `out` (named `named` on the command
     line); returns the path it will have in `out`."""
     recipe = finetune_recipe(model_dir, Path(out).name)
-    body = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    body = dump_recipe(recipe)
     (Path(model_dir) / RECIPE_NAME).write_text(header(str(named)) + body, encoding="utf-8")
     return Path(named).expanduser() / RECIPE_NAME

@@ -1,0 +1,54 @@
+"""`llmasr export` writes OUT/finetune.yaml: the next round of training from the exported model, with the run's own
+choices. Its model is the export's (the encoder built from the description, every branch's weights the folder's,
+the merged LLM), so a model built from it computes what the export computes; `llmasr check` passes it, from a moved
+folder too; the run's choices (what trains, LoRA, precision, optimiser, decoding) are kept; manifests are given."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+import yaml
+
+from llmasr.config_io import to_dict
+from llmasr.export.finetune_recipe import FINETUNE_NAME
+from llmasr.export.trained_model import run_recipe
+from llmasr.models.builder import build_model
+from llmasr.models.exported import load_exported
+from llmasr.recipe import load_recipe
+from llmasr.testing.run_dirs import TARGETS
+from llmasr.testing.tiny_recipe import random_batch, speech_logits
+
+
+def test_the_next_round_starts_from_the_exported_model_with_the_run_s_choices(
+    exported_dir, runs, train_corpus, tmp_path, capsys
+):
+    from llmasr.commands.check import main as check
+
+    moved = shutil.copytree(exported_dir, tmp_path / "moved")  # paths inside the folder are relative to it
+    path = moved / FINETUNE_NAME
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert (
+        written["model"]["encoder"]["init_from"] == "encoder.safetensors" and "path" not in written["model"]["encoder"]
+    )
+    assert written["model"]["llm"]["path"] == "llm" and written["model"]["ctc"]["init_from"] == "ctc_head.safetensors"
+    assert "train" not in written["data"] and "valid" not in written["data"]
+    recipe = load_recipe(path, [f"data.train=[{train_corpus}]"])
+    run = run_recipe(runs[2])
+    assert recipe.train.output_dir == f"{run.train.output_dir}_next"
+    for part in ("encoder", "adaptor", "llm"):  # what trains, and how: the run's
+        mine, theirs = getattr(recipe.model, part), getattr(run.model, part)
+        assert mine.freeze == theirs.freeze, part
+        assert to_dict(getattr(mine, "lora", None)) == to_dict(getattr(theirs, "lora", None)), part
+    assert to_dict(recipe.optim) == to_dict(run.optim) and to_dict(recipe.decode) == to_dict(run.decode)
+    assert recipe.model.llm.dtype == run.model.llm.dtype and recipe.model.ctc.weight == run.model.ctc.weight
+
+    # what the export computes: fresh LoRA adds nothing before the first update
+    model, exported = build_model(recipe.model).eval(), load_exported(moved).eval()
+    batch = random_batch(exported, TARGETS, seed=3)
+    torch.testing.assert_close(speech_logits(model, batch), speech_logits(exported, batch), rtol=0, atol=1e-5)
+
+    out = tmp_path / "check"
+    code = check(["--config", str(path), "--deepspeed", "zero2", f"data.train=[{train_corpus}]",
+                  f"train.output_dir={tmp_path / 'next'}", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
