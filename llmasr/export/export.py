@@ -41,7 +41,7 @@ from torch import nn
 
 from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
-from llmasr.export.finetune_recipe import write_next_round
+from llmasr.export.finetune_recipe import FINETUNE_NAME, write_next_round
 from llmasr.export.merge import (  # noqa: F401
     ExportError,
     cast_llm,
@@ -139,10 +139,14 @@ def export_model(
                 model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=longest,
             )  # fmt: skip
-            write_next_round(tmp, recipe, info["run_dir"])  # the next round's recipe, beside the model
+            if not adapter_only:  # a saved adapter loads frozen: LoRA cannot train on over it
+                write_next_round(tmp, recipe, info["run_dir"])  # the next round's recipe, beside the model
             output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)
         log.info("exported %s (tags %s) to %s", info["run_dir"], ", ".join(info["tags"]), out)
+        if adapter_only:
+            log.info("no %s in %s: a saved adapter is loaded frozen, so LoRA cannot train on over it; export without "
+                     "--adapter-only for a folder to train on from", FINETUNE_NAME, out)  # fmt: skip
         return Path(output).expanduser()
 
 

@@ -3,12 +3,12 @@ model (`llmasr convert funasr` its own, llmasr.convert.nano_recipe, with these h
 
 Its `model` section is the folder's, as decode and the start-folder check (llmasr.models.start_from) read its
 description (llmasr.models.exported.exported_model_section): the encoder built from its description's conf and
-frontend, each branch's weights read from the folder's files (init_from), the LLM the merged one (or the base and the
-adapter of an `--adapter-only` export), the prompt the model was trained with. Everything else is the run's: which
-branches train, LoRA on the LLM (fresh, over the merged weights), the training precision, data settings, optimiser,
-schedules and decoding. The manifests are left out (given on the command line: data.train=[...] data.valid=[...]),
-and the run folder is the exported run's with `_next` added. Files inside the folder are named relative to it, as a
-recipe's paths resolve against the recipe's folder, so the folder can be moved whole.
+frontend, each branch's weights read from the folder's files (init_from), the merged LLM, the prompt the model was
+trained with (an `--adapter-only` export carries no such recipe: its adapter loads frozen). Everything else is the
+run's: which branches train, LoRA on the LLM (fresh, over the merged weights), the training precision, data settings,
+optimiser, schedules and decoding. The manifests are left out (given on the command line: data.train=[...]
+data.valid=[...]), and the run folder is the exported run's with `_next` added. Files inside the folder are named
+relative to it, as a recipe's paths resolve against the recipe's folder, so the folder can be moved whole.
 """
 
 from __future__ import annotations

@@ -52,3 +52,13 @@ def test_the_next_round_starts_from_the_exported_model_with_the_run_s_choices(
     code = check(["--config", str(path), "--deepspeed", "zero2", f"data.train=[{train_corpus}]",
                   f"train.output_dir={tmp_path / 'next'}", "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+
+
+def test_an_adapter_only_export_carries_no_recipe_and_says_why(runs, tmp_path, caplog):
+    """A saved adapter loads frozen (model.llm.adapter cannot take `lora`): the next round needs a merged export."""
+    from llmasr.export.export import export_model
+
+    caplog.set_level("INFO")
+    out = export_model(runs[2], tmp_path / "adapter", adapter_only=True)
+    assert not (out / FINETUNE_NAME).exists()
+    assert "export without --adapter-only for a folder to train on from" in caplog.text
