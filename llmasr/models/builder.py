@@ -30,6 +30,7 @@ from llmasr.models.encoder_spec import encoder_frontend, encoder_spec
 from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder
 from llmasr.models.funasr_files import missing_weights
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
+from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.rotary import round_rotary
 from llmasr.models.speech_llm import SpeechLLM
@@ -127,8 +128,6 @@ def _load_encoder_weights(encoder, state, where: str, cfg: EncoderConfig, conf: 
         load_into(encoder, state, source=where, reinit_option="model.encoder.reinit_keys", sizes=sizes,
                   built_from="model.encoder.conf", **reinit)  # fmt: skip
     except CheckpointMismatchError as err:
-        from llmasr.models.exported import MODEL_FILE  # exported builds models: imported here, not at the top
-
         described = Path(cfg.init_from).parent / MODEL_FILE
         if not described.is_file():
             raise

@@ -37,13 +37,13 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
 from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
 from llmasr.models.encoders import entry_for_class
+from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.rotary import ROTARY_DTYPES
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.run_dir.layout import CHECKPOINTS, META
 from llmasr.unread_fields import drop_unread
 from llmasr.written_by import writer
 
-MODEL_FILE = "llmasr_model.yaml"
 DTYPE_NAMES = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
