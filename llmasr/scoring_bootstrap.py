@@ -15,9 +15,22 @@ RESAMPLES = 1000
 LEVEL = 0.95
 
 
-def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
-    """[resamples, n] utterance indices drawn with replacement."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+DRAWN_AT_ONCE = 1 << 22  # utterance indices held at a time: a million utterances drew 8 GB of them in one array
+
+
+def _resampled_sums(*values: np.ndarray, resamples: int, seed: int) -> list[np.ndarray]:
+    """Each of `values` (one number an utterance, the same utterances) summed over every resample of the utterances
+    drawn with replacement: [resamples] each. The draws are made a block of resamples at a time, the same stream as
+    one [resamples, n] draw, so memory does not grow with resamples x utterances."""
+    n = len(values[0])
+    rng = np.random.default_rng(seed)
+    sums = [np.empty(resamples, dtype=np.float64) for _ in values]
+    block = max(1, DRAWN_AT_ONCE // max(n, 1))
+    for lo in range(0, resamples, block):
+        idx = rng.integers(0, n, size=(min(block, resamples - lo), n))
+        for out, v in zip(sums, values):
+            out[lo : lo + len(idx)] = v[idx].sum(axis=1)
+    return sums
 
 
 def rate_interval(
@@ -31,10 +44,9 @@ def rate_interval(
         raise ValueError(f"rate_interval: {len(err)} error counts against {len(ref)} unit counts")
     if (ref > 0).sum() < 2:
         return None
-    idx = _draws(len(err), resamples, seed)
-    totals = ref[idx].sum(axis=1)
+    errs, totals = _resampled_sums(err, ref, resamples=resamples, seed=seed)
     # a draw of empty references only (silent clips) has no rate: counted as 0 it dragged the low end to 0
-    rates = err[idx].sum(axis=1)[totals > 0] / totals[totals > 0]
+    rates = errs[totals > 0] / totals[totals > 0]
     if not rates.size:
         return None
     tail = (1.0 - level) / 2
@@ -50,7 +62,7 @@ def improvement_probability(
     a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
     if len(a) != len(b) or not len(a):
         raise ValueError(f"improvement_probability: need the same utterances, got {len(a)} and {len(b)} counts")
-    diff = (a - b)[_draws(len(a), resamples, seed)].sum(axis=1)
+    (diff,) = _resampled_sums(a - b, resamples=resamples, seed=seed)
     return float(((diff < 0).sum() + 0.5 * (diff == 0).sum()) / resamples)
 
 
@@ -71,8 +83,7 @@ def paired_change(
     ref = np.asarray(units, dtype=np.float64)
     if not (len(a) == len(b) == len(ref)) or not len(a):
         raise ValueError(f"paired_change: need the same utterances, got {len(a)}, {len(b)} and {len(ref)} counts")
-    idx = _draws(len(a), resamples, seed)
-    diff, totals = (b - a)[idx].sum(axis=1), ref[idx].sum(axis=1)
+    diff, totals = _resampled_sums(b - a, ref, resamples=resamples, seed=seed)
     changes = diff[totals > 0] / totals[totals > 0]
     tail = (1.0 - level) / 2
     low, high = (float(q) for q in np.quantile(changes, [tail, 1.0 - tail])) if changes.size else (None, None)

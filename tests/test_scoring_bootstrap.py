@@ -73,3 +73,19 @@ def test_paired_change_holds_the_change_and_says_which_system_is_better():
     assert got["high"] - got["low"] < own[1] - own[0]
     with pytest.raises(ValueError, match="need the same utterances"):
         paired_change([1, 2], [1, 2], [3])
+
+
+def test_draws_made_a_block_at_a_time_give_the_figures_of_one_draw(monkeypatch):
+    """A million utterances drew 8 GB of indices in one [resamples, n] array: blocks of resamples draw the same
+    stream, so every figure is the same whatever the block."""
+    import llmasr.scoring_bootstrap as bootstrap
+
+    rng = np.random.default_rng(1)
+    units = rng.integers(0, 20, 500)
+    a, b = rng.binomial(units, 0.1), rng.binomial(units, 0.09)
+    whole = rate_interval(a, units), improvement_probability(a, b), paired_change(a, b, units)
+    draws = np.random.default_rng(0).integers(0, 500, size=(1000, 500))  # the one draw, summed directly
+    assert whole[0] == tuple(np.quantile((a[draws].sum(1) / units[draws].sum(1)), [0.025, 0.975]))
+    for block in (1, 7, 499, 500, 1001):
+        monkeypatch.setattr(bootstrap, "DRAWN_AT_ONCE", block * 500)
+        assert (rate_interval(a, units), improvement_probability(a, b), paired_change(a, b, units)) == whole
