@@ -39,14 +39,12 @@ import torch
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.convert.nano_config import (
-    ctc_decoder_file,
-    ctc_section,
-    ctc_vocab_file,
     llm_dir,
     nano_model_section,
     read_nano_config,
     stated_adaptor_dims,
 )
+from llmasr.convert.nano_ctc import ctc_decoder_file, ctc_section, ctc_vocab_file
 from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
 from llmasr.convert.nano_recipe import write_finetune_recipe
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_decoder_shapes, ctc_head_gaps, describe

@@ -10,7 +10,7 @@ names) with `audio_token_cap: funasr_nano` when `use_low_frame_rate` is on, Nano
 a helpful assistant." unless dataset_conf.sys_prompt is false, user "语音转写：<audio>" with no separator, an
 utterance's hotwords in Nano's own context block before it, ChatML written out as FunASR writes it, with an empty
 <think> block after the assistant tag when dataset_conf.do_think is false), and the CTC head's decoder layers and sizes
-(`ctc_section`; the caller decides whether the branch converts).
+(llmasr.convert.nano_ctc; the caller decides whether the branch converts).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _PROMPT_REFUSED = {
     "prev_text": "appends this text after the assistant tag",
 }
 # audio_encoder_conf / audio_adaptor_conf keys that steer FunASR's training or loading, not the architecture.
-_TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
+TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
 # audio_encoder_conf keys FunASRNano reads, not the encoder: `hub` (a set one is refused) and feat_permute. FunASR's
 # first Nano release (Dec 2025) transposed the features to [B, D, T] under feat_permute in data_load_speech and back
 # in encode(), so the encoder saw [B, T, D] either way, as llmasr's does; FunASR no longer reads it (its
@@ -62,7 +62,7 @@ _TRAINING_KEYS = ("freeze", "freeze_layer_num", "activation_checkpoint")
 _NANO_ENCODER_KEYS = ("hub", "feat_permute")
 _ADAPTOR_KEYS = {
     "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
-    "use_low_frame_rate", "encoder_dim", "llm_dim", *_TRAINING_KEYS,
+    "use_low_frame_rate", "encoder_dim", "llm_dim", *TRAINING_KEYS,
 }  # fmt: skip
 _REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -147,7 +147,7 @@ def read_nano_config(src: Path) -> dict:
     return config
 
 
-def _section(config: dict, key: str, path: Path) -> dict:
+def section_of(config: dict, key: str, path: Path) -> dict:
     value = resolve(config.get(key) or {}, config, f"{path}: {key}")
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: `{key}` must be a mapping, got {type(value).__name__}")
@@ -159,7 +159,7 @@ def llm_dir(src: Path, config: dict) -> Path:
     path exists, else config.yaml's llm_conf.init_param_path, as FunASR's AutoModel maps it (it skips a mapping whose
     file is not there: a copied configuration.json may name a directory the copy lacks)."""
     mapped = ((file_path_metas(src) or {}).get("llm_conf") or {}).get("init_param_path")
-    own = _section(config, "llm_conf", src / "config.yaml").get("init_param_path")
+    own = section_of(config, "llm_conf", src / "config.yaml").get("init_param_path")
     named = [(s, w) for s, w in ((mapped, "configuration.json file_path_metas.llm_conf"), (own, "config.yaml llm_conf"))
              if s]  # fmt: skip
     if not named:
@@ -176,28 +176,9 @@ def llm_dir(src: Path, config: dict) -> Path:
     return path
 
 
-def ctc_decoder_file(src: Path, config: dict) -> Path | None:
-    """The CTC decoder's own weights file FunASRNano loads before model.pt (ctc_decoder_conf.init_param_path):
-    configuration.json's file_path_metas.ctc_decoder_conf.init_param_path (relative to SRC) where that file exists,
-    else config.yaml's (relative to SRC unless absolute); None when neither names one. A named file that is missing
-    is refused, as FunASR fails to build the model without it."""
-    mapped = ((file_path_metas(src) or {}).get("ctc_decoder_conf") or {}).get("init_param_path")
-    own = _section(config, "ctc_decoder_conf", src / "config.yaml").get("init_param_path")
-    named = [(s, w) for s, w in ((mapped, "configuration.json file_path_metas.ctc_decoder_conf"),
-                                 (own, "config.yaml ctc_decoder_conf")) if s]  # fmt: skip
-    if not named:
-        return None
-    places = [(s, w, Path(str(s)) if Path(str(s)).is_absolute() else src / str(s)) for s, w in named]
-    found = next((path for _, _, path in places if path.is_file()), None)
-    if found is None:
-        tried = "; ".join(f"{w}.init_param_path names {s} ({path})" for s, w, path in places)
-        raise ConfigError(f"{src}: {tried}, which does not exist: FunASR loads the CTC decoder from it")
-    return found
-
-
 def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
     name = funasr_class_name(config.get("audio_encoder", ""))
-    conf = _section(config, "audio_encoder_conf", path)
+    conf = section_of(config, "audio_encoder_conf", path)
     if name != "SenseVoiceEncoderSmall" or conf.get("hub"):
         raise ConfigError(
             f"{path}: audio_encoder is {config.get('audio_encoder')!r}"
@@ -209,11 +190,11 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
         raise ConfigError(
             f"{path}: input_size is {size}, but frontend_conf gives n_mels * lfr_m = {frontend_dim} features"
         )
-    conf = {k: v for k, v in conf.items() if k not in (*_TRAINING_KEYS, *_NANO_ENCODER_KEYS)}
+    conf = {k: v for k, v in conf.items() if k not in (*TRAINING_KEYS, *_NANO_ENCODER_KEYS)}
     if "output_size" in conf:  # the encoder's width, which the adaptor and CTC head are checked against
         conf["output_size"] = number(conf["output_size"], f"{path}: audio_encoder_conf.output_size")
     # `queries` is llmasr's own key (SenseVoiceSmall's query frames): FunASR's Nano runs the encoder without them
-    known = (CONF_KEYS - {"queries"}) | {*_TRAINING_KEYS, *_NANO_ENCODER_KEYS}
+    known = (CONF_KEYS - {"queries"}) | {*TRAINING_KEYS, *_NANO_ENCODER_KEYS}
     unknown = sorted(set(conf) - known)
     if unknown:
         raise ConfigError(
@@ -223,7 +204,7 @@ def _encoder_section(config: dict, path: Path, frontend_dim: int) -> dict:
     return {"type": "sensevoice", "conf": conf, "freeze": True}
 
 
-def _dropout(conf: dict, section: str, path: Path) -> float:
+def dropout_of(conf: dict, section: str, path: Path) -> float:
     """The one dropout rate of llmasr's transformer blocks. FunASR's `Transformer` drops attention weights at
     attention_dropout_rate and the rest at dropout_rate (both 0.0 unless stated); llmasr uses one rate for both."""
     rate = number(conf.get("dropout_rate", 0.0), f"{path}: {section}.dropout_rate", float)
@@ -238,7 +219,7 @@ def _dropout(conf: dict, section: str, path: Path) -> float:
 
 def _adaptor_section(config: dict, path: Path) -> dict:
     name = funasr_class_name(config.get("audio_adaptor", ""))
-    conf = _section(config, "audio_adaptor_conf", path)
+    conf = section_of(config, "audio_adaptor_conf", path)
     if name != "Transformer":
         raise ConfigError(
             f"{path}: audio_adaptor is {config.get('audio_adaptor')!r}; the converter maps Fun-ASR-Nano's "
@@ -260,7 +241,7 @@ def _adaptor_section(config: dict, path: Path) -> dict:
         "ffn_dim": get("ffn_dim", 2048),
         "n_layer": get("n_layer", 2),
         "n_head": get("attention_heads", 8),
-        "dropout": _dropout(conf, "audio_adaptor_conf", path),
+        "dropout": dropout_of(conf, "audio_adaptor_conf", path),
         "audio_token_cap": "funasr_nano" if conf.get("use_low_frame_rate", False) else "none",
     }
 
@@ -270,72 +251,9 @@ def _frontend(config: dict, src: Path):
     frontend = funasr_class_name(config.get("frontend", "WavFrontend"))
     if frontend != "WavFrontend":
         raise ConfigError(f"{path}: frontend {config.get('frontend')!r}; Fun-ASR-Nano's WavFrontend is supported")
-    conf = _section(config, "frontend_conf", path)
+    conf = section_of(config, "frontend_conf", path)
     # FunASR's AutoModel picks the CMVN file as for any FunASR directory: configuration.json's mapping, else am.mvn
     return frontend_from_funasr_conf(conf, resolve_cmvn(src, conf), where=f"{path} frontend_conf")
-
-
-_CTC_DECODER_KEYS = {
-    "downsample_rate", "ffn_dim", "n_layer", "attention_heads", "dropout_rate", "attention_dropout_rate",
-    "encoder_dim", "llm_dim", "init_param_path", *_TRAINING_KEYS,
-}  # fmt: skip
-NANO_CTC_VOCAB = "multilingual.tiktoken"  # where FunASR looks first for the CTC vocabulary (beside config.yaml)
-
-
-def ctc_vocab_file(src: Path, config: dict) -> tuple[Path | None, list[Path]]:
-    """The CTC branch's tiktoken file, found where FunASR finds it: an absolute `ctc_tokenizer_conf.vocab_path`,
-    else SRC/multilingual.tiktoken, else vocab_path under SRC; (None, the places looked) when none exists."""
-    dataset = _section(config, "dataset_conf", src / "config.yaml")
-    stated = (dataset.get("ctc_tokenizer_conf") or {}).get("vocab_path")
-    places = [Path(str(stated))] if stated and Path(str(stated)).is_absolute() else []
-    places.append(src / NANO_CTC_VOCAB)
-    if stated and not Path(str(stated)).is_absolute():
-        places.append(src / str(stated))
-    return next((p for p in places if p.is_file()), None), places
-
-
-def ctc_section(config: dict, path: Path, encoder_dim: int) -> dict:
-    """The CTC head's decoder and sizes from `ctc_decoder_conf`, `ctc_conf` and `ctc_vocab_size`; a layout llmasr's
-    head cannot hold (another decoder class, downsampling, a width other than the encoder's, a blank that is not the
-    last output) is an error naming the key."""
-    name = funasr_class_name(config.get("ctc_decoder", ""))
-    conf = _section(config, "ctc_decoder_conf", path)
-    if name != "Transformer":
-        raise ConfigError(
-            f"{path}: ctc_decoder is {config.get('ctc_decoder')!r}; the converter maps `Transformer` only"
-        )
-    unknown = sorted(set(conf) - _CTC_DECODER_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: ctc_decoder_conf has key(s) {unknown} that llmasr's CTC decoder cannot express")
-
-    def get(key: str, default: int) -> int:
-        return number(conf.get(key, default), f"{path}: ctc_decoder_conf.{key}")
-
-    k, width = get("downsample_rate", 2), get("llm_dim", 4096)  # FunASR Transformer's defaults
-    if k != 1:
-        raise ConfigError(
-            f"{path}: ctc_decoder_conf.downsample_rate is {k}; the CTC head reads every encoder frame (1)"
-        )
-    if width != encoder_dim:
-        raise ConfigError(f"{path}: ctc_decoder_conf.llm_dim is {width} but the CTC layer (ctc.ctc_lo) takes the "
-                          f"encoder's {encoder_dim}-dim frames")  # fmt: skip
-    vocab_size = number(stated(config, "ctc_vocab_size", path, 60515), f"{path}: ctc_vocab_size")  # FunASRNano's
-    blank = _section(config, "ctc_conf", path).get("blank_id")
-    if blank is not None and number(blank, f"{path}: ctc_conf.blank_id") != vocab_size - 1:
-        raise ConfigError(f"{path}: ctc_conf.blank_id is {blank}; llmasr's tiktoken CTC vocabulary has the blank last "
-                          f"({vocab_size - 1} of ctc_vocab_size {vocab_size})")  # fmt: skip
-    weight = number(stated(config, "ctc_weight", path, 0.3), f"{path}: ctc_weight", float)
-    return {
-        "weight": weight if 0.0 < weight <= 1.0 else 0.3,  # the head exists only with a weight > 0
-        "vocab_size": vocab_size,
-        "detach_encoder": bool(stated(config, "detach_ctc_decoder", path, True)),  # FunASRNano's default
-        "decoder": {
-            "n_layer": get("n_layer", 2),  # FunASR Transformer adaptor's defaults
-            "ffn_dim": get("ffn_dim", 2048),
-            "n_head": get("attention_heads", 8),
-            "dropout": _dropout(conf, "ctc_decoder_conf", path),
-        },
-    }
 
 
 def _prompt_section(config: dict, path: Path) -> dict:
@@ -347,7 +265,7 @@ def _prompt_section(config: dict, path: Path) -> dict:
                 f"{path}: {key} is {config[key]!r}; with it FunASR {what}, a prompt llmasr's cannot write. Remove "
                 "the key to convert with Nano's plain prompt"
             )
-    dataset = _section(config, "dataset_conf", path)
+    dataset = section_of(config, "dataset_conf", path)
     return {
         "task": NANO_TASK,
         "system": NANO_SYSTEM if dataset.get("sys_prompt", True) else None,
@@ -366,7 +284,7 @@ _LLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
 def rotary_dtype(config: dict, path: Path) -> str | None:
     """model.llm.rotary_dtype: FunASRNano's build casts its LLM to llm_conf.llm_dtype, rounding the rotary frequencies
     it trains and decodes with (llmasr.models.rotary); None for fp32."""
-    dtype = _section(config, "llm_conf", path).get("llm_dtype", "fp32")
+    dtype = section_of(config, "llm_conf", path).get("llm_dtype", "fp32")
     if dtype not in _LLM_DTYPES:
         raise ConfigError(
             f"{path}: llm_conf.llm_dtype is {dtype!r}; FunASR builds Fun-ASR-Nano with one of "
@@ -394,7 +312,7 @@ def nano_model_section(src: Path, config: dict) -> dict:
 
 def stated_adaptor_dims(config: dict, path: Path) -> dict[str, int]:
     """audio_adaptor_conf's encoder_dim / llm_dim where stated (FunASR overwrites them from the modules built)."""
-    conf = _section(config, "audio_adaptor_conf", path)
+    conf = section_of(config, "audio_adaptor_conf", path)
     return {
         k: number(conf[k], f"{path}: audio_adaptor_conf.{k}")
         for k in ("encoder_dim", "llm_dim")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from llmasr.convert.nano_config import _section, number
+from llmasr.convert.nano_config import number, section_of
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def fold_funasr_lora(
         )
     if not lora:
         return state
-    llm_conf = _section(config, "llm_conf", cfg_path)
+    llm_conf = section_of(config, "llm_conf", cfg_path)
     if not llm_conf.get("use_lora"):
         raise LoraError(
             f"{ckpt}: holds {len(lora)} LoRA tensor(s) of FunASR's LoRA layers ({_shown(lora)}), but {cfg_path} "
