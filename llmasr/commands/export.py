@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError) as err:
         print(f"llmasr export: error: {err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
-    print(f"exported to {out}; decode with: llmasr decode --model {out} ...; train on from it with: llmasr train "
-          f"--config {out / FINETUNE_NAME} --deepspeed zero2 data.train=[...] data.valid=[...] (check first: llmasr "
-          "check, same arguments)")  # fmt: skip
+    said = f"exported to {out}; decode with: llmasr decode --model {out} ..."
+    if (out / FINETUNE_NAME).is_file():  # an --adapter-only export carries none (the export's log says why)
+        said += (f"; train on from it with: llmasr train --config {out / FINETUNE_NAME} --deepspeed zero2 "
+                 "data.train=[...] data.valid=[...] (check first: llmasr check, same arguments)")  # fmt: skip
+    print(said)
     return 0

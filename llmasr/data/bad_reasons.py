@@ -20,12 +20,15 @@ REASON_CATEGORIES = (
     ("past the audio", "segment outside the audio"),
     ("lhotse cut: type", "unsupported lhotse record"),  # its advice names channels: it is no channel of a cut
     ("channel", "bad channel"),
+    ("NUL character", "NUL in a path"),  # before the fallback, which had cut the path out: "audio path  holds a ..."
     ("malformed JSON", "malformed line"),
+    ("given twice", "field given twice"),
     ("not UTF-8", "malformed line"),
     ("expected a JSON object", "malformed line"),
     ("missing field", "missing field"),
     ("name two languages", "two languages for one line"),  # its head had been the category "fields 'lang'"
     ("name one setting and disagree", "fields that disagree"),
+    ("contradicts 'end' - 'start'", "fields that disagree"),  # its head had been the category "'duration'"
     ("empty target", "empty target"),
     ("is empty", "empty target"),
     # a list's field by any name (hotwords, a cut's custom.hotwords, asr_hotwords); an item's index had made a

@@ -62,3 +62,16 @@ def test_an_adapter_only_export_carries_no_recipe_and_says_why(runs, tmp_path, c
     out = export_model(runs[2], tmp_path / "adapter", adapter_only=True)
     assert not (out / FINETUNE_NAME).exists()
     assert "export without --adapter-only for a folder to train on from" in caplog.text
+
+
+def test_the_command_offers_the_next_round_s_recipe_only_where_it_wrote_one(runs, tmp_path, capsys):
+    """The closing line's `llmasr train --config OUT/finetune.yaml` names a file the export wrote, never one an
+    --adapter-only export has not."""
+    from llmasr.commands.export import main as export
+
+    for flags, name in (([], "merged"), (["--adapter-only"], "adapter")):
+        out = tmp_path / name
+        assert export(["--checkpoint", str(runs[2]), "--output", str(out), *flags]) == 0
+        said = capsys.readouterr().out
+        assert f"llmasr decode --model {out}" in said
+        assert (f"--config {out / FINETUNE_NAME}" in said) == (out / FINETUNE_NAME).is_file() == (not flags), said
