@@ -64,9 +64,9 @@ def read_references(path: str | Path, hotwords: list[str] | None = None) -> tupl
             utt = manifest.parsed(i)[1]
         except BadRecord as err:  # a reference that cannot be read would score its hypothesis against nothing
             raise ScoreInputError(str(err)) from None
-        if utt.target is None or (isinstance(utt.target, str) and not utt.target.strip()):
+        if utt.target is None:
             unscored.append(where)  # as decode leaves it: transcribed, not scored
-            continue
+            continue  # a blank target is scored, as decode scores it: a silent clip's insertions are errors
         if not isinstance(utt.target, str):
             raise ScoreInputError(f"{where}: the transcript is {type(utt.target).__name__}, not text")
         lists = tuple(given_hotwords(utt, default))
