@@ -130,6 +130,9 @@ def _jsonl(path: Path, need: tuple[str, ...]):
                 fields = ", ".join(need)
                 got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)
                 raise ScoreInputError(f"{where}: a line of {fields} wanted, got {got}")
+            key = row.get("key")
+            if "key" in need and (isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip()):
+                raise ScoreInputError(f"{where}: the key must be text, got {key!r:.60}")  # not paired as "None"
             if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
                 raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
             yield where, row

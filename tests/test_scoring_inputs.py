@@ -5,6 +5,7 @@ writes them; a key given twice, a line that does not parse and keys with no hypo
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -107,3 +108,10 @@ def test_hypotheses_of_lines_without_a_reference_transcript_are_not_of_keys_no_r
     (tmp_path / "only.txt").write_text("u_2 x\n")  # the transcribed line alone: nothing of it can be scored
     with pytest.raises(ScoreInputError, match="none of its 1 keys is a reference key"):
         pair(refs, {"only.txt": read_hypotheses(tmp_path / "only.txt")}, "refuse", ("u_2",))
+
+
+@pytest.mark.parametrize("key", [["u1"], None, "  ", True, {"id": "u1"}])
+def test_a_key_that_is_not_text_is_refused_at_its_line(tmp_path, key):
+    path = write_jsonl(tmp_path / "hyp.jsonl", [{"key": "u0", "text": "w"}, {"key": key, "text": "w"}])
+    with pytest.raises(ScoreInputError, match=rf"hyp.jsonl:2: the key must be text, got {re.escape(repr(key))}"):
+        read_hypotheses(path)
