@@ -94,7 +94,9 @@ def _kind(path: Path) -> str:
     if path.is_dir():
         if (path / RESULTS).is_file():
             return "results"
-        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`")
+        found = sorted(str(t) for t in path.glob("*/text") if t.is_file())  # FunASR's 1best_recog/text, ...
+        given = f": give its transcripts file ({', '.join(found[:3])})" if found else ""
+        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`{given}")
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
     if path.name.endswith(".gz"):  # a compressed manifest (Manifest reads it)

@@ -115,3 +115,10 @@ def test_a_key_that_is_not_text_is_refused_at_its_line(tmp_path, key):
     path = write_jsonl(tmp_path / "hyp.jsonl", [{"key": "u0", "text": "w"}, {"key": key, "text": "w"}])
     with pytest.raises(ScoreInputError, match=rf"hyp.jsonl:2: the key must be text, got {re.escape(repr(key))}"):
         read_hypotheses(path)
+
+
+def test_a_funasr_output_folder_is_refused_naming_its_transcripts_file(tmp_path):
+    (tmp_path / "funasr_out" / "1best_recog").mkdir(parents=True)
+    (tmp_path / "funasr_out" / "1best_recog" / "text").write_text("u1 w\n", encoding="utf-8")
+    with pytest.raises(ScoreInputError, match=r"give its transcripts file \(.*funasr_out/1best_recog/text\)"):
+        read_hypotheses(tmp_path / "funasr_out")
