@@ -42,8 +42,10 @@ def kaldi_key(key) -> str:
     return "_".join(str(key).split()) or "_"
 
 
-def read_references(path: str | Path, hotwords: list[str] | None = None) -> tuple[list[Transcript], list[str]]:
-    """(the references, in file order; the places of lines without a reference transcript, which are not scored).
+def read_references(
+    path: str | Path, hotwords: list[str] | None = None
+) -> tuple[list[Transcript], list[tuple[str, str]]]:
+    """(the references, in file order; (key, FILE:LINE) of the lines without a reference transcript, not scored).
     `hotwords`: the biasing list of every reference without its own (a manifest line's `hotwords`, a decode row's
     list: the one its prompt rendered), as `llmasr decode --hotwords` gives it."""
     path = Path(path)
@@ -55,7 +57,7 @@ def read_references(path: str | Path, hotwords: list[str] | None = None) -> tupl
         rows = list(_results(path))
         found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang"), None, _row_list(r, where) or default)
                  for where, r in rows if r.get("ref") is not None]  # fmt: skip
-        return _unique(found, path), [where for where, r in rows if r.get("ref") is None]
+        return _unique(found, path), [(kaldi_key(r["key"]), where) for where, r in rows if r.get("ref") is None]
     manifest = Manifest.open(path, need_target=False)
     found, unscored = [], []
     for i in range(len(manifest)):
@@ -64,9 +66,9 @@ def read_references(path: str | Path, hotwords: list[str] | None = None) -> tupl
             utt = manifest.parsed(i)[1]
         except BadRecord as err:  # a reference that cannot be read would score its hypothesis against nothing
             raise ScoreInputError(str(err)) from None
-        if utt.target is None or (isinstance(utt.target, str) and not utt.target.strip()):
-            unscored.append(where)  # as decode leaves it: transcribed, not scored
-            continue
+        if utt.target is None:
+            unscored.append((kaldi_key(utt.key), where))  # as decode leaves it: transcribed, not scored
+            continue  # a blank target is scored, as decode scores it: a silent clip's insertions are errors
         if not isinstance(utt.target, str):
             raise ScoreInputError(f"{where}: the transcript is {type(utt.target).__name__}, not text")
         lists = tuple(given_hotwords(utt, default))
@@ -92,7 +94,9 @@ def _kind(path: Path) -> str:
     if path.is_dir():
         if (path / RESULTS).is_file():
             return "results"
-        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`")
+        found = sorted(str(t) for t in path.glob("*/text") if t.is_file())  # FunASR's 1best_recog/text, ...
+        given = f": give its transcripts file ({', '.join(found[:3])})" if found else ""
+        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`{given}")
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
     if path.name.endswith(".gz"):  # a compressed manifest (Manifest reads it)
@@ -128,6 +132,9 @@ def _jsonl(path: Path, need: tuple[str, ...]):
                 fields = ", ".join(need)
                 got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)
                 raise ScoreInputError(f"{where}: a line of {fields} wanted, got {got}")
+            key = row.get("key")
+            if "key" in need and (isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip()):
+                raise ScoreInputError(f"{where}: the key must be text, got {key!r:.60}")  # not paired as "None"
             if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
                 raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
             yield where, row
@@ -172,18 +179,21 @@ def _unique(found: list[Transcript], path: Path) -> list[Transcript]:
     return found
 
 
-def pair(refs: list[Transcript], hyps: dict[str, dict[str, Transcript]], missing: str) -> tuple[list, dict, dict]:
+def pair(
+    refs: list[Transcript], hyps: dict[str, dict[str, Transcript]], missing: str, unscored: tuple[str, ...] = ()
+) -> tuple[list, dict, dict]:
     """(the references scored; each system's hypothesis of each, {name: [text, ...]}; what pairing left out:
     {"missing": {name: [keys]}, "extra": {name: [keys]}, "skipped": [keys]}). `missing` (MISSING): "refuse" a
     reference key a system has no hypothesis for, count it as an "empty" hypothesis (every unit deleted), or "skip"
-    it for every system, so that each is scored on the same utterances."""
+    it for every system, so that each is scored on the same utterances. `unscored`: the keys of reference lines
+    without a transcript: their hypotheses are not scored, and not of keys no reference has."""
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
-    keys = {r.key for r in refs}
+    keys, transcribed = {r.key for r in refs}, set(unscored)
     absent = {name: [r.key for r in refs if r.key not in h] for name, h in hyps.items()}
-    extra = {name: [k for k in h if k not in keys] for name, h in hyps.items()}
+    extra = {name: [k for k in h if k not in keys and k not in transcribed] for name, h in hyps.items()}
     for name, h in hyps.items():
-        if len(extra[name]) == len(h):
+        if not any(k in keys for k in h):
             raise ScoreInputError(
                 f"{name}: none of its {len(h)} keys is a reference key (its first {next(iter(h))!r}, the "
                 f"references' {refs[0].key!r}): a hypothesis of another set?"

@@ -5,6 +5,7 @@ writes them; a key given twice, a line that does not parse and keys with no hypo
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_references_from_a_manifest_keep_their_language_and_name_the_lines_witho
     assert [(r.key, r.text, r.lang, r.lang_label, r.where) for r in refs] == [
         ("a_1", "one two", "en", "en-US", f"{path}:1"), ("c", "你好", "zh", "<|zh|>", f"{path}:3"),
     ]  # fmt: skip
-    assert unscored == [f"{path}:2"]
+    assert unscored == [("b", f"{path}:2")]
 
 
 def test_references_and_hypotheses_in_every_form_pair_by_key(tmp_path):
@@ -42,7 +43,7 @@ def test_references_and_hypotheses_in_every_form_pair_by_key(tmp_path):
                                            {"key": "u2", "ref": None, "hyp": "three"}])  # fmt: skip
     refs, unscored = read_references(folder)
     assert [(r.key, r.text, r.lang) for r in refs] == [("u_1", "one two", "en")]
-    assert unscored == [f"{folder / 'results.jsonl'}:2"]
+    assert unscored == [("u2", f"{folder / 'results.jsonl'}:2")]
     assert {k: t.text for k, t in read_hypotheses(folder).items()} == {"u_1": "one", "u2": "three"}
     assert {k: t.text for k, t in read_hypotheses(folder / "results.jsonl").items()} == {"u_1": "one", "u2": "three"}
     other = write_jsonl(tmp_path / "other.jsonl", [{"key": "u1", "text": "one too"}])
@@ -95,3 +96,29 @@ def test_missing_hypotheses_are_refused_counted_deleted_or_skipped_for_every_sys
     (tmp_path / "c.txt").write_text("x1 w\n")
     with pytest.raises(ScoreInputError, match=r"none of its 1 keys is a reference key .*'x1'.*'u1'"):
         pair(refs, {"c.txt": read_hypotheses(tmp_path / "c.txt")}, "empty")
+
+
+def test_hypotheses_of_lines_without_a_reference_transcript_are_not_of_keys_no_reference_has(tmp_path):
+    refs, unscored = read_references(write_jsonl(tmp_path / "ref.jsonl", [
+        {"key": "u1", "source": "u1.wav", "target": "w"}, {"key": "u 2", "source": "u2.wav"}]))  # fmt: skip
+    (tmp_path / "hyp.txt").write_text("u1 w\nu_2 x\nzz y\n")  # as decode writes them, and one of another set
+    hyps = {"hyp.txt": read_hypotheses(tmp_path / "hyp.txt")}
+    kept, texts, left = pair(refs, hyps, "refuse", tuple(key for key, _ in unscored))
+    assert texts == {"hyp.txt": ["w"]} and left["extra"] == {"hyp.txt": ["zz"]}
+    (tmp_path / "only.txt").write_text("u_2 x\n")  # the transcribed line alone: nothing of it can be scored
+    with pytest.raises(ScoreInputError, match="none of its 1 keys is a reference key"):
+        pair(refs, {"only.txt": read_hypotheses(tmp_path / "only.txt")}, "refuse", ("u_2",))
+
+
+@pytest.mark.parametrize("key", [["u1"], None, "  ", True, {"id": "u1"}])
+def test_a_key_that_is_not_text_is_refused_at_its_line(tmp_path, key):
+    path = write_jsonl(tmp_path / "hyp.jsonl", [{"key": "u0", "text": "w"}, {"key": key, "text": "w"}])
+    with pytest.raises(ScoreInputError, match=rf"hyp.jsonl:2: the key must be text, got {re.escape(repr(key))}"):
+        read_hypotheses(path)
+
+
+def test_a_funasr_output_folder_is_refused_naming_its_transcripts_file(tmp_path):
+    (tmp_path / "funasr_out" / "1best_recog").mkdir(parents=True)
+    (tmp_path / "funasr_out" / "1best_recog" / "text").write_text("u1 w\n", encoding="utf-8")
+    with pytest.raises(ScoreInputError, match=r"give its transcripts file \(.*funasr_out/1best_recog/text\)"):
+        read_hypotheses(tmp_path / "funasr_out")

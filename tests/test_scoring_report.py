@@ -129,3 +129,21 @@ def test_the_most_frequent_errors_are_counted_on_the_scored_units():
                      "insertions": [("now", 1)]}  # fmt: skip
     assert text[0] == "  substitutions: the -> a x2, 气 -> 汽 x1"
     assert frequent_errors(scores, 0)[1] == {"substitutions": [], "deletions": [], "insertions": []}
+
+
+def test_a_blank_reference_is_scored_as_decode_scored_it(tmp_path, capsys):
+    """A manifest line whose target is blank (a silent clip) is a reference of no units, as decode scores it: the
+    hypothesis' insertions are errors, and the manifest gives the decode folder's own rate."""
+    lines = [("k1", "turn the light on", "turn the light"), ("k2", "", "noise words"), ("k3", "   ", "more")]
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"key": k, "source": f"{k}.wav", "target": ref}) + "\n"
+                                for k, ref, _ in lines), encoding="utf-8")  # fmt: skip
+    rows = [dict(key=k, ref=ref, hyp=hyp, duration=1.0, truncated=None, line=i + 1)
+            for i, (k, ref, hyp) in enumerate(lines)]  # fmt: skip
+    llm_summary(tmp_path / "dec", rows, dict(FOUND), DecodeConfig(), dict(TIMING))
+    rate = (tmp_path / "dec" / "wer.txt").read_text(encoding="utf-8").splitlines()[0].split(": ", 1)[1]
+    assert "[ 4 / 4 words, 0 sub, 1 del, 3 ins ] over 3 utterances" in rate
+    for ref in (manifest, tmp_path / "dec"):
+        assert score([str(ref), str(tmp_path / "dec"), "--errors", "0"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].endswith(": 3 with a transcript") and out[2] == f"A: {rate}", ref

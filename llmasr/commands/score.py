@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--names {args.names}: one name for each of the {len(args.hyps)} systems, each its own")
     refs, unscored = read_references(args.ref, read_phrase_file(args.hotwords) if args.hotwords else None)
     hyps = {name: read_hypotheses(name) for name in args.hyps}
-    kept, texts, left = pair(refs, hyps, args.missing)
+    kept, texts, left = pair(refs, hyps, args.missing, tuple(key for key, _ in unscored))
+    unscored = [where for _, where in unscored]
     systems = [
         SystemScore(name, path, [{"key": r.key, "ref": r.text, "hyp": hyp, "lang": r.lang, "lang_label": r.lang_label,
                                   "hotwords": r.hotwords} for r, hyp in zip(kept, texts[path])], args.metric)
