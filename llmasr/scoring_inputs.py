@@ -9,14 +9,13 @@ parse or a reference line without a transcript is named there, never dropped or 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.records import given_hotwords, language_of
 from llmasr.scoring_bias import hotword_list
-from llmasr.text_files import malformed_json, not_utf8
+from llmasr.text_files import json_lines, not_utf8
 
 RESULTS = "results.jsonl"  # a decode folder's rows: key, ref, hyp, lang
 MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
@@ -116,28 +115,18 @@ def _jsonl(path: Path, need: tuple[str, ...]):
     """(FILE:LINE, object) of each non-blank line, holding the fields `need`."""
     if path.name.endswith(".gz"):
         raise ScoreInputError(f"{path}: compressed: give the decompressed file (only a reference manifest may be)")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            where = f"{path}:{n}"
-            try:
-                text = raw.decode("utf-8").removeprefix("\ufeff").strip()
-                row = json.loads(text) if text else None
-            except UnicodeDecodeError as err:
-                raise ScoreInputError(f"{where}: {not_utf8(err, path)}") from None
-            except ValueError as err:
-                raise ScoreInputError(f"{where}: {malformed_json(err)}") from None
-            if row is None:
-                continue
-            if not isinstance(row, dict) or (lack := [k for k in need if k not in row]):
-                fields = ", ".join(need)
-                got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)
-                raise ScoreInputError(f"{where}: a line of {fields} wanted, got {got}")
-            key = row.get("key")
-            if "key" in need and (isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip()):
-                raise ScoreInputError(f"{where}: the key must be text, got {key!r:.60}")  # not paired as "None"
-            if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
-                raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
-            yield where, row
+    for n, row in json_lines(path, ScoreInputError):
+        where = f"{path}:{n}"
+        if not isinstance(row, dict) or (lack := [k for k in need if k not in row]):
+            fields = ", ".join(need)
+            got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)
+            raise ScoreInputError(f"{where}: a line of {fields} wanted, got {got}")
+        key = row.get("key")
+        if "key" in need and (isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip()):
+            raise ScoreInputError(f"{where}: the key must be text, got {key!r:.60}")  # not paired as "None"
+        if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
+            raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
+        yield where, row
 
 
 def _table(path: Path):

@@ -6,7 +6,7 @@ told, naming the file and, where it can, what to do. Every such file is read as 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,21 @@ def _reads_as_chinese(data: bytes) -> bool:
         return False
     # two Chinese characters at least: an accented letter of a cp1252 file before an ASCII one ("è" "s") decodes as one
     return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= 2
+
+
+def json_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of each non-blank line of a JSON Lines file; a line that is not UTF-8 or not JSON is
+    `error("FILE:LINE: why")`. A BOM opening a line (one that `cat` joined files saved with one) is no part of it."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").removeprefix("\ufeff").strip()
+                if text:
+                    yield n, json.loads(text)
+            except UnicodeDecodeError as err:
+                raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
+            except ValueError as err:
+                raise error(f"{path}:{n}: {malformed_json(err)}") from None
 
 
 def read_json(path: Path, kind: type, what: str) -> Any:

@@ -5,6 +5,8 @@ the locale's encoding is misread as UTF-8 later, or fails to write at all (the T
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "llmasr"
 
 
@@ -53,3 +55,17 @@ def test_the_check_finds_what_it_looks_for(tmp_path):
     assert text_calls_without_an_encoding(pkg) == [
         "pkg/m.py:3 read_text", "pkg/m.py:4 write_text", "pkg/m.py:5 open", "pkg/m.py:6 fdopen",
     ]  # fmt: skip
+
+
+def test_json_lines_names_the_line_of_each_fault(tmp_path):
+    from llmasr.text_files import json_lines
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n  \n[2]\n')  # a BOM, blank lines skipped
+    assert list(json_lines(path)) == [(1, {"a": 1}), (4, [2])]
+    path.write_bytes(b'{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: malformed JSON: Expecting value at the end of the line"):
+        list(json_lines(path))
+    path.write_bytes('{"a": "你好"}\n'.encode("gbk"))
+    with pytest.raises(KeyError, match=r"rows.jsonl:1: not UTF-8 text .*GB18030"):
+        list(json_lines(path, KeyError))

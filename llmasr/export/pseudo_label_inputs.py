@@ -11,6 +11,7 @@ from llmasr.data.manifest import Manifest
 from llmasr.data.records import BadRecord, _is_number
 from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
 from llmasr.export.decode_folders import earlier_folders
+from llmasr.text_files import json_lines
 
 RESULTS, SUMMARY, BAD = "results.jsonl", "wer.json", "bad.jsonl"
 
@@ -30,25 +31,19 @@ def read_results(decoded: Path) -> list[dict]:
     if not path.is_file():
         raise PseudoLabelError(f"{decoded}: no {RESULTS}: not the output folder of `llmasr decode`")
     rows, first = [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            try:
-                row = json.loads(text)
-            except ValueError as err:
-                raise PseudoLabelError(f"{path}:{n}: not JSON ({err})") from None
-            if isinstance(row, dict) and "line" not in row:
-                raise PseudoLabelError(
-                    f"{path}:{n}: no `line` (a decode by an older llmasr): decode again to take lines back to the "
-                    "manifest"
-                )
-            if problem := _row_problem(row):  # an edited or foreign file: named here, not a bare error mid-way
-                raise PseudoLabelError(f"{path}:{n}: {problem}")
-            if (seen := first.setdefault(row["line"], n)) != n:  # one decode writes a line once: a file of two
-                raise PseudoLabelError(
-                    f"{path}:{n}: manifest line {row['line']} (key {row['key']!r}) again, first at line {seen}: the "
-                    "rows of two decodes in one file would write its training line twice"
-                )
-            rows.append(row)
+    for n, row in json_lines(path, PseudoLabelError):
+        if isinstance(row, dict) and "line" not in row:
+            raise PseudoLabelError(
+                f"{path}:{n}: no `line` (a decode by an older llmasr): decode again to take lines back to the manifest"
+            )
+        if problem := _row_problem(row):  # an edited or foreign file: named here, not a bare error mid-way
+            raise PseudoLabelError(f"{path}:{n}: {problem}")
+        if (seen := first.setdefault(row["line"], n)) != n:  # one decode writes a line once: a file of two
+            raise PseudoLabelError(
+                f"{path}:{n}: manifest line {row['line']} (key {row['key']!r}) again, first at line {seen}: the "
+                "rows of two decodes in one file would write its training line twice"
+            )
+        rows.append(row)
     return rows
 
 
@@ -105,15 +100,10 @@ def bad_lines(decoded: Path) -> set[int] | None:
     if not path.is_file():
         return None
     lines = set()
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            try:
-                row = json.loads(text)
-            except ValueError as err:
-                raise PseudoLabelError(f"{path}:{n}: not JSON ({err})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("line"), int):
-                raise PseudoLabelError(f"{path}:{n}: not a row of `llmasr decode` (a JSON object with its `line`)")
-            lines.add(row["line"])
+    for n, row in json_lines(path, PseudoLabelError):
+        if not isinstance(row, dict) or not isinstance(row.get("line"), int):
+            raise PseudoLabelError(f"{path}:{n}: not a row of `llmasr decode` (a JSON object with its `line`)")
+        lines.add(row["line"])
     return lines
 
 
