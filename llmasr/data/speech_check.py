@@ -53,7 +53,8 @@ class SpeechFindings:
             f"{self.audio_seconds / 3600:.2f} h of audio ({100 * share:.1f}%); median rate {rate}"
         )
         if self.untranscribed:
-            part = self.untranscribed_speech_seconds / self.untranscribed_audio_seconds
+            audio = self.untranscribed_audio_seconds
+            part = self.untranscribed_speech_seconds / audio if audio else 0.0
             out.append(
                 f"{self.untranscribed} lines without a transcript heard: {self.untranscribed_speech_seconds / 3600:.2f}"
                 f" h of speech in {self.untranscribed_audio_seconds / 3600:.2f} h of audio ({100 * part:.1f}%); "
