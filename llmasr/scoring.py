@@ -313,6 +313,11 @@ class CorpusScore:
         return line
 
 
+def kaldi_key(key) -> str:
+    """A key a "key text" line can hold: whitespace in it would move words of the key into the text."""
+    return "_".join(str(key).split()) or "_"
+
+
 def plural(n: int, noun: str) -> str:
     """A count in a report line: "1 window", "2 windows"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")

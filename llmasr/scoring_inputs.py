@@ -14,10 +14,11 @@ from pathlib import Path
 
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.records import given_hotwords, language_of
+from llmasr.export.decode_folders import RESULTS, results_problem
+from llmasr.scoring import kaldi_key
 from llmasr.scoring_bias import hotword_list
 from llmasr.text_files import json_lines, not_utf8
 
-RESULTS = "results.jsonl"  # a decode folder's rows: key, ref, hyp, lang
 MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
 EXAMPLES = 5
 
@@ -34,11 +35,6 @@ class Transcript:
     lang: str | None = None  # a reference's language key (llmasr.data.languages), its results group by
     lang_label: str | None = None  # as the line writes it
     hotwords: tuple[str, ...] = ()  # a reference's biasing list: B-/U- rates are scored under it
-
-
-def kaldi_key(key) -> str:
-    """A key a "key text" line can hold: whitespace in it would move words of the key into the text."""
-    return "_".join(str(key).split()) or "_"
 
 
 def read_references(
@@ -91,11 +87,11 @@ def read_hypotheses(path: str | Path) -> dict[str, Transcript]:
 def _kind(path: Path) -> str:
     """ "results" (a decode folder, its results.jsonl), "jsonl" (a manifest, or key + text lines) or "table"."""
     if path.is_dir():
-        if (path / RESULTS).is_file():
+        if (why := results_problem(path)) is None:
             return "results"
         found = sorted(str(t) for t in path.glob("*/text") if t.is_file())  # FunASR's 1best_recog/text, ...
         given = f": give its transcripts file ({', '.join(found[:3])})" if found else ""
-        raise ScoreInputError(f"{path}: a folder without {RESULTS}: not the output folder of `llmasr decode`{given}")
+        raise ScoreInputError(f"{path}: {why}{given}")
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
     if path.name.endswith(".gz"):  # a compressed manifest (Manifest reads it)

@@ -71,7 +71,7 @@ def test_a_hypothesis_file_that_cannot_be_paired_is_named_at_its_line(tmp_path, 
 
 
 def test_a_folder_not_of_decode_and_a_bad_manifest_line_are_refused(tmp_path):
-    with pytest.raises(ScoreInputError, match="a folder without results.jsonl: not the output folder of"):
+    with pytest.raises(ScoreInputError, match="no results.jsonl: not the output folder of"):  # pseudo-label's words
         read_hypotheses(tmp_path)
     path = tmp_path / "test.jsonl"
     path.write_text('{"key": "a", "source": "a.wav", "target": "x"}\n{"key": "b", "target": "y"}\n')
@@ -122,3 +122,14 @@ def test_a_funasr_output_folder_is_refused_naming_its_transcripts_file(tmp_path)
     (tmp_path / "funasr_out" / "1best_recog" / "text").write_text("u1 w\n", encoding="utf-8")
     with pytest.raises(ScoreInputError, match=r"give its transcripts file \(.*funasr_out/1best_recog/text\)"):
         read_hypotheses(tmp_path / "funasr_out")
+
+
+def test_a_decode_of_several_manifests_is_refused_naming_their_folders(tmp_path):
+    """`llmasr decode --data a.jsonl --data b.jsonl` writes a folder a manifest: given its parent, score names them
+    (as pseudo-label does), where it had said the parent was no decode's output at all."""
+    for name in ("dev", "eval"):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "results.jsonl", [{"key": "u1", "ref": "a", "hyp": "a"}])
+    (tmp_path / "manifests.json").write_text(json.dumps({"dev": "data/dev.jsonl", "eval": "data/eval.jsonl"}))
+    with pytest.raises(ScoreInputError, match=r"a decode of several manifests.*give one of .*dev, .*eval"):
+        read_hypotheses(tmp_path)

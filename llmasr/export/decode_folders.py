@@ -15,8 +15,9 @@ from llmasr.atomic_file import write_atomic
 
 log = logging.getLogger(__name__)
 
+RESULTS = "results.jsonl"  # a decode's row per line: what pseudo-labels and `llmasr score` read of it
 # What a decode writes into its output folder (and into its ctc/ folder with --ctc).
-OUTPUT_FILES = ("hyp.txt", "ref.txt", "results.jsonl", "wer.txt", "wer.json", "bad.jsonl")
+OUTPUT_FILES = ("hyp.txt", "ref.txt", RESULTS, "wer.txt", "wer.json", "bad.jsonl")
 # A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
 MANIFEST_INDEX = "manifests.json"
 CTC_DIR = "ctc"
@@ -104,6 +105,19 @@ def earlier_folders(output: Path) -> list[Path]:
         return []
     parts = [str(name).split("/") for name in names]
     return [output.joinpath(*p) for p in parts if all(x not in ("", ".", "..") for x in p)]
+
+
+def results_problem(folder: Path) -> str | None:
+    """Why `folder` holds no decode's RESULTS to read, or None: a decode of several manifests (each in a folder of
+    its own, named), or no folder of a decode's."""
+    if (folder / RESULTS).is_file():
+        return None
+    if folders := [f for f in earlier_folders(folder) if (f / RESULTS).is_file()]:
+        return (
+            f"a decode of several manifests, with the {RESULTS} of each in a folder of its own: give one of "
+            f"{', '.join(map(str, folders))}"
+        )
+    return f"no {RESULTS}: not the output folder of `llmasr decode`"
 
 
 def clear_earlier_folders(output: Path, keep: list[Path]) -> None:

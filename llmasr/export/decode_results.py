@@ -16,10 +16,9 @@ from llmasr.export.decode_confidence import confidence_fields, confidence_summar
 from llmasr.export.decode_gate import ctc_gate_summary
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
-from llmasr.scoring import plural, score_corpus
+from llmasr.scoring import kaldi_key, plural, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import rate_interval
-from llmasr.scoring_inputs import kaldi_key
 from llmasr.scoring_report import add_languages, interval_text
 from llmasr.written_by import KEY, written_by
 

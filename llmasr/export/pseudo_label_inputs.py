@@ -10,10 +10,10 @@ from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, probe_duration
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import BadRecord, _is_number
 from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
-from llmasr.export.decode_folders import earlier_folders
+from llmasr.export.decode_folders import RESULTS, results_problem
 from llmasr.text_files import json_lines
 
-RESULTS, SUMMARY, BAD = "results.jsonl", "wer.json", "bad.jsonl"
+SUMMARY, BAD = "wer.json", "bad.jsonl"
 
 
 class PseudoLabelError(ValueError):
@@ -22,14 +22,9 @@ class PseudoLabelError(ValueError):
 
 def read_results(decoded: Path) -> list[dict]:
     """The decode folder's results.jsonl rows, each checked (_row_problem), each manifest line once."""
+    if why := results_problem(decoded):
+        raise PseudoLabelError(f"{decoded}: {why}")
     path = decoded / RESULTS
-    if not path.is_file() and (folders := [f for f in earlier_folders(decoded) if (f / RESULTS).is_file()]):
-        raise PseudoLabelError(
-            f"{decoded}: a decode of several manifests, with the {RESULTS} of each in a folder of its own: give one "
-            f"of {', '.join(map(str, folders))}"
-        )
-    if not path.is_file():
-        raise PseudoLabelError(f"{decoded}: no {RESULTS}: not the output folder of `llmasr decode`")
     rows, first = [], {}
     for n, row in json_lines(path, PseudoLabelError):
         if isinstance(row, dict) and "line" not in row:
