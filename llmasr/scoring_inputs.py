@@ -17,7 +17,7 @@ from llmasr.data.records import given_hotwords, language_of
 from llmasr.export.decode_folders import RESULTS, results_problem
 from llmasr.scoring import kaldi_key
 from llmasr.scoring_bias import hotword_list
-from llmasr.text_files import json_lines, not_utf8
+from llmasr.text_files import json_lines, key_text_lines
 
 MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
 EXAMPLES = 5
@@ -47,7 +47,9 @@ def read_references(
     kind = _kind(path)
     default = tuple(hotwords or ())
     if kind == "table":
-        return _unique([_table_row(path, n, key, text, default) for n, key, text in _table(path)], path), []
+        return _unique(
+            [_table_row(path, n, key, text, default) for n, key, text in key_text_lines(path, ScoreInputError)], path
+        ), []
     if kind == "results":
         rows = list(_results(path))
         found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang"), None, _row_list(r, where) or default)
@@ -76,7 +78,7 @@ def read_hypotheses(path: str | Path) -> dict[str, Transcript]:
     path = Path(path)
     kind = _kind(path)
     if kind == "table":
-        found = [_table_row(path, n, key, text) for n, key, text in _table(path)]
+        found = [_table_row(path, n, key, text) for n, key, text in key_text_lines(path, ScoreInputError)]
     elif kind == "results":
         found = [Transcript(kaldi_key(r["key"]), r.get("hyp") or "", where) for where, r in _results(path)]
     else:
@@ -123,19 +125,6 @@ def _jsonl(path: Path, need: tuple[str, ...]):
         if any(not isinstance(row[k], str) and row[k] is not None for k in need if k != "key"):
             raise ScoreInputError(f"{where}: {', '.join(need[1:])} must be text")
         yield where, row
-
-
-def _table(path: Path):
-    """(line number, key, text) of a "key text" file; a line of a key alone is an empty transcript."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").removeprefix("\ufeff").strip()
-            except UnicodeDecodeError as err:
-                raise ScoreInputError(f"{path}:{n}: {not_utf8(err, path)}") from None
-            if line:
-                key, *text = line.split(maxsplit=1)
-                yield n, key, text[0] if text else ""
 
 
 def _table_row(path: Path, n: int, key: str, text: str, hotwords: tuple = ()) -> Transcript:

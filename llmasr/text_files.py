@@ -71,6 +71,21 @@ def json_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> It
                 raise error(f"{path}:{n}: {malformed_json(err)}") from None
 
 
+def key_text_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, str, str]]:
+    """(line number, key, text) of each non-blank line of a "key text" file (Kaldi's text, wav.scp, utt2dur; hyp.txt;
+    FunASR's 1best_recog/text): the key up to the first whitespace, the rest stripped ("" for a key alone). A line that
+    is not UTF-8 is `error("FILE:LINE: why")`; a BOM opening a line is no part of its key."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").removeprefix("\ufeff").strip()
+            except UnicodeDecodeError as err:  # the encoding it reads in (GB18030, UTF-16), as a manifest's is named
+                raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
+            if line:
+                key, *text = line.split(maxsplit=1)
+                yield n, key, text[0] if text else ""
+
+
 def read_json(path: Path, kind: type, what: str) -> Any:
     """The JSON file `path`, which must hold a `kind` (dict, list): a ConfigError naming the file and `what` it is
     meant to be otherwise (unreadable, not UTF-8, not JSON, another type at the top)."""

@@ -69,3 +69,15 @@ def test_json_lines_names_the_line_of_each_fault(tmp_path):
     path.write_bytes('{"a": "你好"}\n'.encode("gbk"))
     with pytest.raises(KeyError, match=r"rows.jsonl:1: not UTF-8 text .*GB18030"):
         list(json_lines(path, KeyError))
+
+
+def test_key_text_lines_reads_kaldi_and_hyp_tables_alike(tmp_path):
+    from llmasr.text_files import key_text_lines
+
+    path = tmp_path / "text"
+    # a BOM where `cat` joined files, CRLF, a tab between key and text, runs of spaces inside kept, a key alone
+    path.write_bytes("\ufeffu1 hello  world\r\n\n\ufeffu2\tni hao \r\nu3\n".encode())
+    assert list(key_text_lines(path)) == [(1, "u1", "hello  world"), (3, "u2", "ni hao"), (4, "u3", "")]
+    path.write_bytes("u1 你好\n".encode("gbk"))
+    with pytest.raises(KeyError, match=r"text:1: not UTF-8 text .*GB18030"):
+        list(key_text_lines(path, KeyError))

@@ -14,7 +14,7 @@ from llmasr.atomic_file import manifest_writer
 from llmasr.data.audio import missing_audio
 from llmasr.data.audio_commands import piped_file
 from llmasr.data.records import BadRecord
-from llmasr.text_files import not_utf8
+from llmasr.text_files import key_text_lines
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +23,18 @@ OFFSET = re.compile(r":[0-9]+$")  # Kaldi's ClassifyRxfilename: FILE:OFFSET is a
 
 def _read_kaldi_table(path: Path, what: str, dups: list[BadRecord]) -> dict[str, tuple[int, str]]:
     table: dict[str, tuple[int, str]] = {}
-    with open(path, "rb") as f:
-        for lineno, data in enumerate(f, start=1):
-            try:
-                # a BOM is no part of a key: it opens the file, or a line where `cat` joined files saved with one
-                raw = data.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError as err:  # the encoding it reads in (GB18030, UTF-16), as a manifest's is named
-                raise KaldiError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
-            line = raw.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
-            if key in table:
-                dups.append(
-                    BadRecord(
-                        str(path),
-                        lineno,
-                        f"duplicate_keys: {what} key {key!r} repeated "
-                        f"(first seen on line {table[key][0]}, which is kept)",
-                        key,
-                    )
+    for lineno, key, value in key_text_lines(path, KaldiError):
+        if key in table:
+            dups.append(
+                BadRecord(
+                    str(path),
+                    lineno,
+                    f"duplicate_keys: {what} key {key!r} repeated (first seen on line {table[key][0]}, which is kept)",
+                    key,
                 )
-                continue
-            table[key] = (lineno, value)
+            )
+            continue
+        table[key] = (lineno, value)
     return table
 
 
