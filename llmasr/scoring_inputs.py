@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.data.manifest import BadRecord, Manifest
+from llmasr.data.record_fields import SEGMENT_LINES, json_document
 from llmasr.data.records import given_hotwords, language_of
 from llmasr.export.decode_folders import RESULTS, results_problem
 from llmasr.scoring import kaldi_key
@@ -21,6 +22,10 @@ from llmasr.text_files import json_lines, key_text_lines
 
 MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
 EXAMPLES = 5
+PER_LINE = (
+    "score wants a transcript per line: a 'KEY TEXT' file (from one JSON per audio: for f in *.json; do echo "
+    '"$(basename "$f" .json) $(jq -r .text "$f")"; done > hyp.txt) or JSON Lines of key and text'
+)
 
 
 class ScoreInputError(ValueError):
@@ -113,8 +118,15 @@ def _jsonl(path: Path, need: tuple[str, ...]):
     """(FILE:LINE, object) of each non-blank line, holding the fields `need`."""
     if path.name.endswith(".gz"):
         raise ScoreInputError(f"{path}: compressed: give the decompressed file (only a reference manifest may be)")
+    with open(path, "rb") as f:
+        if why := json_document(f.readline(4096)):  # an array, UTF-16, or an object over many lines (Whisper's)
+            raise ScoreInputError(f"{path}: {why.replace(SEGMENT_LINES, PER_LINE)}")
     for n, row in json_lines(path, ScoreInputError):
         where = f"{path}:{n}"
+        if isinstance(row, dict) and "key" in need and "key" not in row and "segments" in row:
+            raise ScoreInputError(
+                f"{where}: one recording's transcript (as Whisper writes a .json per audio); {PER_LINE}"
+            )
         if not isinstance(row, dict) or (lack := [k for k in need if k not in row]):
             fields = ", ".join(need)
             got = type(row).__name__ if not isinstance(row, dict) else "no " + ", ".join(lack)

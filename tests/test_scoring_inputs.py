@@ -61,6 +61,11 @@ def test_references_and_hypotheses_in_every_form_pair_by_key(tmp_path):
         ("hyp.jsonl", '{"key": "u1", "text": "a"}\n{"key": "u2", "text": \n', r"hyp.jsonl:2: malformed JSON"),
         ("hyp.jsonl", '{"key": "u1", "text": 3}\n', r"hyp.jsonl:1: text must be text"),
         ("hyp.txt", "\n\n", r"hyp.txt: no transcripts"),
+        # what Whisper writes per audio: one line (its CLI), pretty-printed (indent), and a JSON array of rows
+        ("a.json", '{"text": " hi", "segments": [{"text": " hi"}], "language": "en"}\n',
+         r"a.json:1: one recording's transcript .*KEY TEXT.*jq -r .text"),
+        ("a.json", '{\n  "text": " hi",\n  "segments": []\n}\n', r"a.json: one JSON document.*KEY TEXT"),
+        ("a.json", '[{"key": "u1", "text": "a"}]\n', r"a.json: one JSON document.*array.*jq -c"),
     ],
 )  # fmt: skip
 def test_a_hypothesis_file_that_cannot_be_paired_is_named_at_its_line(tmp_path, name, content, said):
