@@ -337,6 +337,9 @@ def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tm
     (row,) = asr.transcripts([tmp_path / "long.wav"])
     assert row["windows"] >= 2
     assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
+    # each window's span and text as results.jsonl gives them (pseudo-labels and window checks read them)
+    (result,) = [json.loads(line) for line in open(tmp_path / "d" / "results.jsonl")]
+    assert row["window_texts"] == result["window_texts"] and len(row["window_texts"]) == row["windows"]
 
 
 def test_the_command_sets_the_windows_of_long_audio(exported_dir, clips, tmp_path, capsys):
