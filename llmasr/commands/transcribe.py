@@ -116,8 +116,9 @@ def stopped_by(row: dict, cfg: DecodeConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="llmasr.transcribe")
+    for stream in (sys.stdout, sys.stderr):  # stderr names files too: in the bytes stdout prints them as
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="llmasr.transcribe")
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)

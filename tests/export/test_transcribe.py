@@ -224,6 +224,22 @@ def test_the_command_prints_a_name_that_is_not_utf8_as_its_bytes(exported_dir, c
     assert out.returncode == 0 and json.loads(out.stdout.decode("utf-8"))["audio"] == os.fsdecode(name)
 
 
+def test_the_command_names_a_file_not_utf8_named_on_stderr_by_its_bytes(exported_dir, clips, tmp_path):
+    """stdout printed a GBK name as its bytes, but stderr's error and warning lines named it `\\udcbb\\udcb5.wav`
+    (Python's escapes of the bytes): a name found in no directory listing, and no shell can give it back."""
+    import os
+    import subprocess
+    import sys
+
+    broken = os.path.join(os.fsencode(tmp_path), "坏".encode("gbk") + b".wav")
+    with open(broken, "wb") as f:
+        f.write(b"RIFF\x10\x00\x00\x00WAVE")  # a header cut short
+    run = [sys.executable, "-m", "llmasr", "transcribe", "--model", str(exported_dir), os.fsdecode(broken)]
+    out = subprocess.run(run, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, capture_output=True, timeout=300)
+    assert out.returncode == 1
+    assert b"llmasr transcribe: error: " + broken + b": " in out.stderr and b"\\udc" not in out.stderr, out.stderr
+
+
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
     """numpy has no bfloat16: the tensor had failed with a bare TypeError."""
     wave, rate = sf.read(clips[1][2], dtype="float32")
