@@ -267,6 +267,35 @@ def test_a_file_of_no_bytes_or_of_a_format_libsndfile_lacks_says_so(tmp_path):
     )
 
 
+def test_a_list_of_files_given_as_audio_is_named_as_text(tmp_path):
+    """A file list or a manifest given where audio goes (`llmasr transcribe list.txt`) had been called a format
+    wanting conversion with ffmpeg."""
+    for name, text in (("list.txt", "a.wav\nb.wav\n"), ("m.jsonl", '{"key": "k", "source": "音.wav"}\n')):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(AudioError) as e:
+            load_audio(tmp_path / name, sample_rate=16000)
+        first = text.splitlines()[0]
+        assert e.value.reason.endswith(
+            f"it is text, not audio (its first line {first!r}): a list of audio files or a manifest given where an "
+            "audio file goes?"
+        )
+
+
+def test_a_git_lfs_pointer_in_place_of_audio_is_named_as_such(tmp_path):
+    """A data set cloned without LFS holds pointers named .wav / .flac: they had been called a format wanting
+    conversion with ffmpeg."""
+    pointer = tmp_path / "clips" / "a.flac"
+    pointer.parent.mkdir()
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 52311\n")
+    for read in (probe_duration, lambda p: load_audio(p, sample_rate=16000)):
+        with pytest.raises(AudioError) as e:
+            read(pointer)
+        assert e.value.reason == (
+            f"a Git LFS pointer, not the audio (the data set was cloned without LFS): run `git lfs pull` in "
+            f"{pointer.parent}, or download the file itself"
+        )
+
+
 def test_empty_audio(tmp_path):
     path = tmp_path / "empty.wav"
     sf.write(path, np.zeros(0, dtype=np.float32), 16000)
