@@ -92,6 +92,14 @@ def _several_ranks(environ=os.environ) -> str | None:
             "manifest, which splits them between ranks")  # fmt: skip
 
 
+def _stdin(path: str, why: str) -> str:
+    """Why `path` cannot be read, where "-" (no file of that name) is taken for standard input: audio is read more
+    than once (a header probe, then the data), as a pipe cannot be."""
+    if path == "-" and why.startswith("no such"):
+        return "standard input is not read (audio is read more than once): save it to a file first"
+    return why
+
+
 def gates(cfg) -> str:
     """The gates in force that can leave a file's text empty: the VAD's, the CTC head's."""
     found = ["the VAD (--vad)"] if cfg.vad is not None and cfg.vad_gate else []
@@ -131,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    missing = [f"{path or repr(path)}: {why}" for path in args.audio if (why := file_problem(path, "audio file"))]
+    missing = [
+        f"{path or repr(path)}: {_stdin(path, why)}" for path in args.audio if (why := file_problem(path, "audio file"))
+    ]
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2

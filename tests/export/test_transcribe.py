@@ -462,6 +462,12 @@ def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys
     assert main(["transcribe", "--model", str(exported_dir), str(fifo)]) == 2
     assert f"error: {fifo}: a pipe or device, not an audio file (save it to a file first)" in capsys.readouterr().err
 
+    # "-" for standard input, as other tools take it, had been called a missing file
+    assert main(["transcribe", "--model", str(exported_dir), "-"]) == 2
+    assert "error: -: standard input is not read (audio is read more than once): save it to a file first" in (
+        capsys.readouterr().err
+    )
+
 
 def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
     """32-bit samples in int64 (np.array or torch.tensor of a list of them) had been scaled by int64's range, about
