@@ -469,6 +469,22 @@ def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys
     )
 
 
+def test_a_name_with_a_tab_or_line_break_prints_on_one_line(exported_dir, clips, tmp_path, capsys):
+    """A file named "take\\n2.wav" had printed as two lines, "take" and "2.wav<TAB>TEXT": a script reading a line a
+    file took "take" for a file with no transcript."""
+    import shutil
+
+    from llmasr.cli import main
+
+    _, paths = clips
+    odd = tmp_path / "take\n2\tb\\.wav"
+    shutil.copy(paths[0], odd)
+    assert main(["transcribe", "--model", str(exported_dir), str(odd), str(paths[1])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [f"{tmp_path}/take\\n2\\tb\\\\.wav", str(paths[1])]
+    assert all(line.count("\t") == 1 for line in lines)
+
+
 def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
     """32-bit samples in int64 (np.array or torch.tensor of a list of them) had been scaled by int64's range, about
     1e-9 of full scale, and decoded as silence without a word."""
