@@ -12,6 +12,7 @@ import soundfile as sf
 
 from llmasr.data import audio
 from llmasr.data.audio import AudioError, load_audio, probe_duration, resample
+from llmasr.data.bad_reasons import reason_category
 
 # gcd-reduced terms small enough for the FFT path: 22.05/44.1/8/48 kHz corpora, speed perturbation 1.1x and 0.9x
 FFT_RATES = [(22050, 16000), (44100, 16000), (8000, 16000), (48000, 16000), (16000, 17600), (14400, 16000)]
@@ -294,6 +295,7 @@ def test_a_git_lfs_pointer_in_place_of_audio_is_named_as_such(tmp_path):
             f"a Git LFS pointer, not the audio (the data set was cloned without LFS): run `git lfs pull` in "
             f"{pointer.parent}, or download the file itself"
         )
+        assert reason_category(e.value.reason) == "Git LFS pointer, not audio"  # a category of its own, counted
 
 
 def test_empty_audio(tmp_path):
