@@ -684,3 +684,6 @@ def test_a_language_is_refused_by_a_model_that_reads_none(exported_dir, asr, cli
         asr(paths[0], language=" ")
     assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "en"]) == 2
     assert "language 'en': this model's encoder reads no language" in capsys.readouterr().err
+    # "auto", the default (none asked), is no language to refuse: a script passing it to every model had failed here
+    assert asr(paths[0], language="auto") == asr(paths[0])
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "auto"]) == 0
