@@ -26,11 +26,10 @@ from llmasr.commands.decode_flags import (
     vad_flags_problem,
 )
 from llmasr.config_io import ConfigError
-from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.transcribe import TranscribeError, Transcriber, utf8
+from llmasr.export.transcribe import TranscribeError, Transcriber, clip_problem, utf8
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    missing = [
-        f"{path or repr(path)}: {_stdin(path, why)}" for path in args.audio if (why := file_problem(path, "audio file"))
-    ]
+    missing = [f"{path or repr(path)}: {_stdin(path, why)}" for path in args.audio if (why := clip_problem(path))]
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2

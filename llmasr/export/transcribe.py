@@ -17,6 +17,7 @@ that cannot be read, or a waveform that is not one, is an error naming it, not a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -197,7 +198,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
         if isinstance(clip, PATHS):
             clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
             names.append(clip)
-            if why := file_problem(clip, "audio file"):
+            if why := clip_problem(clip):
                 missing[i] = why
                 continue
             source = str(Path(clip).resolve())
@@ -218,6 +219,16 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing, links
+
+
+def clip_problem(path: str) -> str | None:
+    """Why `path` is no audio file to transcribe (file_problem's words), or None; a name that is a glob pattern
+    matching files (a quoted "*.wav", a pattern in Python) says so: no tool here expands one."""
+    why = file_problem(path, "audio file")
+    if why and why.startswith("no such") and glob.has_magic(path) and (found := glob.glob(path)):
+        return (f"{why}; a pattern, which {len(found)} files match? expand it: the shell does unquoted, Python with "
+                f"sorted(glob.glob({path!r}))")  # fmt: skip
+    return why
 
 
 def _language(model, language) -> str | None:

@@ -485,6 +485,24 @@ def test_a_name_with_a_tab_or_line_break_prints_on_one_line(exported_dir, clips,
     assert all(line.count("\t") == 1 for line in lines)
 
 
+def test_a_glob_pattern_given_as_a_clip_says_it_is_one(exported_dir, asr, clips, tmp_path, capsys):
+    """asr("data/*.wav"), or a quoted pattern on the command line, had been "no such audio file" alone."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    pattern = str(paths[0].parent / "*.wav")
+    with pytest.raises(TranscribeError) as e:
+        asr(pattern)
+    assert str(e.value) == (
+        f"{pattern}: no such audio file; a pattern, which {len(paths)} files match? expand it: the shell does "
+        f"unquoted, Python with sorted(glob.glob({pattern!r}))"
+    )
+    assert main(["transcribe", "--model", str(exported_dir), pattern]) == 2
+    assert f"{pattern}: no such audio file; a pattern, which {len(paths)} files match?" in capsys.readouterr().err
+    with pytest.raises(TranscribeError, match=r"nope\*\.wav: no such audio file$"):  # matching nothing: no hint
+        asr(str(tmp_path / "nope*.wav"))
+
+
 def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
     """32-bit samples in int64 (np.array or torch.tensor of a list of them) had been scaled by int64's range, about
     1e-9 of full scale, and decoded as silence without a word."""
