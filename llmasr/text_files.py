@@ -12,6 +12,9 @@ from typing import Any
 
 from llmasr.config_io import ConfigError
 
+# how a Git LFS pointer file begins: what a repository cloned without LFS holds in place of each large file
+LFS_POINTER = b"version https://git-lfs"
+
 
 def unique_keys(refuse: Callable[[str], Exception], pairs: list[tuple[str, Any]]) -> dict:
     """json.loads' object_pairs_hook (bound with functools.partial) for an object whose keys are all different: JSON

@@ -26,11 +26,10 @@ from llmasr.commands.decode_flags import (
     vad_flags_problem,
 )
 from llmasr.config_io import ConfigError
-from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.transcribe import TranscribeError, Transcriber, utf8
+from llmasr.export.transcribe import TranscribeError, Transcriber, clip_problem, utf8
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
@@ -92,6 +91,23 @@ def _several_ranks(environ=os.environ) -> str | None:
             "manifest, which splits them between ranks")  # fmt: skip
 
 
+def _one_line(path: str) -> str:
+    """`path` as its AUDIO<TAB>TEXT line and stderr's lines name it: a tab or line break in the name (a file saved
+    from an upload or a title) escaped as \\t, \\n, \\r, backslashes then as \\\\, so a line stays one line of two
+    fields (the JSON lines of --timestamps and --confidence give such a name whole)."""
+    if not any(ch in path for ch in "\t\n\r"):
+        return path
+    return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _stdin(path: str, why: str) -> str:
+    """Why `path` cannot be read, where "-" (no file of that name) is taken for standard input: audio is read more
+    than once (a header probe, then the data), as a pipe cannot be."""
+    if path == "-" and why.startswith("no such"):
+        return "standard input is not read (audio is read more than once): save it to a file first"
+    return why
+
+
 def gates(cfg) -> str:
     """The gates in force that can leave a file's text empty: the VAD's, the CTC head's."""
     found = ["the VAD (--vad)"] if cfg.vad is not None and cfg.vad_gate else []
@@ -116,8 +132,9 @@ def stopped_by(row: dict, cfg: DecodeConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="llmasr.transcribe")
+    for stream in (sys.stdout, sys.stderr):  # stderr names files too: in the bytes stdout prints them as
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="llmasr.transcribe")
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    missing = [f"{path or repr(path)}: {why}" for path in args.audio if (why := file_problem(path, "audio file"))]
+    missing = [f"{path or repr(path)}: {_stdin(path, why)}" for path in args.audio if (why := clip_problem(path))]
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2
@@ -163,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         return errors.exit_status(err)  # 2: what it was given is refused
     for path, row in zip(args.audio, rows):
         if "error" in row:  # named where it falls; the other files' lines still print
-            print(f"llmasr transcribe: error: {path}: {row['error']}", file=sys.stderr)
+            print(f"llmasr transcribe: error: {_one_line(path)}: {row['error']}", file=sys.stderr)
             continue
         if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
-            print(f"llmasr transcribe: warning: {path}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
+            print(f"llmasr transcribe: warning: {_one_line(path)}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
         if row.get("no_speech"):  # an empty line on stdout is no failure: said why
-            print(f"llmasr transcribe: note: {path}: no speech found by {gates(asr.cfg)}: its text is empty",
+            print(f"llmasr transcribe: note: {_one_line(path)}: no speech found by {gates(asr.cfg)}: its text is empty",
                   file=sys.stderr)  # fmt: skip
         if args.timestamps or args.confidence:
             line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
@@ -183,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
             print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
         else:
-            print(f"{path}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
+            print(f"{_one_line(path)}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
     failed = sum("error" in row for row in rows)
     if failed:
         print(f"llmasr transcribe: error: {failed} of {len(rows)} files could not be transcribed", file=sys.stderr)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from llmasr.text_files import LFS_POINTER
+
 
 class AudioError(Exception):
     """An audio file that cannot be used: missing, unreadable, corrupt, or empty."""
@@ -79,10 +81,35 @@ def missing_audio(path: str | Path) -> AudioError | None:
     return AudioError(path, "is a directory, not an audio file") if stat.S_ISDIR(mode) else None
 
 
+def _text_line(path: str | Path) -> str | None:
+    """The first line of a file that is UTF-8 text (a file list, wav.scp, a manifest), or None: given where audio
+    goes, it had been called a format wanting conversion."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"\0" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at the end of the read is still text
+        if e.start < len(head) - 3:
+            return None
+        text = head[: e.start].decode("utf-8")
+    return next((line.strip() for line in text.splitlines() if line.strip()), None)
+
+
 def _open_error(path: str | Path, err: Exception) -> AudioError:
     gone = missing_audio(path)
     if gone is None and os.path.getsize(path) == 0:  # libsndfile calls it "Format not recognised"
         gone = AudioError(path, "empty audio (a file of 0 bytes)")
+    if gone is None and (line := _text_line(path)) is not None and line.encode().startswith(LFS_POINTER):
+        gone = AudioError(path, f"a Git LFS pointer, not the audio (the data set was cloned without LFS): run `git "
+                          f"lfs pull` in {Path(path).parent}, or download the file itself")  # fmt: skip
+    if gone is None and "Format not recognised" in str(err) and line is not None:
+        gone = AudioError(
+            path,
+            f"unreadable or corrupt audio ({err}): it is text, not audio (its first line "
+            f"{line[:80]!r}): a list of audio files or a manifest given where an audio file goes?",
+        )
     if gone is None and "Format not recognised" in str(err):  # damaged, or a format it lacks
         gone = AudioError(path, f"unreadable or corrupt audio ({err}): no format libsndfile reads (wav, flac, ogg, "
                           "mp3, ...); one of another (m4a, raw PCM) wants converting, e.g. with ffmpeg")  # fmt: skip

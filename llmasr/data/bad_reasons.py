@@ -8,6 +8,7 @@ import re
 
 # (substring of the reason, category) in priority order; reasons carry paths and details that vary per line.
 REASON_CATEGORIES = (
+    ("a Git LFS pointer", "Git LFS pointer, not audio"),  # first: its advice names a folder, whose name may be any
     ("file not found", "audio file not found"),
     ("is a directory", "audio file not found"),
     ("empty audio", "empty audio"),

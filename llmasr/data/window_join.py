@@ -113,13 +113,18 @@ def join_texts(texts: list[str], overlapped: list[bool], overlap: float) -> str:
     return _join(texts, overlapped, overlap)[0]
 
 
+def last_ms(seconds: float) -> float:
+    """The last millisecond within audio of `seconds` as rows state its length (4 decimals): a time rounded to the
+    millisecond may not pass it (0.9375 s rounded is 0.938)."""
+    return math.floor(round(float(seconds), 4) * 1000 + 1e-6) / 1000
+
+
 def shift_times(words: list | None, seconds: float, within: float | None = None) -> list | None:
     """Timed units (unit, start s, end s) `seconds` later, in milliseconds, and none past `within` seconds (the
     audio's length: the last feature frame can reach past it); None stays None."""
     if words is None:
         return None
-    # the last millisecond within the audio as rows state its length (4 decimals): 0.9375 s rounded had been 0.938
-    cap = float("inf") if within is None else math.floor(round(float(within), 4) * 1000 + 1e-6) / 1000
+    cap = float("inf") if within is None else last_ms(within)
     return [(u, min(round(a + seconds, 3), cap), min(round(b + seconds, 3), cap)) for u, a, b in words]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.data.long_audio import Window
-from llmasr.data.window_join import join_texts, join_words
+from llmasr.data.window_join import join_texts, join_words, last_ms
 
 SILENT_ITEM_S = 0.5  # the piece of an utterance without speech that stands for it in the batches
 
@@ -127,13 +127,13 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
             continue
         got = [items[j] for j in parts]  # item order is window order
         flags = [w.overlapped for w in windows]
+        seconds = manifest.lengths[i] / manifest.sample_rate
         ctc = None if got[0]["ctc_hyp"] is None else join_texts([g["ctc_hyp"] for g in got], flags, overlap)
         if "timestamps" in got[0]:  # each window's times from its own start, then cut where the texts are cut
             starts = [w.start / manifest.sample_rate for w in windows]  # in the utterance's time
-            seconds = manifest.lengths[i] / manifest.sample_rate
             timed = join_words([g["hyp"] for g in got], [g["timestamps"] for g in got], starts, flags, overlap, seconds)
             got[0] = {**got[0], "timestamps": timed}
-        parts = _window_parts(windows, got, manifest.sample_rate) if len(got) > 1 else None
+        parts = _window_parts(windows, got, manifest.sample_rate, seconds) if len(got) > 1 else None
         if "logprob" in got[0]:  # every window's tokens as written (the join's cuts in overlaps not taken out)
             sums = [g["logprob"] for g in got if g["logprob"] is not None]  # None: a window the CTC gate emptied
             total = sum(g["logprob_tokens"] for g in got)
@@ -153,15 +153,17 @@ def _joined_rows(items: dict[int, dict], manifest: WindowedManifest, overlap: fl
     return rows
 
 
-def _window_parts(windows: list, got: list[dict], sample_rate: int) -> list[dict]:
-    """Each window's own decode, in the utterance's time (seconds): its texts, the guard that ended it, whether the
-    CTC gate emptied it, its log-probability where computed, and `cut_in_speech` where a neighbour overlaps it (cut
+def _window_parts(windows: list, got: list[dict], sample_rate: int, seconds: float) -> list[dict]:
+    """Each window's own decode, in the utterance's time (seconds to the millisecond, none past its `seconds`: a
+    window's span as results.jsonl states it lies in the audio): its texts, the guard that ended it, whether the CTC
+    gate emptied it, its log-probability where computed, and `cut_in_speech` where a neighbour overlaps it (cut
     without a pause: a word at that edge may be heard in part). One unsure window is lost in an hour's mean, and a
     long recording becomes training lines a window each (llmasr.export.pseudo_labels)."""
-    parts = []
+    parts, cap = [], last_ms(seconds)
     for k, (w, g) in enumerate(zip(windows, got)):
         cut = w.overlapped or (k + 1 < len(windows) and windows[k + 1].overlapped)
-        part = {"start": w.start / sample_rate, "end": w.end / sample_rate, "hyp": g["hyp"], "ctc_hyp": g["ctc_hyp"],
+        start, end = (min(round(t / sample_rate, 3), cap) for t in (w.start, w.end))
+        part = {"start": start, "end": end, "hyp": g["hyp"], "ctc_hyp": g["ctc_hyp"],
                 "truncated": g["truncated"], "ctc_gated": bool(g.get("ctc_gated")), "cut_in_speech": cut}  # fmt: skip
         if "logprob" in g:
             part.update(logprob=g["logprob"], logprob_tokens=g["logprob_tokens"])

@@ -5,11 +5,11 @@ A line is taken from the decoded manifest by results.jsonl's `line` (llmasr.expo
 audio, span, channel, language, task prompt and biasing list are the ones decoded (a line without its own `prompt`
 or `lang` gets the decode's --task or --language, so that training asks it as the decode did). A long recording
 decoded in windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its
-start and end in centiseconds): written whole it would be too long to train on, and one unsure window would cost the
-rest. Left out, each counted by its reason: what a gate found no speech in, an empty transcript, one a guard cut
-(the length cap, the repetition stop: a cut text is a wrong label), and with a threshold on decode.confidence's
-`avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded the same way) the
-report gives the error rate of the lines kept against all of them: what the threshold buys.
+start and end in the recording, in centiseconds): written whole it would be too long to train on, and one unsure
+window would cost the rest. Left out, each counted by its reason: what a gate found no speech in, an empty
+transcript, one a guard cut (the length cap, the repetition stop: a cut text is a wrong label), and with a threshold
+on decode.confidence's `avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded
+the same way) the report gives the error rate of the lines kept against all of them: what the threshold buys.
 """
 
 from __future__ import annotations
@@ -279,8 +279,9 @@ def _training_line(utt, piece: dict, end: float | None, asked: dict) -> dict:
     else:
         start, stop = piece["window"]
         offset = float(utt.start or 0.0)
-        line["key"] = f"{utt.key}-{round(start * 100):07d}-{round(stop * 100):07d}"
         line.update(duration=round(stop - start, 4), start=round(offset + start, 4), end=round(offset + stop, 4))
+        # the span the line states, in its recording (as Kaldi keys segments), also for a window of a segment's line
+        line["key"] = f"{utt.key}-{round(line['start'] * 100):07d}-{round(line['end'] * 100):07d}"
     for name in ("channel", "lang", "prompt", "hotwords", "system"):
         if getattr(utt, name) is not None:
             line[name] = getattr(utt, name)

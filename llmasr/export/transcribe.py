@@ -17,6 +17,7 @@ that cannot be read, or a waveform that is not one, is an error naming it, not a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_text
-from llmasr.data.windowed import utterance_rows
+from llmasr.data.windowed import utterance_rows, window_texts
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_world import usable_device
@@ -112,17 +113,19 @@ class Transcriber:
         task: str | None = None, language: str | None = None,
     ) -> list:  # fmt: skip
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
-        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", with
-        decode.timestamps "timestamps" ([word, start s, end s] each, or None), with decode.confidence "avg_logprob" and
-        "logprob" (the LLM's log-probability of "hyp", per token and summed; None where no text was written) and,
-        decoded in windows, "window_confidence" ([{"start", "end", "avg_logprob"}] a window), and
-        "no_speech" (True) where a gate found none: the VAD's (decode.vad) or the CTC head's (decode.ctc_gate)}. One
-        clip (a path or a waveform) is taken as a list of one. A clip that cannot be read raises TranscribeError naming
-        it, or with `keep_going` gets the row {"audio", "error": why} while the others are transcribed. `task`: the
-        prompt's task text for every clip instead of the model's (model.prompt.task), as a manifest line's own
-        `prompt` is decoded: the one a model trained on lines with prompts of their own ("语音转写：") was given.
-        `language`: every clip's language ("zh", "en", "Japanese", "<|ko|>"; None or "auto": none), the query a
-        SenseVoice encoder with queries.language per_line gets, as a manifest line's `lang` is decoded."""
+        text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", decoded in
+        windows "window_texts" ([{"start", "end", "hyp", "truncated", "ctc_gated", "cut_in_speech"}] a window, as
+        results.jsonl's), with decode.timestamps "timestamps" ([word, start s, end s] each, or None), with
+        decode.confidence "avg_logprob" and "logprob" (the LLM's log-probability of "hyp", per token and summed; None
+        where no text was written) and, decoded in windows, "window_confidence" ([{"start", "end", "avg_logprob"}] a
+        window), and "no_speech" (True) where a gate found none: the VAD's (decode.vad) or the CTC head's
+        (decode.ctc_gate)}. One clip (a path or a waveform) is taken as a list of one. A clip that cannot be read
+        raises TranscribeError naming it, or with `keep_going` gets the row {"audio", "error": why} while the others
+        are transcribed. `task`: the prompt's task text for every clip instead of the model's (model.prompt.task),
+        as a manifest line's own `prompt` is decoded: the one a model trained on lines with prompts of their own
+        ("语音转写：") was given. `language`: every clip's language ("zh", "en", "Japanese", "<|ko|>"; None or "auto":
+        none), the query a SenseVoice encoder with queries.language per_line gets, as a manifest line's `lang` is
+        decoded."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
@@ -177,6 +180,8 @@ class Transcriber:
         out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
         for r in rows:  # with decode.confidence: avg_logprob and logprob
             out[int(r["key"])].update(confidence_fields(r))
+            if r.get("window_parts"):  # long audio, as results.jsonl has it: each window's span and own text
+                out[int(r["key"])]["window_texts"] = window_texts(r["window_parts"], "hyp")
         for row in out.values():  # as results.jsonl states it: 0.9365, not the batch's float32 0.9365000128746033
             row["duration"] = round(row["duration"], 4)
         out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})
@@ -193,7 +198,7 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
         if isinstance(clip, PATHS):
             clip = os.fsdecode(clip)  # any os.PathLike (py.path, UPath) is a path, not a waveform
             names.append(clip)
-            if why := file_problem(clip, "audio file"):
+            if why := clip_problem(clip):
                 missing[i] = why
                 continue
             source = str(Path(clip).resolve())
@@ -214,6 +219,16 @@ def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dic
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing, links
+
+
+def clip_problem(path: str) -> str | None:
+    """Why `path` is no audio file to transcribe (file_problem's words), or None; a name that is a glob pattern
+    matching files (a quoted "*.wav", a pattern in Python) says so: no tool here expands one."""
+    why = file_problem(path, "audio file")
+    if why and why.startswith("no such") and glob.has_magic(path) and (found := glob.glob(path)):
+        return (f"{why}; a pattern, which {len(found)} files match? expand it: the shell does unquoted, Python with "
+                f"sorted(glob.glob({path!r}))")  # fmt: skip
+    return why
 
 
 def _language(model, language) -> str | None:

@@ -120,6 +120,8 @@ def asked_language(model, language, setting: str = "language") -> str | None:
     key = language_key(language) if isinstance(language, str) else None
     if key is None:
         raise ValueError(f"{setting}: a language code or name (zh, en, Japanese), got {language!r}")
+    if key == "auto":  # the default, asking none: a script that always passes it runs any model
+        return None
     if not model.per_line_language:
         queries = getattr(model.encoder, "query_ids", None)
         held = "" if queries is None else " (its queries.language is fixed by the recipe it was trained with)"
@@ -132,7 +134,7 @@ def asked_language(model, language, setting: str = "language") -> str | None:
             f"{setting} {language!r}: SenseVoiceSmall has a query for {', '.join(sorted(LANGUAGES))}, not {key!r}; "
             "leave it out (or give auto) for SenseVoice's own language identification"
         )
-    return None if key == "auto" else key
+    return key
 
 
 # encoder_conf keys FunASR's class takes and never reads: (value it would mean nothing unusual with, ...).

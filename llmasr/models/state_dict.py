@@ -17,6 +17,7 @@ from torch import nn
 
 from llmasr.models.ds_checkpoint import NotWholeWeights, is_model_states, module_weights
 from llmasr.safe_load import allowed_globals, refusal, unsafe_globals
+from llmasr.text_files import LFS_POINTER
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def refuse_lfs_pointer(path: str | Path) -> None:
             head = handle.read(64)
     except OSError:
         return
-    if head.startswith(b"version https://git-lfs"):
+    if head.startswith(LFS_POINTER):
         raise CheckpointMismatchError(
             f"{path}: a Git LFS pointer, not the weights (the repository was cloned without LFS): run "
             f"`git lfs pull` in {Path(path).parent}, or download the file itself"

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from llmasr.data import audio
 from llmasr.data.audio import AudioError, load_audio, probe_duration, resample
+from llmasr.data.bad_reasons import reason_category
 
 # gcd-reduced terms small enough for the FFT path: 22.05/44.1/8/48 kHz corpora, speed perturbation 1.1x and 0.9x
 FFT_RATES = [(22050, 16000), (44100, 16000), (8000, 16000), (48000, 16000), (16000, 17600), (14400, 16000)]
@@ -265,6 +266,36 @@ def test_a_file_of_no_bytes_or_of_a_format_libsndfile_lacks_says_so(tmp_path):
         "Format not recognised.): no format libsndfile reads (wav, flac, ogg, mp3, ...); one of another (m4a, raw "
         "PCM) wants converting, e.g. with ffmpeg"
     )
+
+
+def test_a_list_of_files_given_as_audio_is_named_as_text(tmp_path):
+    """A file list or a manifest given where audio goes (`llmasr transcribe list.txt`) had been called a format
+    wanting conversion with ffmpeg."""
+    for name, text in (("list.txt", "a.wav\nb.wav\n"), ("m.jsonl", '{"key": "k", "source": "音.wav"}\n')):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(AudioError) as e:
+            load_audio(tmp_path / name, sample_rate=16000)
+        first = text.splitlines()[0]
+        assert e.value.reason.endswith(
+            f"it is text, not audio (its first line {first!r}): a list of audio files or a manifest given where an "
+            "audio file goes?"
+        )
+
+
+def test_a_git_lfs_pointer_in_place_of_audio_is_named_as_such(tmp_path):
+    """A data set cloned without LFS holds pointers named .wav / .flac: they had been called a format wanting
+    conversion with ffmpeg."""
+    pointer = tmp_path / "clips" / "a.flac"
+    pointer.parent.mkdir()
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 52311\n")
+    for read in (probe_duration, lambda p: load_audio(p, sample_rate=16000)):
+        with pytest.raises(AudioError) as e:
+            read(pointer)
+        assert e.value.reason == (
+            f"a Git LFS pointer, not the audio (the data set was cloned without LFS): run `git lfs pull` in "
+            f"{pointer.parent}, or download the file itself"
+        )
+        assert reason_category(e.value.reason) == "Git LFS pointer, not audio"  # a category of its own, counted
 
 
 def test_empty_audio(tmp_path):

@@ -109,3 +109,24 @@ def test_items_go_back_to_utterances(manifest):
     assert counted.bad == 2 and counted.good == 2 and counted.exceeded
     assert [e["index"] for e in counted.examples] == [-1, 1]
     assert dict(counted.by_reason) == {"malformed line": 1, "unreadable or corrupt audio": 1}
+
+
+def test_window_spans_are_milliseconds_inside_the_audio(tmp_path):
+    """A file of 5.0008125 s: its last window ends at 5.0 s, the last millisecond in it, not 5.001 (0.2 ms past
+    the file's end, which a pseudo-labelled line's `end` would repeat)."""
+    rng = np.random.default_rng(1)
+    wave = (0.2 * rng.standard_normal(5 * SR + 13)).astype(np.float32)
+    wave[int(2.5 * SR) : int(2.9 * SR)] *= 0.001
+    sf.write(str(tmp_path / "odd.wav"), wave, SR, subtype="FLOAT")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"key": "odd", "source": "odd.wav", "target": "t"}) + "\n")
+    base, _ = open_manifests([str(tmp_path / "m.jsonl")], mix=False)
+    windowed = split_long(base, [0], sample_rate=SR, rules=WindowRules(4.0, 0.5))
+    assert windowed.windows[0][-1].end == len(wave)  # the last window reads to the file's end
+    items = {
+        j: {"key": "odd", "ref": None, "hyp": f"w{j}", "ctc_hyp": None, "truncated": None, "duration": 1.0}
+        for j in range(len(windowed))
+    }
+    (row,) = utterance_rows(items, windowed, 0.5)
+    assert row["duration"] == pytest.approx(5.0008125)
+    spans = [(p["start"], p["end"]) for p in row["window_parts"]]
+    assert spans[-1][1] == 5.0 and all(t == round(t, 3) for span in spans for t in span)

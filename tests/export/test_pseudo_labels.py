@@ -284,6 +284,26 @@ def test_a_gz_output_is_written_gzipped(decoded, tmp_path, capsys):
     assert data_check_main([str(target)]) == 0
 
 
+def test_a_window_of_a_segment_is_keyed_by_its_span_of_the_recording(decoded, exported_dir, tmp_path):
+    """A line for 1-6 s of a recording decoded in windows: each window's key gives the span its training line states
+    (start and end in the recording, as Kaldi keys segments), not its span from the segment's start (seg-0000000-...
+    for a line at 1.0 s of the file)."""
+    manifest, _ = decoded
+    segment = tmp_path / "segment.jsonl"
+    segment.write_text(json.dumps({"key": "seg", "source": str(manifest.parent / "long.wav"), "start": 1.0,
+                                   "end": 6.0}) + "\n")  # fmt: skip
+    flags = ["--max-new-tokens", "4", "--max-window-seconds", "2", "--window-overlap", "0.5"]
+    assert decode_main(["--model", str(exported_dir), "--data", str(segment), "--output", str(tmp_path / "d"),
+                        *flags]) == 0  # fmt: skip
+    assert results(tmp_path / "d")[0]["windows"] >= 3
+    assert pseudo_main([str(tmp_path / "d"), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated"]) == 0
+    lines = [json.loads(t) for t in (tmp_path / "pl.jsonl").read_text().splitlines()]
+    assert lines and lines[0]["start"] >= 1.0
+    assert [x["key"] for x in lines] == [
+        f"seg-{round(x['start'] * 100):07d}-{round(x['end'] * 100):07d}" for x in lines
+    ]  # fmt: skip
+
+
 def test_a_span_past_its_files_end_is_written_as_decoded_and_an_edited_one_refused(decoded, exported_dir, tmp_path,
                                                                                    capsys):  # fmt: skip
     manifest, out = decoded

@@ -224,6 +224,22 @@ def test_the_command_prints_a_name_that_is_not_utf8_as_its_bytes(exported_dir, c
     assert out.returncode == 0 and json.loads(out.stdout.decode("utf-8"))["audio"] == os.fsdecode(name)
 
 
+def test_the_command_names_a_file_not_utf8_named_on_stderr_by_its_bytes(exported_dir, clips, tmp_path):
+    """stdout printed a GBK name as its bytes, but stderr's error and warning lines named it `\\udcbb\\udcb5.wav`
+    (Python's escapes of the bytes): a name found in no directory listing, and no shell can give it back."""
+    import os
+    import subprocess
+    import sys
+
+    broken = os.path.join(os.fsencode(tmp_path), "坏".encode("gbk") + b".wav")
+    with open(broken, "wb") as f:
+        f.write(b"RIFF\x10\x00\x00\x00WAVE")  # a header cut short
+    run = [sys.executable, "-m", "llmasr", "transcribe", "--model", str(exported_dir), os.fsdecode(broken)]
+    out = subprocess.run(run, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, capture_output=True, timeout=300)
+    assert out.returncode == 1
+    assert b"llmasr transcribe: error: " + broken + b": " in out.stderr and b"\\udc" not in out.stderr, out.stderr
+
+
 def test_a_bfloat16_waveform_is_read_as_its_float_values(asr, clips):
     """numpy has no bfloat16: the tensor had failed with a bare TypeError."""
     wave, rate = sf.read(clips[1][2], dtype="float32")
@@ -337,6 +353,9 @@ def test_long_audio_is_decoded_in_windows_as_decode_does(exported_dir, clips, tm
     (row,) = asr.transcripts([tmp_path / "long.wav"])
     assert row["windows"] >= 2
     assert row["hyp"] == decoded(asr, tmp_path / "long.jsonl", tmp_path / "d")[0]
+    # each window's span and text as results.jsonl gives them (pseudo-labels and window checks read them)
+    (result,) = [json.loads(line) for line in open(tmp_path / "d" / "results.jsonl")]
+    assert row["window_texts"] == result["window_texts"] and len(row["window_texts"]) == row["windows"]
 
 
 def test_the_command_sets_the_windows_of_long_audio(exported_dir, clips, tmp_path, capsys):
@@ -442,6 +461,46 @@ def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys
     os.mkfifo(fifo)
     assert main(["transcribe", "--model", str(exported_dir), str(fifo)]) == 2
     assert f"error: {fifo}: a pipe or device, not an audio file (save it to a file first)" in capsys.readouterr().err
+
+    # "-" for standard input, as other tools take it, had been called a missing file
+    assert main(["transcribe", "--model", str(exported_dir), "-"]) == 2
+    assert "error: -: standard input is not read (audio is read more than once): save it to a file first" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_name_with_a_tab_or_line_break_prints_on_one_line(exported_dir, clips, tmp_path, capsys):
+    """A file named "take\\n2.wav" had printed as two lines, "take" and "2.wav<TAB>TEXT": a script reading a line a
+    file took "take" for a file with no transcript."""
+    import shutil
+
+    from llmasr.cli import main
+
+    _, paths = clips
+    odd = tmp_path / "take\n2\tb\\.wav"
+    shutil.copy(paths[0], odd)
+    assert main(["transcribe", "--model", str(exported_dir), str(odd), str(paths[1])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [f"{tmp_path}/take\\n2\\tb\\\\.wav", str(paths[1])]
+    assert all(line.count("\t") == 1 for line in lines)
+
+
+def test_a_glob_pattern_given_as_a_clip_says_it_is_one(exported_dir, asr, clips, tmp_path, capsys):
+    """asr("data/*.wav"), or a quoted pattern on the command line, had been "no such audio file" alone."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    pattern = str(paths[0].parent / "*.wav")
+    with pytest.raises(TranscribeError) as e:
+        asr(pattern)
+    assert str(e.value) == (
+        f"{pattern}: no such audio file; a pattern, which {len(paths)} files match? expand it: the shell does "
+        f"unquoted, Python with sorted(glob.glob({pattern!r}))"
+    )
+    assert main(["transcribe", "--model", str(exported_dir), pattern]) == 2
+    assert f"{pattern}: no such audio file; a pattern, which {len(paths)} files match?" in capsys.readouterr().err
+    with pytest.raises(TranscribeError, match=r"nope\*\.wav: no such audio file$"):  # matching nothing: no hint
+        asr(str(tmp_path / "nope*.wav"))
 
 
 def test_32_bit_pcm_in_an_int64_array_is_refused_not_decoded_as_silence(asr, clips):
@@ -643,3 +702,6 @@ def test_a_language_is_refused_by_a_model_that_reads_none(exported_dir, asr, cli
         asr(paths[0], language=" ")
     assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "en"]) == 2
     assert "language 'en': this model's encoder reads no language" in capsys.readouterr().err
+    # "auto", the default (none asked), is no language to refuse: a script passing it to every model had failed here
+    assert asr(paths[0], language="auto") == asr(paths[0])
+    assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "auto"]) == 0
