@@ -80,7 +80,7 @@ class SpecAugmentConfig:
 @dataclass
 class NoiseConfig:
     enable: bool = False
-    manifest: str | None = path_field(None)  # jsonl, one {"key": ..., "source": audio path} a line
+    manifest: str | None = path_field(None)  # jsonl(.gz): {"key": ..., "source": audio path} or lhotse recordings
     snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])
     prob: float = 0.5
 
@@ -90,6 +90,8 @@ class NoiseConfig:
         if self.enable:
             if not self.manifest:
                 raise ConfigError(f"{path}.manifest: required when noise is enabled")
+            if Path(self.manifest).is_dir():  # a folder of noise files: it was called "not found"
+                raise ConfigError(f"{path}.manifest: a directory, not a noise list (a jsonl): {self.manifest}")
             if not Path(self.manifest).is_file():
                 raise ConfigError(f"{path}.manifest: not found: {self.manifest}")
 
