@@ -429,3 +429,30 @@ def test_a_noise_file_of_digital_silence_is_left_out_and_named_once(tmp_path, ca
     assert str(tmp_path / "zeros.wav") in caplog.text and "digital silence" in caplog.text
     assert augmenter.noise.bad == {str(tmp_path / "zeros.wav")}  # the gapped file's silent stretch is noise
     assert 0 < kept < 40  # only draws of the gapped file's silent stretch leave a clip as it was
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        (
+            {"speed_perturb": {"enable": True, "factors": [1.0]}},
+            "speed_perturb: enable is true, but every factor is 1.0",
+        ),
+        ({"silence": {"enable": True, "prob": 0}}, "silence: enable is true, but prob is 0"),
+        ({"silence": {"enable": True, "lead": [0, 0], "trail": [0, 0]}}, "lead and trail are both [0, 0]"),
+        ({"noise": {"enable": True, "prob": 0, "manifest": __file__}}, "noise: enable is true, but prob is 0"),
+        ({"gain": {"enable": True, "db": [0, 0]}}, "gain: enable is true, but db is [0, 0]"),
+        ({"spec_augment": {"enable": True, "num_time_masks": 0, "max_freq_width": 0}}, "no mask can be drawn"),
+    ],
+)
+def test_a_section_enabled_with_settings_that_change_no_clip_is_named(section, why):
+    """`enable: true` with factors [1.0], prob 0, pauses of [0, 0] or no mask trained without the augmentation the
+    recipe reads as on, and start-up said nothing."""
+    cfg = from_dict(AugmentConfig, section, "augment")
+    assert [line for line in cfg.idle_settings(FrontendConfig()) if why in line and "it changes no clip" in line]
+    name = next(iter(section))
+    working = {"speed_perturb": {"factors": [0.9, 1.0]}, "silence": {"prob": 0.5, "lead": [0, 0.5]},
+               "noise": {"prob": 0.5}, "gain": {"db": [-3, 3]},
+               "spec_augment": {"num_time_masks": 1}}[name]  # fmt: skip
+    cfg = from_dict(AugmentConfig, {name: section[name] | working}, "augment")
+    assert cfg.idle_settings(FrontendConfig()) == []
