@@ -107,8 +107,8 @@ def test_a_frame_budget_holds_for_the_frames_the_drawn_lengths_give():
 
 def test_a_whisper_window_s_padding_counts_the_audio_augmentation_puts_in_it():
     """Every clip costs a Whisper window whatever its draw, but the augmenter slows it and adds pauses up to the
-    window: `llmasr check` had counted each clip's audio unaugmented (0.29 of the windows on a tiny corpus with
-    pauses on) where train.log's pad_audio, from the clips as loaded, counted twice that."""
+    window: `llmasr check` had counted each clip's audio unaugmented, about half what train.log's pad_audio, from
+    the clips as loaded, counted with pauses on."""
     from llmasr.data.augment import Augmenter
 
     sr, window = 16000, 2.0
