@@ -293,6 +293,8 @@ class Augmenter:
             return x, 0
         floor_db = float(np.percentile(frame_energies(x, sr), 10)) + level_db
         pause = rng.standard_normal(n_lead + n_trail).astype(np.float32) * np.float32(10.0 ** (floor_db / 20.0))
+        # a loud clip's floor (speech over music, compressed audio) lies near full scale: its Gaussian peaks pass it
+        pause = np.clip(pause, -1.0, 1.0)
         return np.concatenate([pause[:n_lead], x, pause[n_lead:]]), n_lead
 
     # ----------------------------------------------------------------------------------------------- SpecAugment

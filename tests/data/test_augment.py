@@ -133,6 +133,17 @@ def test_pauses_put_the_clip_between_noise_at_its_floor():
     np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0), drawn(cfg, 0)), x)
 
 
+def test_the_pauses_of_a_loud_clip_stay_within_full_scale():
+    """A clip whose quietest frames lie near full scale (speech over music, compressed audio) had pauses of Gaussian
+    noise at that floor peaking near twice full scale under the default level_db, out of any audio's range."""
+    cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "level_db": [0, 0]}}, "augment")
+    loud = np.clip(0.5 * np.random.default_rng(0).standard_normal(SR), -1.0, 1.0).astype(np.float32)
+    y = Augmenter(cfg, FrontendConfig()).wave(loud, SR, np.random.default_rng(0), (1.0, 0.5, 0.5))
+    assert y.size == 2 * SR and float(np.abs(y).max()) <= 1.0
+    pause = np.concatenate([y[: SR // 2], y[-SR // 2 :]])
+    assert float(np.sqrt(np.mean(pause**2))) > 0.3  # still at the clip's floor, clipped only at its peaks
+
+
 def test_pauses_fit_a_whisper_window():
     cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "lead": [2, 2], "trail": [2, 2]}}, "a")
     whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
