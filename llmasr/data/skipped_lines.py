@@ -35,7 +35,7 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         f"subsampling; data.batching.min_duration = {batching.min_duration:g} s is below it)",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
         "over_batch_budget": "too large for a batch of one under the batch budget ("
-        + _budgets_passed(sampler, sampler.skipped_indices("over_batch_budget"))
+        + budgets_passed(sampler, sampler.skipped_indices("over_batch_budget"))
         + ")",
     }
     parts, count = [], 0
@@ -66,7 +66,7 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
     return "\n".join(said[bool(not parts) :]) or None
 
 
-def _budgets_passed(sampler, idx: np.ndarray) -> str:
+def budgets_passed(sampler, idx: np.ndarray) -> str:
     """How many of `idx` (lines no batch can hold) pass each budget on their own, by its recipe key: the four had been
     named together, leaving a recipe with max_target_tokens to guess which one its lines passed."""
     audio = "max_frames" if sampler.max_frames is not None else "max_seconds"
