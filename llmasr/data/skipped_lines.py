@@ -32,7 +32,7 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s"
         if sampler.min_duration <= batching.min_duration
         else f"shorter than {sampler.min_duration:.4g} s, the least audio the encoder takes (its frontend and "
-        f"subsampling; data.batching.min_duration = {batching.min_duration:g} s is below it)",
+        f"subsampling{_sped_up(sampler)}; data.batching.min_duration = {batching.min_duration:g} s is below it)",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
         "over_batch_budget": "too large for a batch of one under the batch budget ("
         + budgets_passed(sampler, sampler.skipped_indices("over_batch_budget"))
@@ -64,6 +64,12 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
             f"{_first(manifest, sometimes)})"
         )
     return "\n".join(said[bool(not parts) :]) or None
+
+
+def _sped_up(sampler) -> str:
+    """What the least audio the encoder takes is measured at, where augmentation shortens a clip."""
+    scale, _ = getattr(sampler.costs.epoch_costs, "least", None) or (1.0, 0.0)
+    return f", at data.augment.speed_perturb's fastest factor {1 / scale:.3g}" if scale < 1.0 else ""
 
 
 def budgets_passed(sampler, idx: np.ndarray) -> str:
