@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from llmasr.config_io import ConfigError
 from llmasr.data.lhotse_cut import CutRecord
 from llmasr.data.record_fields import is_cut, missing_text
-from llmasr.data.records import BadRecord, _Parser
+from llmasr.data.records import BadRecord, _Parser, missing_hint
 from llmasr.text_files import json_lines
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
                 continue
             if Path(out[-1]).is_dir():
                 missing.append(f"{path}:{lineno}: a directory, not an audio file: {out[-1]}")
-            elif not Path(out[-1]).is_file():
-                missing.append(f"{path}:{lineno}: not found: {out[-1]}")
+            elif not Path(out[-1]).is_file():  # with what a path from the working directory would have meant
+                hint = missing_hint(SimpleNamespace(source=out[-1], manifest=str(path)))
+                missing.append(f"{path}:{lineno}: not found: {out[-1]}{hint}")
             else:
                 try:
                     probe_header(out[-1])

@@ -95,3 +95,18 @@ def test_crlf_blank_lines_and_a_bom_on_any_line_are_read(tmp_path):
     (tmp_path / "noise.jsonl").write_bytes(bom + b'{"source": "a.wav"}\r\n\r\n' + bom + b'{"source": "b.wav"}\r\n')
     assert read_noise_list(tmp_path / "noise.jsonl", must_exist=True) == [str(tmp_path / "a.wav"),
                                                                            str(tmp_path / "b.wav")]  # fmt: skip
+
+
+def test_a_path_written_from_the_working_directory_is_named_as_such(tmp_path, monkeypatch):
+    """A list whose relative paths were written from the working directory, as FunASR opens them, had been told only
+    "not found" with the path read beside the list."""
+    (tmp_path / "noise").mkdir()
+    noise_wav(tmp_path / "noise" / "n.wav")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "noise" / "list.jsonl"
+    path.write_text('{"source": "noise/n.wav"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        read_noise_list(path, must_exist=True)
+    assert f"list.jsonl:1: not found: {tmp_path / 'noise' / 'noise' / 'n.wav'} (noise/n.wav is a file from the " in str(
+        err.value
+    ) and f"relative path from the manifest's folder, {tmp_path / 'noise'}:" in str(err.value)
