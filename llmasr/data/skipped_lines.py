@@ -68,7 +68,8 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
 
 def _sped_up(sampler) -> str:
     """What the least audio the encoder takes is measured at, where augmentation shortens a clip."""
-    scale, _ = getattr(sampler.costs.epoch_costs, "least", None) or (1.0, 0.0)
+    draws = sampler.costs.epoch_costs or sampler.costs.heard_costs  # (a Whisper window's: what its clips hold)
+    scale, _ = getattr(draws, "least", None) or (1.0, 0.0)
     return f", at data.augment.speed_perturb's fastest factor {1 / scale:.3g}" if scale < 1.0 else ""
 
 
