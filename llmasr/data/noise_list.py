@@ -76,6 +76,7 @@ def _listed_file(rec, p: _Parser) -> str:
         return p.resolve(rec["source"])
     recording = rec.get("recording") if is_cut(rec) else rec
     if isinstance(recording, dict) and "sources" in recording:  # lhotse: opened as a cut's recording is
+        CutRecord(p).untransformed(recording)  # a Volume or Speed transform would not be heard
         return p.resolve(CutRecord(p).cut_source(recording, None)[0], working_dir_first=True)
     raise p.bad(f"{missing_text(rec, 'source', 'an audio path')} ({FORMS})")
 

@@ -54,6 +54,8 @@ def test_lhotse_recordings_and_a_gzipped_list_are_read(tmp_path, monkeypatch):
         (["n.wav"], "a noise record must be a JSON object, got list"),
         ({"id": "n", "sources": [{"type": "url", "source": "https://x/n.wav"}]},
          "lhotse recording source type 'url' is not supported (only 'file'): llmasr reads local files"),
+        (lhotse_recording("n.wav") | {"transforms": [{"name": "Speed", "kwargs": {"factor": 0.9}}]},
+         "lhotse recording transform 'Speed' is not supported (leave the perturbed copies out"),
     ],
 )  # fmt: skip
 def test_a_record_in_another_form_is_refused_naming_its_line_and_what_to_write(tmp_path, line, said):
