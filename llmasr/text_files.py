@@ -5,7 +5,9 @@ told, naming the file and, where it can, what to do. Every such file is read as 
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,18 +62,27 @@ def _reads_as_chinese(data: bytes) -> bool:
 
 
 def json_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) of each non-blank line of a JSON Lines file; a line that is not UTF-8 or not JSON is
-    `error("FILE:LINE: why")`. A BOM opening a line (one that `cat` joined files saved with one) is no part of it."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8").removeprefix("\ufeff").strip()
-                if text:
-                    yield n, json.loads(text)
-            except UnicodeDecodeError as err:
-                raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
-            except ValueError as err:
-                raise error(f"{path}:{n}: {malformed_json(err)}") from None
+    """(line number, JSON value) of each non-blank line of a JSON Lines file, gzipped where its name ends in .gz (as
+    every manifest reader opens such a name); a line that is not UTF-8 or not JSON is `error("FILE:LINE: why")`. A
+    BOM opening a line (one that `cat` joined files saved with one) is no part of it."""
+    gz = str(path).endswith(".gz")
+    n = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8").removeprefix("\ufeff").strip()
+                    if text:
+                        yield n, json.loads(text)
+                except UnicodeDecodeError as err:
+                    raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
+                except ValueError as err:
+                    raise error(f"{path}:{n}: {malformed_json(err)}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a copy cut short, a plain file named .gz
+        if not gz:
+            raise
+        after = f", after line {n}" if n else ""
+        raise error(f"{path}: not a complete gzip file ({err}{after})") from None
 
 
 def key_text_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, str, str]]:

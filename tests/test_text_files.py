@@ -81,3 +81,19 @@ def test_key_text_lines_reads_kaldi_and_hyp_tables_alike(tmp_path):
     path.write_bytes("u1 你好\n".encode("gbk"))
     with pytest.raises(KeyError, match=r"text:1: not UTF-8 text .*GB18030"):
         list(key_text_lines(path, KeyError))
+
+
+def test_json_lines_reads_a_gzipped_file_and_names_one_cut_short(tmp_path):
+    import gzip
+
+    from llmasr.text_files import json_lines
+
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"a": 1}\n' * 2000))
+    assert len(list(json_lines(path))) == 2000
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(KeyError, match=r"rows.jsonl.gz: not a complete gzip file \(.*\)"):
+        list(json_lines(path, KeyError))
+    path.write_bytes(b'{"a": 1}\n')  # plain text named .gz
+    with pytest.raises(KeyError, match=r"rows.jsonl.gz: not a complete gzip file"):
+        list(json_lines(path, KeyError))

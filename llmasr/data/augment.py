@@ -76,11 +76,17 @@ class SpecAugmentConfig:
         if not 0 < self.max_time_fraction <= 1:
             raise ConfigError(f"{path}.max_time_fraction: must be in (0, 1], got {self.max_time_fraction}")
 
+    def idle(self) -> str | None:
+        no_time = self.num_time_masks == 0 or self.max_time_width == 0
+        if no_time and (self.num_freq_masks == 0 or self.max_freq_width == 0):
+            return "no mask can be drawn (num_*_masks or max_*_width 0 for both time and frequency)"
+        return None
+
 
 @dataclass
 class NoiseConfig:
     enable: bool = False
-    manifest: str | None = path_field(None)  # jsonl, one {"key": ..., "source": audio path} a line
+    manifest: str | None = path_field(None)  # jsonl(.gz): {"key": ..., "source": audio path} or lhotse recordings
     snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])
     prob: float = 0.5
 
@@ -90,8 +96,13 @@ class NoiseConfig:
         if self.enable:
             if not self.manifest:
                 raise ConfigError(f"{path}.manifest: required when noise is enabled")
+            if Path(self.manifest).is_dir():  # a folder of noise files: it was called "not found"
+                raise ConfigError(f"{path}.manifest: a directory, not a noise list (a jsonl): {self.manifest}")
             if not Path(self.manifest).is_file():
                 raise ConfigError(f"{path}.manifest: not found: {self.manifest}")
+
+    def idle(self) -> str | None:
+        return "prob is 0" if self.prob == 0 else None
 
 
 @dataclass
@@ -106,6 +117,9 @@ class SpeedPerturbConfig:
             if not (math.isfinite(f) and 0.5 <= f <= 2.0):
                 raise ConfigError(f"{path}.factors: each factor must lie in [0.5, 2.0], got {self.factors}")
 
+    def idle(self) -> str | None:
+        return "every factor is 1.0" if all(f == 1.0 for f in self.factors) else None
+
 
 @dataclass
 class GainConfig:
@@ -116,6 +130,9 @@ class GainConfig:
     def validate(self, path: str) -> None:
         _check_range(path, "db", self.db, -60.0, 40.0)
         _check_prob(path, self.prob)
+
+    def idle(self) -> str | None:
+        return "prob is 0" if self.prob == 0 else "db is [0, 0]" if self.db == [0.0, 0.0] else None
 
 
 @dataclass
@@ -131,6 +148,9 @@ class SilenceConfig:
         _check_range(path, "trail", self.trail, 0.0, 30.0)
         _check_range(path, "level_db", self.level_db, -60.0, 20.0)
         _check_prob(path, self.prob)
+
+    def idle(self) -> str | None:
+        return "prob is 0" if self.prob == 0 else "lead and trail are both [0, 0]" if not self.max_seconds else None
 
     @property
     def max_seconds(self) -> float:
@@ -155,12 +175,15 @@ class AugmentConfig:
 
     def idle_settings(self, frontend: FrontendConfig) -> list[str]:
         """Settings that change nothing, one line each: a section's keys set away from their defaults while its
-        `enable` is false (`speed_perturb.factors` alone does not turn speed perturbation on), and
-        lfr_time_replicate on features that stack no frames."""
+        `enable` is false (`speed_perturb.factors` alone does not turn speed perturbation on), a section enabled with
+        settings under which it changes no clip (its `idle`), and lfr_time_replicate on features that stack no
+        frames."""
         out = []
         for f in fields(self):
             section = getattr(self, f.name)
             if section.enable:
+                if why := section.idle():  # trained without it, while the recipe reads as trained with it
+                    out.append(f"data.augment.{f.name}: enable is true, but {why}: it changes no clip")
                 continue
             given = changed(type(section), as_section(section), [k.name for k in fields(section)])
             if given:
@@ -270,6 +293,8 @@ class Augmenter:
             return x, 0
         floor_db = float(np.percentile(frame_energies(x, sr), 10)) + level_db
         pause = rng.standard_normal(n_lead + n_trail).astype(np.float32) * np.float32(10.0 ** (floor_db / 20.0))
+        # a loud clip's floor (speech over music, compressed audio) lies near full scale: its Gaussian peaks pass it
+        pause = np.clip(pause, -1.0, 1.0)
         return np.concatenate([pause[:n_lead], x, pause[n_lead:]]), n_lead
 
     # ----------------------------------------------------------------------------------------------- SpecAugment

@@ -36,6 +36,7 @@ from llmasr.data.record_fields import unread_fields
 from llmasr.data.records import audio_reason, language_of
 from llmasr.data.sampler_settings import longest_kept, make_sampler
 from llmasr.data.screen import static_visits, target_length
+from llmasr.data.skipped_lines import budgets_passed
 from llmasr.data.speech_check import SpeechFindings
 from llmasr.data.stated_duration import wrong_duration
 from llmasr.data.transcript_text import gather_text
@@ -61,6 +62,8 @@ class DataReport:
     max_duration: float = float("inf")
     max_duration_set: float = float("inf")  # data.batching.max_duration as the recipe sets it
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
+    over_budget: list[dict] = field(default_factory=list)  # lines no batch can hold: manifest, line
+    over_budget_text: str = ""  # which budgets they pass (skipped_lines.budgets_passed)
     errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
     repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
@@ -387,4 +390,7 @@ def _preview_batching(report: DataReport, data_cfg, frontend, tlens, spot, plan:
         {"manifest": spot(i)[0], "line": spot(i)[1], "duration": float(report.durations[i])}
         for i in sampler.skipped_indices("too_long").tolist()
     ]
+    over = sampler.skipped_indices("over_batch_budget")
+    report.over_budget = [{"manifest": spot(i)[0], "line": spot(i)[1]} for i in over.tolist()]
+    report.over_budget_text = budgets_passed(sampler, over) if over.size else ""
     return sampler

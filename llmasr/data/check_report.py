@@ -59,6 +59,15 @@ def _too_long_lines(report: DataReport, max_examples: int) -> list[str]:
     return out
 
 
+def _over_budget_lines(report: DataReport, max_examples: int) -> list[str]:
+    """What no batch can hold on its own: count, the budgets passed, and the first lines."""
+    if not report.over_budget:
+        return []
+    n = len(report.over_budget)
+    out = [f"too large for a batch of one: {n} lines, skipped by training ({report.over_budget_text})"]
+    return out + [f"  {t['manifest']}:{t['line']}" for t in report.over_budget[:max_examples]]
+
+
 def _repeated_key_lines(report: DataReport, max_examples: int) -> list[str]:
     if not report.repeated_keys:
         return []
@@ -174,7 +183,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]
         filtered = s["filtered"]
         lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
-        lines += _too_long_lines(report, max_examples)
+        lines += _too_long_lines(report, max_examples) + _over_budget_lines(report, max_examples)
         if report.mix:
             lines += ["the weighted mix's first epoch, as training batches it:", *(f"  {m}" for m in report.mix)]
         lines += [f"warning: {m}" for m in report.mix_warnings]

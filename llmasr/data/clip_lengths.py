@@ -73,9 +73,9 @@ class EpochCosts:
 
     @classmethod
     def of(cls, cfg: AugmentConfig, seed: int, frontend) -> EpochCosts | None:
-        """None when no augmentation changes what a clip costs (every epoch costs its clips alike): none changes its
-        length, or a Whisper window holds every clip at one cost."""
-        if not (cfg.speed_perturb.enable or cfg.silence.enable) or frontend.kind == "whisper":
+        """None when no augmentation changes a clip's length. (A Whisper window holds every clip at one cost: there
+        the draws change only what a clip holds of its window, the padding efficiency's audio, ItemCosts.heard_in.)"""
+        if not (cfg.speed_perturb.enable or cfg.silence.enable):
             return None
         return cls(cfg, seed)
 

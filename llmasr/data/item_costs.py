@@ -7,7 +7,8 @@ slowest speed factor and the longest pauses, AugmentConfig.cost); when an `epoch
 factor and pauses (llmasr.data.clip_lengths.EpochCosts), the cost of each visit in an epoch (`drawn`), which the sampler
 cuts that epoch's batches by; and the least an item can cost (`least`: its shortest draw, epoch_costs.least, else the
 worst case), which decides once which items can never fit a batch. An item between the two fits in the epochs whose
-draws let it.
+draws let it. Under a fixed window every clip costs the window whatever its draw: there the draws give only the audio
+it holds of the window (`heard_in`), as the augmenter slows and pads a clip no further than the window.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class ItemCosts:
         # rest is padding the encoder runs over, which the padding efficiency counts (every clip costing the window
         # had read as no padding at all)
         self.heard = None if min_item_seconds is None else self._units(heard)
+        self._heard_s, self.window = heard, min_item_seconds
+        # a window's clips cost it at any draw: their draws give only what each holds of it (heard_in)
+        self.heard_costs = epoch_costs if min_item_seconds is not None else None
+        epoch_costs = None if min_item_seconds is not None else epoch_costs
         self.budget = float(max_frames if max_frames is not None else max_seconds)
         self.cost = (float(cost_scale), float(cost_pad))  # the worst augmentation adds: duration x scale + seconds
         self.sizes = self._units(eff * self.cost[0] + self.cost[1])
@@ -92,6 +97,14 @@ class ItemCosts:
             return worst
         scale, pad = self.epoch_costs(epoch, items if keys is None else keys)
         return np.minimum(self._units(self.unscaled[items] * scale + pad), worst)
+
+    def heard_in(self, epoch: int, items: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
+        """The audio each of `items` holds of what it costs in `epoch` (its visit key in `keys`), where a fixed window
+        pads it: its length at this epoch's speed factor and pauses, at most the window; None: all it costs."""
+        if self.heard is None or self.heard_costs is None or not items.size:
+            return None if self.heard is None else self.heard[items]
+        scale, pad = self.heard_costs(epoch, keys)
+        return self._units(np.minimum(self._heard_s[items] * scale + pad, float(self.window)))
 
     def fitting(self, epoch: int, items: np.ndarray, keys: np.ndarray, keep: np.ndarray, num_buckets: int, buckets):
         """Per visit of an epoch (`items`: its dataset indices, `keys`: its visit keys): (its cost in `epoch`, its

@@ -53,12 +53,7 @@ class CutRecord:
             raise self.p.bad(f"lhotse cut: field 'duration' must be a positive number, got {rec.get('duration')!r}")
         self.within_recording(recording, start, duration)
         start, duration = self.supervised_span(sup, start, duration)
-        for tr in recording.get("transforms") or []:
-            name = tr.get("name") if isinstance(tr, dict) else tr
-            if name != "Resample":  # resampling happens anyway, to the model's rate
-                raise self.p.bad(
-                    f"lhotse recording transform {name!r} is not supported{TRANSFORM_ADVICE.get(name, '')}"
-                )
+        self.untransformed(recording)
         path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
         lang = sup.get("language")
         hotwords, hw_field = self.custom_field(rec, sup, "hotwords")
@@ -80,6 +75,16 @@ class CutRecord:
             end=float(start + duration),
             hotwords=self.p.hotwords({"hotwords": hotwords}, hw_field),
         )
+
+    def untransformed(self, recording: dict) -> None:
+        """Refuses a recording transform other than Resample (resampling happens anyway, to the model's rate): read
+        without it, the audio would not be the recording's."""
+        for tr in recording.get("transforms") or []:
+            name = tr.get("name") if isinstance(tr, dict) else tr
+            if name != "Resample":
+                raise self.p.bad(
+                    f"lhotse recording transform {name!r} is not supported{TRANSFORM_ADVICE.get(name, '')}"
+                )
 
     def custom_field(self, rec: dict, sup: dict, name: str) -> tuple[object, str]:
         """(value, where it is) of custom field `name`: the supervision's own, else its cut's (lhotse keeps custom

@@ -1,57 +1,62 @@
-"""The noise list of data.augment.noise (a jsonl of {"key", "source"} records, one recording a line): read and
-checked at start-up, then drawn from and mixed into clips in the loader's workers."""
+"""The noise list of data.augment.noise (a jsonl of {"key", "source"} records or lhotse recordings or cuts, one
+recording a line): read and checked at start-up, then drawn from and mixed into clips in the loader's workers."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from llmasr.config_io import ConfigError
-from llmasr.text_files import malformed_json, not_utf8
+from llmasr.data.lhotse_cut import CutRecord
+from llmasr.data.record_fields import is_cut, missing_text
+from llmasr.data.records import BadRecord, _Parser, missing_hint
+from llmasr.text_files import json_lines
 
 log = logging.getLogger(__name__)
 
 
+# What a noise list's line may be, said where one is none of them
+FORMS = 'a noise list holds one {"source": AUDIO PATH} a line, or lhotse recordings or cuts (file sources)'
+
+
 def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
-    """Audio paths from a noise jsonl ({"key", "source"} a line; relative paths against the file's folder).
-    `must_exist` (the check before training starts): a listed file that is not there, or whose header does not read
-    as audio with samples, is refused, not skipped: the workers would leave it out, and with every file left out
-    train without noise, saying so only in their logs."""
+    """Audio paths from a noise jsonl(.gz): {"key", "source"} a line (a relative path against the list's folder), or
+    lhotse recordings or cuts (one file source each; a relative path from the working directory, as lhotse opens it,
+    else beside the list). `must_exist` (the check before training starts): a listed file that is not there, or whose
+    header does not read as audio with samples, is refused, not skipped: the workers would leave it out, and with
+    every file left out train without noise, saying so only in their logs."""
     from llmasr.data.audio import AudioError, probe_header  # read when a list is, not where the config is
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a noise list ({FORMS})")
     base = path.resolve().parent
     out, missing = [], []
-    with open(path, "rb") as f:
-        for lineno, data in enumerate(f, start=1):
-            try:
-                raw = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise ConfigError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError as err:
-                raise ConfigError(f"{path}:{lineno}: {malformed_json(err)}") from None
-            src = rec.get("source") if isinstance(rec, dict) else None
-            if not isinstance(src, str) or not src:
-                raise ConfigError(f"{path}:{lineno}: a noise record needs 'source' (an audio path)")
-            p = Path(src).expanduser()
-            out.append(str(p if p.is_absolute() else base / p))
+    try:
+        for lineno, rec in json_lines(path, ConfigError):
+            out.append(_listed_file(rec, _Parser(str(path), lineno, base)))
             if not must_exist:
                 continue
-            if not Path(out[-1]).is_file():
-                missing.append(f"{path}:{lineno}: not found: {out[-1]}")
-                continue
-            try:
-                probe_header(out[-1])
-            except AudioError as err:
-                missing.append(f"{path}:{lineno}: {err}")
+            if Path(out[-1]).is_dir():
+                missing.append(f"{path}:{lineno}: a directory, not an audio file: {out[-1]}")
+            elif not Path(out[-1]).is_file():  # with what a path from the working directory would have meant
+                hint = missing_hint(SimpleNamespace(source=out[-1], manifest=str(path)))
+                missing.append(f"{path}:{lineno}: not found: {out[-1]}{hint}")
+            else:
+                try:
+                    probe_header(out[-1])
+                except AudioError as err:
+                    missing.append(f"{path}:{lineno}: {err}")
+    except BadRecord as err:
+        raise ConfigError(str(err)) from None
+    except ConfigError as err:
+        if "malformed JSON" not in str(err):
+            raise
+        raise ConfigError(f"{err} ({FORMS})") from None  # a plain list of paths, one a line, fails at its first
     if not out:
         raise ConfigError(f"{path}: no noise files listed")
     if missing:
@@ -59,6 +64,21 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
             f"{len(missing)} of {len(out)} noise files not found or not usable audio:\n  " + "\n  ".join(missing[:10])
         )
     return out
+
+
+def _listed_file(rec, p: _Parser) -> str:
+    """The audio path of one noise list record, as a manifest line's would be read (`p`: its parser)."""
+    if not isinstance(rec, dict):
+        raise p.bad(f"a noise record must be a JSON object, got {type(rec).__name__} ({FORMS})")
+    if "source" in rec:
+        if not isinstance(rec["source"], str) or not rec["source"]:
+            raise p.bad(f"field 'source' must be an audio path, got {rec['source']!r:.60}")
+        return p.resolve(rec["source"])
+    recording = rec.get("recording") if is_cut(rec) else rec
+    if isinstance(recording, dict) and "sources" in recording:  # lhotse: opened as a cut's recording is
+        CutRecord(p).untransformed(recording)  # a Volume or Speed transform would not be heard
+        return p.resolve(CutRecord(p).cut_source(recording, None)[0], working_dir_first=True)
+    raise p.bad(f"{missing_text(rec, 'source', 'an audio path')} ({FORMS})")
 
 
 class NoiseDraws:

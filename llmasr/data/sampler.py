@@ -199,12 +199,12 @@ class DynamicBucketSampler(Sampler):
         order = np.argsort(buckets, kind="stable")
         keep, buckets = keep[order], buckets[order]
         flat, lens = cut_epoch(keep, buckets, sizes, self._limits(items), self.budget, self.shuffle_buffer)
-        # Order by (bucket, longest item) so that consecutive batches, which run at the same step on different
-        # ranks, cost about the same.
+        # Order by (bucket, longest item): consecutive batches, run at one step on different ranks, cost about alike
         longest = per_batch(flat, lens, sizes, np.maximum)
         order = np.lexsort((longest, per_batch(flat, lens, bucket_of, np.maximum)))
         cost = per_batch(flat, lens, sizes, np.add)
-        heard = None if self.costs.heard is None else per_batch(flat, lens, self.costs.heard[items], np.add)[order]
+        heard = self.costs.heard_in(epoch, items, keys)  # the audio of each, where a window pads it (else None)
+        heard = None if heard is None else per_batch(flat, lens, heard, np.add)[order]
         llm = None if self.llm_lens is None else per_batch(flat, lens, self.llm_lens[items], np.maximum)[order]
         if llm is not None and self.llm_new is not None:  # the longest input padded, then the most written after it
             llm = llm + per_batch(flat, lens, self.llm_new[items], np.maximum)[order]

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from llmasr.data.clip_lengths import augmented_costs
+from llmasr.data.clip_lengths import EpochCosts, augmented_costs
 from llmasr.data.config import BatchingConfig, DataConfig
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.sampler import DynamicBucketSampler
@@ -62,7 +62,9 @@ def make_sampler(
         world_size=world_size,
         drop_last=train and b.drop_last,  # validation and decoding count every utterance
         # a clip shorter than the encoder takes cannot train: skipped as too short from the start, not when loaded
-        min_duration=b.min_duration if keep_every_item else max(b.min_duration, encoder_shortest(frontend)),
+        min_duration=b.min_duration
+        if keep_every_item
+        else max(b.min_duration, shortest_kept(data_cfg, frontend, train)),
         max_duration=max_duration,
         max_target_len=b.max_target_len,
         truncate_to_max=b.truncate_to_max,
@@ -101,6 +103,19 @@ def encoder_shortest(frontend: FrontendConfig) -> float:
     from llmasr.data.features import FeatureExtractor
 
     return FeatureExtractor(frontend).shortest_seconds()
+
+
+def shortest_kept(data_cfg: DataConfig, frontend: FrontendConfig, train: bool) -> float:
+    """The shortest stated duration batching keeps: the least audio the encoder takes (encoder_shortest), for
+    training at the shortest length augmentation gives a clip (its fastest speed factor, less the pauses every clip
+    gets): a shorter one would load too short in each epoch that sped it up, a bad item counted against
+    data.max_bad_fraction every time, which stopped a run over lines its start-up had passed."""
+    shortest = encoder_shortest(frontend)
+    costs = EpochCosts.of(data_cfg.augment, data_cfg.seed, frontend) if train else None
+    scale, pad = costs.least if costs is not None else (1.0, 0.0)
+    if scale >= 1.0:
+        return shortest
+    return max(shortest, (shortest + 1.5 / frontend.sample_rate - pad) / scale)  # a sample's rounding each way
 
 
 def decode_batching(batch_seconds: float, n: int, max_llm_tokens: int | None = None) -> BatchingConfig:

@@ -32,15 +32,12 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
         "too_short": f"shorter than data.batching.min_duration = {batching.min_duration:g} s"
         if sampler.min_duration <= batching.min_duration
         else f"shorter than {sampler.min_duration:.4g} s, the least audio the encoder takes (its frontend and "
-        f"subsampling; data.batching.min_duration = {batching.min_duration:g} s is below it)",
+        f"subsampling{_sped_up(sampler)}; data.batching.min_duration = {batching.min_duration:g} s is below it)",
         "target_too_long": f"with target_len above data.batching.max_target_len = {batching.max_target_len}",
-        "over_batch_budget": "too large for a batch of one under the batch budget (max_seconds / max_frames / "
-        "max_target_tokens" + (" / max_llm_tokens" if sampler.max_llm_tokens is not None else "") + ")",
+        "over_batch_budget": "too large for a batch of one under the batch budget ("
+        + budgets_passed(sampler, sampler.skipped_indices("over_batch_budget"))
+        + ")",
     }
-    scale, pad = getattr(sampler.costs.epoch_costs, "least", None) or sampler.cost
-    if (scale, pad) != (1.0, 0.0):
-        shortest = f"its duration x {scale:.3g} + {pad:g} s"
-        limits["over_batch_budget"] += f", even at augmentation's shortest length ({shortest})"
     parts, count = [], 0
     for reason, text in limits.items():
         idx = sampler.skipped_indices(reason)
@@ -67,6 +64,33 @@ def describe_skipped(sampler, manifest, batching, name: str) -> str | None:
             f"{_first(manifest, sometimes)})"
         )
     return "\n".join(said[bool(not parts) :]) or None
+
+
+def _sped_up(sampler) -> str:
+    """What the least audio the encoder takes is measured at, where augmentation shortens a clip."""
+    draws = sampler.costs.epoch_costs or sampler.costs.heard_costs  # (a Whisper window's: what its clips hold)
+    scale, _ = getattr(draws, "least", None) or (1.0, 0.0)
+    return f", at data.augment.speed_perturb's fastest factor {1 / scale:.3g}" if scale < 1.0 else ""
+
+
+def budgets_passed(sampler, idx: np.ndarray) -> str:
+    """How many of `idx` (lines no batch can hold) pass each budget on their own, by its recipe key: the four had been
+    named together, leaving a recipe with max_target_tokens to guess which one its lines passed."""
+    audio = "max_frames" if sampler.max_frames is not None else "max_seconds"
+    unit = " frames" if sampler.max_frames is not None else " s"
+    said = f"data.batching.{audio} = {sampler.budget:g}{unit}"
+    scale, pad = getattr(sampler.costs.epoch_costs, "least", None) or sampler.cost
+    if (scale, pad) != (1.0, 0.0):
+        said += f", even at augmentation's shortest length (its duration x {scale:.3g} + {pad:g} s)"
+    passed = [(sampler.costs.least[idx] > sampler.budget, said)]
+    if sampler.target_lens is not None and sampler.max_target_tokens is not None:
+        over = sampler.target_lens[idx] > sampler.max_target_tokens
+        passed.append((over, f"data.batching.max_target_tokens = {sampler.max_target_tokens} (its target_len)"))
+    if sampler.llm_lens is not None and sampler.max_llm_tokens is not None and not sampler.llm_alone:
+        rows = sampler.llm_lens[idx] + (0 if sampler.llm_new is None else sampler.llm_new[idx])
+        passed.append((rows > sampler.max_llm_tokens, f"data.batching.max_llm_tokens = {sampler.max_llm_tokens} "
+                                                      "(its LLM positions)"))  # fmt: skip
+    return "; ".join(f"{int(over.sum())} past {text}" for over, text in passed if over.any())
 
 
 def _first(manifest, indices) -> str:

@@ -133,6 +133,17 @@ def test_pauses_put_the_clip_between_noise_at_its_floor():
     np.testing.assert_array_equal(aug.wave(x, SR, np.random.default_rng(0), drawn(cfg, 0)), x)
 
 
+def test_the_pauses_of_a_loud_clip_stay_within_full_scale():
+    """A clip whose quietest frames lie near full scale (speech over music, compressed audio) had pauses of Gaussian
+    noise at that floor peaking near twice full scale under the default level_db, out of any audio's range."""
+    cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "level_db": [0, 0]}}, "augment")
+    loud = np.clip(0.5 * np.random.default_rng(0).standard_normal(SR), -1.0, 1.0).astype(np.float32)
+    y = Augmenter(cfg, FrontendConfig()).wave(loud, SR, np.random.default_rng(0), (1.0, 0.5, 0.5))
+    assert y.size == 2 * SR and float(np.abs(y).max()) <= 1.0
+    pause = np.concatenate([y[: SR // 2], y[-SR // 2 :]])
+    assert float(np.sqrt(np.mean(pause**2))) > 0.3  # still at the clip's floor, clipped only at its peaks
+
+
 def test_pauses_fit_a_whisper_window():
     cfg = from_dict(AugmentConfig, {"silence": {"enable": True, "prob": 1.0, "lead": [2, 2], "trail": [2, 2]}}, "a")
     whisper = FrontendConfig(kind="whisper", n_mels=80, chunk_seconds=3.0)
@@ -429,3 +440,30 @@ def test_a_noise_file_of_digital_silence_is_left_out_and_named_once(tmp_path, ca
     assert str(tmp_path / "zeros.wav") in caplog.text and "digital silence" in caplog.text
     assert augmenter.noise.bad == {str(tmp_path / "zeros.wav")}  # the gapped file's silent stretch is noise
     assert 0 < kept < 40  # only draws of the gapped file's silent stretch leave a clip as it was
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        (
+            {"speed_perturb": {"enable": True, "factors": [1.0]}},
+            "speed_perturb: enable is true, but every factor is 1.0",
+        ),
+        ({"silence": {"enable": True, "prob": 0}}, "silence: enable is true, but prob is 0"),
+        ({"silence": {"enable": True, "lead": [0, 0], "trail": [0, 0]}}, "lead and trail are both [0, 0]"),
+        ({"noise": {"enable": True, "prob": 0, "manifest": __file__}}, "noise: enable is true, but prob is 0"),
+        ({"gain": {"enable": True, "db": [0, 0]}}, "gain: enable is true, but db is [0, 0]"),
+        ({"spec_augment": {"enable": True, "num_time_masks": 0, "max_freq_width": 0}}, "no mask can be drawn"),
+    ],
+)
+def test_a_section_enabled_with_settings_that_change_no_clip_is_named(section, why):
+    """`enable: true` with factors [1.0], prob 0, pauses of [0, 0] or no mask trained without the augmentation the
+    recipe reads as on, and start-up said nothing."""
+    cfg = from_dict(AugmentConfig, section, "augment")
+    assert [line for line in cfg.idle_settings(FrontendConfig()) if why in line and "it changes no clip" in line]
+    name = next(iter(section))
+    working = {"speed_perturb": {"factors": [0.9, 1.0]}, "silence": {"prob": 0.5, "lead": [0, 0.5]},
+               "noise": {"prob": 0.5}, "gain": {"db": [-3, 3]},
+               "spec_augment": {"num_time_masks": 1}}[name]  # fmt: skip
+    cfg = from_dict(AugmentConfig, {name: section[name] | working}, "augment")
+    assert cfg.idle_settings(FrontendConfig()) == []

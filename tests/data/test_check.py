@@ -676,3 +676,18 @@ def test_a_manifest_to_decode_checked_for_training_is_pointed_to_decode(tmp_path
                                                        {"key": "u", "source": "a.wav"}])  # fmt: skip
     assert main([str(mixed)]) == 1
     assert "--decode" not in capsys.readouterr().out  # another fault among them: not a manifest to decode
+
+
+def test_lines_no_batch_can_hold_are_listed_with_the_budget_they_pass(tmp_path):
+    """The batching preview had counted them ("over_batch_budget: 2") without naming a line or a budget, where
+    train.log names both."""
+    good = good_corpus(tmp_path, 6)
+    rows = [json.loads(line) for line in good.read_text().splitlines()]
+    for i in (1, 4):
+        rows[i]["target"] = "a long transcript " * 3
+    m = write_manifest(tmp_path / "m.jsonl", [json.dumps(r) for r in rows])
+    text = format_report(check_data([m], data_cfg(max_target_tokens=40), FrontendConfig()))
+    assert (
+        "too large for a batch of one: 2 lines, skipped by training (2 past data.batching.max_target_tokens = 40 (its "
+        f"target_len))\n  {m}:2\n  {m}:5\n" in text
+    )

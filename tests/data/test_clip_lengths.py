@@ -103,3 +103,28 @@ def test_a_frame_budget_holds_for_the_frames_the_drawn_lengths_give():
     frames = np.ceil(real_seconds(durations, cfg, 1) * fps - 1e-9)
     padded = [len(b) * frames[b].max() for b in sampler.batches(1)]
     assert max(padded) <= 3_000 and sum(frames) / sum(padded) > 0.98
+
+
+def test_a_whisper_window_s_padding_counts_the_audio_augmentation_puts_in_it():
+    """Every clip costs a Whisper window whatever its draw, but the augmenter slows it and adds pauses up to the
+    window: `llmasr check` had counted each clip's audio unaugmented, about half what train.log's pad_audio, from
+    the clips as loaded, counted with pauses on."""
+    from llmasr.data.augment import Augmenter
+
+    sr, window = 16000, 2.0
+    frontend = FrontendConfig(kind="whisper", chunk_seconds=window)
+    cfg = augment(speed_perturb={"enable": True, "factors": [0.5, 1.0, 1.25]}, silence={"enable": True, "prob": 0.7})
+    durations = np.random.default_rng(3).uniform(0.2, 1.9, 60).round(3)
+    scale, pad = cfg.cost(frontend)
+    sampler = DynamicBucketSampler(durations, max_seconds=8.0, seed=0, min_item_seconds=window, cost_scale=scale,
+                                   cost_pad=pad, epoch_costs=EpochCosts.of(cfg, 0, frontend))  # fmt: skip
+    aug = Augmenter(cfg, frontend)
+    for epoch in (0, 1):
+        drawn = draw_clip_lengths(cfg, 0, epoch, np.arange(durations.size))
+        heard = [min(window, aug.wave(np.full(int(d * sr), 0.1, np.float32), sr, np.random.default_rng(i),
+                                      drawn.item(i)).size / sr) for i, d in enumerate(durations)]  # fmt: skip
+        batches = sampler.batches(epoch)
+        assert all(len(b) * window <= 8.0 for b in batches)  # the window is still what each clip costs
+        loaded = sum(heard[i] for b in batches for i in b) / sum(len(b) * window for b in batches)
+        assert sampler.stats(epoch)["padding_efficiency"] == pytest.approx(loaded, abs=1e-3)
+        assert loaded > 1.3 * durations.sum() / (durations.size * window)

@@ -223,9 +223,24 @@ def test_lines_over_the_budget_at_every_draw_are_reported_with_the_reason(tmp_pa
     line = next(r.getMessage() for r in caplog.records if "skipped every epoch" in r.getMessage())
     assert (
         f"train: {never.size} of 10 lines are skipped every epoch: {never.size} too large for a batch of one under "
-        "the batch budget (max_seconds / max_frames / max_target_tokens), even at augmentation's shortest length "
-        "(its duration x 1 + 4.2 s) (first: " in line
+        f"the batch budget ({never.size} past data.batching.max_seconds = 6 s, even at augmentation's shortest length "
+        "(its duration x 1 + 4.2 s)) (first: " in line
     )
+
+
+def test_lines_over_a_budget_on_their_own_are_told_which_budget(tmp_path, caplog):
+    """The skipped lines had been said to pass "max_seconds / max_frames / max_target_tokens" alike: a recipe with
+    max_target_tokens was left to guess which its lines passed."""
+    m = with_lines(tmp_path, 10, [])
+    wordy = [json.loads(line) for line in open(m)]
+    for i in (2, 5):
+        wordy[i]["target"] = "a long transcript " * 3
+    write_manifest(m, [json.dumps(r) for r in wordy])
+    with caplog.at_level("WARNING", logger="llmasr.data"):
+        _, sampler = build(cfg(batching={"max_target_tokens": 40}), [m])
+    assert sampler.skipped_indices("over_batch_budget").tolist() == [2, 5]
+    said = "2 too large for a batch of one under the batch budget (2 past data.batching.max_target_tokens = 40 (its "
+    assert f"{said}target_len)) (first: {m}:3, {m}:6)" in caplog.text
 
 
 def test_batches_are_cut_on_the_length_augmentation_gives_each_clip(tmp_path):

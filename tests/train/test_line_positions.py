@@ -118,8 +118,8 @@ def test_an_utterance_past_the_budget_alone_is_skipped_and_named(tmp_path, tiny_
     over = small_sampler.skipped_indices("over_batch_budget").tolist()
     assert longest in over and all(real[i] > real[longest] - 1 for i in over)
     assert small_sampler.filtered["over_batch_budget"] == len(over)
-    said = "too large for a batch of one under the batch budget (max_seconds / max_frames / max_target_tokens / "
-    assert said + "max_llm_tokens)" in caplog.text
+    said = f"too large for a batch of one under the batch budget ({len(over)} past data.batching.max_llm_tokens = "
+    assert f"{said}{real[longest] - 1} (its LLM positions))" in caplog.text
     assert np.all(small_sampler.llm_lens[over] > real[longest] - 1)
 
 
