@@ -173,6 +173,19 @@ class AugmentConfig:
         self.silence.validate(f"{path}.silence")
         self.gain.validate(f"{path}.gain")
 
+    def whole_masks(self, frontend: FrontendConfig) -> list[str]:
+        """SpecAugment frequency masks that together can cover every mel bin of a clip: the time masks are capped
+        (max_time_fraction), frequency masks are not, and a clip masked whole is trained to give words over nothing."""
+        sa = self.spec_augment
+        widest = min(sa.max_freq_width, frontend.n_mels) * sa.num_freq_masks
+        if not sa.enable or widest < frontend.n_mels:
+            return []
+        return [
+            f"data.augment.spec_augment: num_freq_masks x max_freq_width = {sa.num_freq_masks} x {sa.max_freq_width} "
+            f"reaches all {frontend.n_mels} mel bins: some draws mask a clip whole (frequency masks have no cap such "
+            "as max_time_fraction), training words over nothing; keep it below n_mels (Paraformer's: 1 x 30 of 80)"
+        ]
+
     def idle_settings(self, frontend: FrontendConfig) -> list[str]:
         """Settings that change nothing, one line each: a section's keys set away from their defaults while its
         `enable` is false (`speed_perturb.factors` alone does not turn speed perturbation on), a section enabled with

@@ -200,7 +200,8 @@ def build_dataloader(
     else:
         manifest = open_manifests(manifests, mix=train, fill=False, key=f"data.{name}")[0]
     n = len(manifest)
-    idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.hotwords.idle_settings()]
+    idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.augment.whole_masks(frontend)]
+    idle += data_cfg.hotwords.idle_settings()
     for line in idle if train and rank == 0 else ():
         log.warning("%s", line)
     if train and data_cfg.augment.noise.enable:  # the workers read it at their first noisy clip, after the model loads
