@@ -19,6 +19,7 @@ from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig
 from llmasr.data.dataset import CTCRule
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.noise_list import noise_problem
 from llmasr.data.speech_check import hear_speech
 from llmasr.data.write_durations import check_out, write_durations
 from llmasr.errors import command
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if isinstance(frames, str):
         report.ctc_frames_text = frames
+    if recipe is not None and not (args.valid or args.decode) and (why := noise_problem(data_cfg.augment.noise)):
+        report.errors.append(why)  # training refuses it at start-up: said here with the rest of its data
     if args.vad:
         report.speech = hear(args, report.manifests, frontend.sample_rate)
     if recipe is not None and per_line_recipe(recipe):  # SenseVoice's query: each line's language, or "auto"

@@ -64,7 +64,7 @@ class DataReport:
     too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
     over_budget: list[dict] = field(default_factory=list)  # lines no batch can hold: manifest, line
     over_budget_text: str = ""  # which budgets they pass (skipped_lines.budgets_passed)
-    errors: list[str] = field(default_factory=list)  # manifests that could not be opened at all
+    errors: list[str] = field(default_factory=list)  # manifests (or a noise list) that could not be read at all
     repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
     for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
     unprobed: int = 0  # lines of unknown duration left unprobed (--no-probe): training reads their headers

@@ -216,7 +216,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
     if report.ok:
         verdict = "OK"
     elif report.errors:
-        verdict = "ERROR: manifests that cannot be opened"
+        verdict = "ERROR: files that cannot be read (above)"
     else:
         verdict = "TOO MUCH BAD DATA: " + (
             "llmasr decode would fail (after writing its outputs)" if report.for_decoding

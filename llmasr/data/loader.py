@@ -31,7 +31,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.llm_unk import unk_of_prompt
 from llmasr.data.mixed_manifest import epoch_mix
-from llmasr.data.noise_list import read_noise_list
+from llmasr.data.noise_list import noise_problem
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
 from llmasr.data.screen import start_tracker
@@ -204,11 +204,8 @@ def build_dataloader(
     idle += data_cfg.hotwords.idle_settings()
     for line in idle if train and rank == 0 else ():
         log.warning("%s", line)
-    if train and data_cfg.augment.noise.enable:  # the workers read it at their first noisy clip, after the model loads
-        try:
-            read_noise_list(data_cfg.augment.noise.manifest, must_exist=True)
-        except (ConfigError, OSError) as err:  # OSError: the list itself gone since the recipe was read (a node)
-            raise ConfigError(f"data.augment.noise.manifest: {err}") from None
+    if train and (why := noise_problem(data_cfg.augment.noise)):
+        raise ConfigError(why)
     indices = None if train else evenly_spaced(n, data_cfg.valid_max_utts)
     dataset = _dataset(
         manifest, frontend, data_cfg, train=train, prompt_builder=prompt_builder, ctc=ctc_tokenizer, device=device,

@@ -66,6 +66,19 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
     return out
 
 
+def noise_problem(noise) -> str | None:
+    """Why training refuses the noise list of `noise` (data.augment.noise, enabled): a list that does not parse, names
+    files not there or files whose header does not read as audio; None where it is fine or noise is off. Checked at
+    start-up (the workers read it at their first noisy clip, after the model loads) and by llmasr data check."""
+    if not noise.enable:
+        return None
+    try:
+        read_noise_list(noise.manifest, must_exist=True)
+    except (ConfigError, OSError) as err:  # OSError: the list itself gone since the recipe was read (a node)
+        return f"data.augment.noise.manifest: {err}"
+    return None
+
+
 def _listed_file(rec, p: _Parser) -> str:
     """The audio path of one noise list record, as a manifest line's would be read (`p`: its parser)."""
     if not isinstance(rec, dict):

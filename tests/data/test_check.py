@@ -124,6 +124,24 @@ def test_main_reads_recipe(manifest, tmp_path, capsys):
     assert "max_seconds=10" in capsys.readouterr().out
 
 
+def test_a_recipe_s_noise_list_is_checked_as_training_checks_it(manifest, tmp_path, capsys):
+    """Training refuses a noise list naming a file that is not there at start-up; data check --recipe, run to vet a
+    run's data before it is launched, had passed it."""
+    write_wav(tmp_path / "noise.wav", 1.0)
+    noise = write_manifest(tmp_path / "noise.jsonl", ['{"source": "noise.wav"}', '{"source": "gone_noise.wav"}'])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10},
+                 "augment": {"noise": {"enable": True, "manifest": str(noise)}}},
+        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe)]) == 2
+    out = capsys.readouterr().out
+    assert "error: data.augment.noise.manifest: " in out and "noise.jsonl:2: not found: " in out
+    assert "gone_noise.wav" in out and "ERROR: files that cannot be read" in out
+    assert main(["--recipe", str(recipe), "--valid", f"data.valid=[{manifest}]"]) == 0  # validation mixes in none
+
+
 def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path, capsys, monkeypatch):
     """`key=value` arguments had been read as manifest paths, and a recipe naming the am.mvn `llmasr data cmvn` is
     about to write was refused for the missing file, which counting frames never reads."""
