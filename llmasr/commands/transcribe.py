@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 line.update(avg_logprob=row["avg_logprob"], logprob=row["logprob"])
                 if "window_confidence" in row:  # a long file decoded in windows: each window's own
                     line["window_confidence"] = row["window_confidence"]
+            if "window_texts" in row:  # which window wrote what (an unsure or hallucinated one found by its span)
+                line["window_texts"] = row["window_texts"]
             # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
             print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
         else:

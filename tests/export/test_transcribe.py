@@ -376,6 +376,12 @@ def test_the_command_sets_the_windows_of_long_audio(exported_dir, clips, tmp_pat
         assert capsys.readouterr().out.splitlines() == [f"{long}\t{' '.join(row['hyp'].split())}"]
     assert main(["transcribe", "--model", str(exported_dir), long, "--max-window-seconds", "-1"]) == 2
     assert "--max-window-seconds" in capsys.readouterr().err
+    # the JSON lines carry each window's span and text, as the Transcriber's rows and results.jsonl do
+    (row,) = Transcriber.load(exported_dir, max_window_seconds=2.5, confidence=True).transcripts([long])
+    assert main(["transcribe", "--model", str(exported_dir), long, "--max-window-seconds", "2.5", "--confidence"]) == 0
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["window_texts"] == row["window_texts"] and len(line["window_texts"]) == row["windows"] >= 2
+    assert line["window_confidence"] == row["window_confidence"]
 
 
 def test_a_bad_waveform_among_many_gets_its_row_with_keep_going(asr, clips):
