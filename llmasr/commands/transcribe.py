@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from llmasr import errors
 from llmasr.commands.decode_flags import (
@@ -34,12 +35,18 @@ from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
+from llmasr.text_files import not_utf8
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmasr transcribe", description="Print the transcripts of audio files.")
     model_args(p)
-    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3: what libsndfile reads)")
+    p.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg, mp3: what libsndfile reads)")
+    p.add_argument(
+        "--files-from", metavar="LIST",
+        help="a file listing audio files, one path a line (relative paths from the working directory, as on the "
+        "command line; - reads the list from standard input), transcribed after those named as arguments",
+    )  # fmt: skip
     p.add_argument("--hotwords", metavar="FILE", help="biasing list for every file (UTF-8, one phrase a line)")
     p.add_argument(
         "--task", metavar="TEXT",
@@ -100,6 +107,27 @@ def _one_line(path: str) -> str:
     return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+def listed_files(path: str) -> list[tuple[int, str]]:
+    """(line number, audio path) of each file a --files-from LIST names, one a line (blank lines skipped, the line's
+    own ends stripped, a BOM opening a line no part of its path); ValueError naming the list, and its line where one
+    is not UTF-8. "-": the list from standard input (`find data -name '*.wav' | llmasr transcribe --files-from -`)."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror or err}") from None
+    out = []
+    for n, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").removeprefix("\ufeff").strip()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{n}: {not_utf8(err, None if path == '-' else path)}") from None
+        if line:
+            out.append((n, line))
+    if not out:
+        raise ValueError(f"{path}: lists no audio file")
+    return out
+
+
 def _stdin(path: str, why: str) -> str:
     """Why `path` cannot be read, where "-" (no file of that name) is taken for standard input: audio is read more
     than once (a header probe, then the data), as a pipe cannot be."""
@@ -147,7 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     except PhraseFileError as err:
         print(f"llmasr transcribe: error: --hotwords: {err}", file=sys.stderr)
         return 2
-    missing = [f"{path or repr(path)}: {_stdin(path, why)}" for path in args.audio if (why := clip_problem(path))]
+    where = [""] * len(args.audio)  # a listed file is named with its line of the list
+    if args.files_from is not None:
+        try:
+            listed = listed_files(args.files_from)
+        except ValueError as err:
+            print(f"llmasr transcribe: error: --files-from: {err}", file=sys.stderr)
+            return 2
+        args.audio += [path for _, path in listed]
+        where += [f"{args.files_from}:{n}: " for n, _ in listed]
+    if not args.audio:
+        parser.error("no audio: name files, or list them with --files-from LIST")
+    missing = [f"{at}{path or repr(path)}: {_stdin(path, why)}"
+               for at, path in zip(where, args.audio) if (why := clip_problem(path))]  # fmt: skip
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2

@@ -711,3 +711,35 @@ def test_a_language_is_refused_by_a_model_that_reads_none(exported_dir, asr, cli
     # "auto", the default (none asked), is no language to refuse: a script passing it to every model had failed here
     assert asr(paths[0], language="auto") == asr(paths[0])
     assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--language", "auto"]) == 0
+
+
+def test_files_listed_with_files_from_are_transcribed_after_those_named(exported_dir, clips, tmp_path, capsys,
+                                                                        monkeypatch):  # fmt: skip
+    """Thousands of files do not fit a command line, and a list given as audio was only named as text: --files-from
+    LIST (or - for standard input) reads one path a line; a listed file that is not there is named by its line."""
+    import io
+
+    from llmasr.cli import main
+
+    _, paths = clips
+    monkeypatch.chdir(paths[0].parent)  # relative paths from the working directory, as on the command line
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(f"\ufeff{paths[1].name}\r\n\n  {paths[2]}  \n".encode())
+    model = ["transcribe", "--model", str(exported_dir)]
+    assert main([*model, str(paths[0]), "--files-from", str(listed)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(paths[0]), paths[1].name, str(paths[2])]
+    alone = [line.split("\t")[1] for line in lines]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f"{paths[2]}\n".encode())))
+    assert main([*model, "--files-from", "-"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{paths[2]}\t{alone[2]}"]
+    listed.write_text(f"{paths[1]}\ngone.wav\n", encoding="utf-8")
+    assert main([*model, "--files-from", str(listed)]) == 2
+    assert f"error: {listed}:2: gone.wav: no such audio file" in capsys.readouterr().err
+    for content, said in ((b"\n\n", ": lists no audio file"), ("a.wav\n".encode("utf-16"), ":1: not UTF-8 text")):
+        listed.write_bytes(content)
+        assert main([*model, "--files-from", str(listed)]) == 2
+        assert f"error: --files-from: {listed}{said}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(model)
+    assert "no audio: name files, or list them with --files-from LIST" in capsys.readouterr().err
