@@ -470,9 +470,8 @@ def test_a_pipe_is_named_as_a_pipe_not_as_missing(exported_dir, tmp_path, capsys
 
     # "-" for standard input, as other tools take it, had been called a missing file
     assert main(["transcribe", "--model", str(exported_dir), "-"]) == 2
-    assert "error: -: standard input is not read (audio is read more than once): save it to a file first" in (
-        capsys.readouterr().err
-    )
+    said = "error: -: standard input is not read as audio (audio is read more than once): save it to a file first"
+    assert f"{said} (a list of files on standard input: --files-from -)" in capsys.readouterr().err
 
 
 def test_a_name_with_a_tab_or_line_break_prints_on_one_line(exported_dir, clips, tmp_path, capsys):
