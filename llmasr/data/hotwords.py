@@ -29,7 +29,7 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
-from llmasr.data.hotword_units import holds, join_units, ngrams, units
+from llmasr.data.hotword_units import glued_units, holds, join_units, ngrams, units
 from llmasr.data.records import phrase_text
 from llmasr.scoring import normalize
 from llmasr.text_files import not_utf8
@@ -253,16 +253,17 @@ class HotwordSampler:
         rng = self.rng(key, epoch)
         if rng.random() < self.cfg.empty_prob:
             return []
-        parts = units(target, self.cfg.unit)
-        true = self._true_phrases(parts, rng)
+        parts, glued = glued_units(target, self.cfg.unit)
+        true = self._true_phrases(parts, glued, rng)
         lo, hi = self.cfg.list_size
         wanted = max(int(rng.integers(lo, hi + 1)) - len(true), 0)
         ref = tuple(p.lower() for p in parts)
         phrases = true + self._distractors(wanted, (ref, self._scored(target)), {self._keys(t) for t in true}, rng)
         return [phrases[i] for i in rng.permutation(len(phrases))]
 
-    def _true_phrases(self, parts: list[str], rng: np.random.Generator) -> list[str]:
-        """Reference n-grams, drawn one at a time by rarity weight; n-grams that overlap a drawn one are left out."""
+    def _true_phrases(self, parts: list[str], glued: list[bool], rng: np.random.Generator) -> list[str]:
+        """Reference n-grams (written as the reference writes them: `glued`), drawn one at a time by rarity weight;
+        n-grams that overlap a drawn one are left out."""
         lo, hi = self.cfg.true_phrases
         k = int(rng.integers(lo, hi + 1))
         spans = ngrams(parts, *self.cfg.ngram)
@@ -272,7 +273,7 @@ class HotwordSampler:
         while len(out) < k and weights.sum() > 0:
             j = int(rng.choice(len(spans), p=weights / weights.sum()))
             a, b = spans[j]
-            phrase = join_units(parts[a:b], self.cfg.unit)
+            phrase = join_units(parts[a:b], self.cfg.unit, glued[a:b])
             if self._keys(phrase) not in chosen:
                 out.append(phrase)
                 chosen.add(self._keys(phrase))

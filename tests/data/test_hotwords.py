@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.hotword_units import join_units
 from llmasr.data.hotwords import (
     CorpusStats,
     HotwordSampler,
@@ -330,6 +331,22 @@ def test_the_default_unit_cuts_chinese_into_characters_and_keeps_words_whole(tmp
         assert len(true) == 1 and 2 <= len(true[0]) <= 3, got  # two or three characters, not the sentence
         assert all(p not in target for p in got if p not in true)  # no distractor is part of the reference
     assert any("iPhone" in p for p in s.pool)  # a Latin word stays whole among characters
+
+
+def test_a_phrase_of_mixed_chinese_and_english_is_written_as_the_reference_writes_it(tmp_path):
+    """ "买了iPhone手机" cut by unit auto is 买 了 iPhone 手 机: a phrase across the word and a character had been
+    joined with a space ("了 iPhone", "iPhone 手"), so training prompts listed phrases no transcript writes, true
+    phrases and corpus distractors alike. One written with spaces keeps them."""
+    texts = ["我买了iPhone手机和MacBook", "我买了 iPhone 手机", "小米14手机很好用", "用GPT4模型写代码"]
+    s = sampler(tmp_path, texts, ngram=[2, 3], true_phrases=[1, 3], list_size=[3, 3], empty_prob=0.0, rarity=0.0,
+                pool_size=1000)  # fmt: skip
+    assert join_units(["了", "iPhone"], "auto") == "了 iPhone"  # without word from the text: spaced, as before
+    for target in texts:
+        for i in range(30):
+            true = [p for p in s.pick(None, target, i, 0) if p.replace(" ", "") in target.replace(" ", "")]
+            assert true and all(p in target for p in true), (target, true)
+    assert all(any(p in t for t in texts) for p in s.pool), [p for p in s.pool if not any(p in t for t in texts)]
+    assert "了iPhone" in s.pool and "了 iPhone" in s.pool and "iPhone手机" in s.pool
 
 
 @pytest.mark.parametrize("unit", ["auto", "word", "char"])
