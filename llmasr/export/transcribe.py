@@ -30,7 +30,7 @@ import soundfile as sf
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
-from llmasr.data.records import phrase_text
+from llmasr.data.records import phrase_list, phrase_text
 from llmasr.data.windowed import utterance_rows, window_texts
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_confidence import confidence_fields
@@ -139,7 +139,7 @@ class Transcriber:
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase_text(phrase):
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
-        hotwords = None if hotwords is None else [phrase_text(p) for p in hotwords]  # as a manifest's or a file's are
+        hotwords = None if hotwords is None else phrase_list(hotwords)  # as a manifest's or a file's are
         if hotwords:  # a FunASR-runtime file's lines read into a list: "阿里巴巴 20"
             warn_weighted([f"[{i}] {p!r}" for i, p in enumerate(hotwords)], hotwords, "hotwords")
         kept, dropped = self.model.prompt.capped_hotwords(hotwords)

@@ -156,6 +156,42 @@ def test_a_phrase_is_read_as_its_words_one_space_apart(tmp_path, caplog):
     assert m[0].hotwords == ["Zhang Wei", "New York"]
 
 
+def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_a_manifest_and_a_transcriber(tmp_path, caplog):
+    """A manifest line's `["nine", "nine"]` had been rendered into its prompt twice (decode's wer.txt counted 2
+    phrases, its hotword scores 1), and "Café" typed decomposed (NFD, as macOS writes file names) beside the
+    composed one was a second phrase in a file and a list alike; each is now read composed, a repeat once."""
+    import unicodedata
+
+    from llmasr.export.transcribe import Transcriber
+
+    nfd = unicodedata.normalize("NFD", "Café")
+    assert nfd != "Café"
+    path = tmp_path / "nfd.txt"
+    path.write_text(f"{nfd}\nCafé\nnine\n", encoding="utf-8")
+    assert read_phrase_file(path) == ["Café", "nine"]
+    assert f"{path}: 1 repeated phrase(s) left out, line (first line): 2 (1)" in caplog.text
+    cut = {
+        "id": "c1", "start": 0.0, "duration": 1.0, "channel": 0,
+        "supervisions": [{"text": "hi there", "custom": {"hotwords": ["there", "there"]}}],
+        "recording": {"sources": [{"type": "file", "channels": [0], "source": "x.wav"}]},
+    }  # fmt: skip
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", [rec("u1", hotwords=["nine", nfd, " nine", "Café"]), cut]))
+    assert m[0].hotwords == ["nine", "Café"] and m[1].hotwords == ["there"]
+
+    class Capped(Exception):
+        pass
+
+    class Prompt:  # the Transcriber's list as its prompt is given it, the model's cap not reached
+        def capped_hotwords(self, hotwords):
+            raise Capped(hotwords)
+
+    transcriber = Transcriber.__new__(Transcriber)
+    transcriber.model = type("Model", (), {"prompt": Prompt()})()
+    with pytest.raises(Capped) as got:
+        transcriber.transcripts([str(tmp_path / "x.wav")], hotwords=["nine", nfd, "nine", "Café"])
+    assert got.value.args[0] == ["nine", "Café"]
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""
