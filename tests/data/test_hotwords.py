@@ -306,6 +306,25 @@ def test_no_drawn_phrase_is_longer_than_longest_phrase_bytes(tmp_path, distracto
     assert max(len(p.encode()) for p in drawn) == s.longest_phrase_bytes
 
 
+def test_a_pool_too_small_for_list_size_is_named_at_start_up(tmp_path, caplog):
+    """A 2-phrase distractor file under list_size [6, 8] had drawn lists of 3 phrases, and nothing said so."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("Kubernetes\nZanzibar\n")
+    s = sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[6, 8], empty_prob=0.0)
+    assert max(len(s.pick(None, t, i, 0)) for i, t in enumerate(CORPUS)) == 3
+    assert (
+        f"data.hotwords.distractors: {pool} holds 2 distinct phrase(s), but a list may ask for 7 distractors "
+        "(list_size's maximum 8 less true_phrases' minimum 1): lists will hold fewer phrases than list_size [6, 8] "
+        "says" in caplog.text
+    )
+    caplog.clear()
+    sampler(tmp_path, pool_size=3, true_phrases=[1, 1], list_size=[6, 8])
+    assert "the training texts gave 3 distinct corpus distractor(s) (pool_size 3), but a list may ask" in caplog.text
+    caplog.clear()
+    sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[2, 3])  # room enough: nothing said
+    assert "distinct" not in caplog.text
+
+
 def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
     pool = tmp_path / "pool.txt"
     pool.write_text("Qwen\nSeACo\nthe cat\nParaformer\nLoRA\nDeepSpeed\n")
