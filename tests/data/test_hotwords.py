@@ -156,13 +156,11 @@ def test_a_phrase_is_read_as_its_words_one_space_apart(tmp_path, caplog):
     assert m[0].hotwords == ["Zhang Wei", "New York"]
 
 
-def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_a_manifest_and_a_transcriber(tmp_path, caplog):
+def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_and_a_manifest(tmp_path, caplog):
     """A manifest line's `["nine", "nine"]` had been rendered into its prompt twice (decode's wer.txt counted 2
     phrases, its hotword scores 1), and "Café" typed decomposed (NFD, as macOS writes file names) beside the
     composed one was a second phrase in a file and a list alike; each is now read composed, a repeat once."""
     import unicodedata
-
-    from llmasr.export.transcribe import Transcriber
 
     nfd = unicodedata.normalize("NFD", "Café")
     assert nfd != "Café"
@@ -177,19 +175,6 @@ def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_a_manifest_and_
     }  # fmt: skip
     m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", [rec("u1", hotwords=["nine", nfd, " nine", "Café"]), cut]))
     assert m[0].hotwords == ["nine", "Café"] and m[1].hotwords == ["there"]
-
-    class Capped(Exception):
-        pass
-
-    class Prompt:  # the Transcriber's list as its prompt is given it, the model's cap not reached
-        def capped_hotwords(self, hotwords):
-            raise Capped(hotwords)
-
-    transcriber = Transcriber.__new__(Transcriber)
-    transcriber.model = type("Model", (), {"prompt": Prompt()})()
-    with pytest.raises(Capped) as got:
-        transcriber.transcripts([str(tmp_path / "x.wav")], hotwords=["nine", nfd, "nine", "Café"])
-    assert got.value.args[0] == ["nine", "Café"]
 
 
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
