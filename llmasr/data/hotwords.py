@@ -199,7 +199,13 @@ class HotwordsConfig:
 
     def idle_settings(self) -> list[str]:
         """Settings that change nothing, one line each: keys set away from their defaults where no list is drawn
-        (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does)."""
+        (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does), or
+        where every drawn list is left empty (`empty_prob: 1`)."""
+        if self.samples and self.empty_prob >= 1.0:  # the lists were drawn empty, and the settings that fill them idle
+            return [
+                "data.hotwords.empty_prob: 1 leaves every drawn list empty: no line without a list of its own trains "
+                "with one, and the other drawing settings do nothing; lower it (the default 0.2) or set enable false"
+            ]
         if self.samples:
             return []
         given = changed(

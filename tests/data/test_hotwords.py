@@ -235,6 +235,12 @@ def test_drawing_settings_where_no_list_is_drawn_are_named():
         "empty_prob set, but source is manifest: no list is drawn, so it does nothing"
     )
     assert idle({}) == [] and idle({"enable": True, "list_size": [3, 5]}) == []  # drawn: every setting is read
+    # every drawn list empty: the lists had trained as none, and nothing said the section was idle
+    assert idle({"enable": True, "empty_prob": 1.0}) == [
+        "data.hotwords.empty_prob: 1 leaves every drawn list empty: no line without a list of its own trains with "
+        "one, and the other drawing settings do nothing; lower it (the default 0.2) or set enable false"
+    ]
+    assert idle({"enable": True, "empty_prob": 0.99}) == []
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
