@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
 UNITS = ("auto", "word", "char")
+
+
+# What str.splitlines ends a line at besides \n and \r (vertical tab, form feed, file/group/record separators, NEL,
+# line and paragraph separators): inside a line, phrase_text had read each as a space, two phrases as one.
+_OTHER_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 class PhraseFileError(ValueError):
@@ -69,9 +75,15 @@ def read_phrase_file(path: str | Path) -> list[str]:
     repeats = []
     for lineno, raw in enumerate(lines, start=1):
         try:
-            text = phrase_text(raw.decode("utf-8"))
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise PhraseFileError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
+        if brk := next((c for c in line if c in _OTHER_BREAKS), None):  # had joined two phrases into one, unsaid
+            raise PhraseFileError(
+                f"{path}:{lineno}: holds U+{ord(brk):04X} ({unicodedata.name(brk, 'a control character')}), which some "
+                "editors show as a line end, inside the line: one phrase a line, each ended by \\n, \\r\\n or \\r"
+            )
+        text = phrase_text(line)
         if not text:
             raise PhraseFileError(f"{path}:{lineno}: empty line (one phrase a line; remove the empty line)")
         if text in phrases:

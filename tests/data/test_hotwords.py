@@ -177,6 +177,23 @@ def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_and_a_manifest(
     assert m[0].hotwords == ["nine", "Café"] and m[1].hotwords == ["there"]
 
 
+@pytest.mark.parametrize(
+    ("brk", "name"),
+    [
+        ("\u2028", "U+2028 (LINE SEPARATOR)"),
+        ("\x0c", "U+000C (a control character)"),
+        ("\x85", "U+0085 (a control character)"),
+    ],
+)
+def test_a_phrase_file_with_another_line_break_inside_a_line_is_refused(tmp_path, brk, name):
+    """A line separator, form feed or NEL (which some editors show as a line end) inside a line had been read as a
+    space: "Qwen" and "Kubernetes" became the one phrase "Qwen Kubernetes", unsaid."""
+    path = tmp_path / "breaks.txt"
+    path.write_text(f"nine\nQwen{brk}Kubernetes\n", encoding="utf-8")
+    with pytest.raises(PhraseFileError, match=re.escape(f"{path}:2: holds {name}, which some editors show as a line")):
+        read_phrase_file(path)
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""
