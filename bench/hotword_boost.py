@@ -51,6 +51,8 @@ def run(model, cfg, opts, manifest: Path, boosts: list[float], root: Path) -> di
     for boost in boosts:
         s = decode_manifest(model, manifest, root / f"boost_{boost:g}", dataclasses.replace(cfg, hotword_boost=boost),
                             opts)  # fmt: skip
+        if s.get("too_much_bad_data"):  # as `llmasr decode` fails: the table had been of the lines left, unsaid
+            raise SystemExit(f"boost {boost:g}: {s['too_much_bad_data']}")
         hot = s.get("hotwords")
         if not hot or "biased" not in hot:
             raise SystemExit(f"{manifest}: no line carries a `hotwords` list; nothing to choose a boost on")

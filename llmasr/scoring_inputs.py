@@ -9,6 +9,7 @@ parse or a reference line without a transcript is named there, never dropped or 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import SEGMENT_LINES, json_document
 from llmasr.data.records import given_hotwords, language_of
 from llmasr.export.decode_folders import RESULTS, results_problem
+from llmasr.export.pseudo_label_inputs import read_summary
 from llmasr.scoring import kaldi_key
 from llmasr.scoring_bias import hotword_list
 from llmasr.text_files import json_lines, key_text_lines
 
+log = logging.getLogger(__name__)
 MISSING = ("refuse", "empty", "skip")  # what a key with no hypothesis does (`llmasr score --missing`)
 EXAMPLES = 5
 PER_LINE = (
@@ -57,8 +60,19 @@ def read_references(
         ), []
     if kind == "results":
         rows = list(_results(path))
-        found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang"), None, _row_list(r, where) or default)
+        # A decode given --hotwords FILE gave its list to every line without one of its own already: a row's [] is
+        # its line's own "none" (or a list the token cap emptied), which decode scored as none. The file given here
+        # had filled those in, and the figures were not the decode's wer.txt.
+        decoded_with = read_summary(path if path.is_dir() else path.parent).get("hotwords_file")
+        found = [Transcript(kaldi_key(r["key"]), r["ref"], where, r.get("lang"), None,
+                            _row_list(r, where) if decoded_with else _row_list(r, where) or default)
                  for where, r in rows if r.get("ref") is not None]  # fmt: skip
+        if decoded_with and default and (kept := [t.where for t in found if not t.hotwords]):
+            log.warning(
+                "--hotwords: %s was decoded with --hotwords %s, and %d of its rows carry no list (their lines gave "
+                "their own [], or the token cap left none; first %s): they are scored with none, as decode scored "
+                "them, not under the file given here", path, decoded_with, len(kept), kept[0],
+            )  # fmt: skip
         return _unique(found, path), [(kaldi_key(r["key"]), where) for where, r in rows if r.get("ref") is None]
     manifest = Manifest.open(path, need_target=False)
     found, unscored = [], []

@@ -147,3 +147,28 @@ def test_a_blank_reference_is_scored_as_decode_scored_it(tmp_path, capsys):
         assert score([str(ref), str(tmp_path / "dec"), "--errors", "0"]) == 0
         out = capsys.readouterr().out.splitlines()
         assert out[0].endswith(": 3 with a transcript") and out[2] == f"A: {rate}", ref
+
+
+def test_a_decode_given_a_file_is_scored_under_its_rows_lists(tmp_path, capsys, caplog):
+    """A row of a decode run with `--hotwords FILE` whose list is [] (its line's own `hotwords: []`, which wins over
+    the file) had been given the file's list by `llmasr score DIR DIR --hotwords FILE`, so the B-/U- rates and recall
+    were not the decode's wer.txt: "open the window" counted "window" as biased where decode had no list."""
+    from llmasr.data.languages import language_key
+
+    phrases = ["mother", "window", "天气"]
+    rows = [dict(key=k, ref=ref, hyp=line[3], duration=2.0, truncated=None, hotwords=[] if i == 1 else phrases,
+                 lang=None if lab is None else language_key(lab), lang_label=lab, line=i + 1)
+            for i, line in enumerate(LINES) for k, ref, lab in [line[:3]]]  # fmt: skip
+    folder = tmp_path / "decoded"
+    llm_summary(folder, rows, {**FOUND, "hotwords_file": "phrases.txt"}, DecodeConfig(), dict(TIMING))
+    said = [line for line in (folder / "wer.txt").read_text(encoding="utf-8").splitlines() if "B-MER" in line
+            or "recall" in line]  # fmt: skip
+    assert len(said) == 2
+    (tmp_path / "phrases.txt").write_text("\n".join(phrases) + "\n", encoding="utf-8")
+    assert score([str(folder), str(folder), "--hotwords", str(tmp_path / "phrases.txt")]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {line}" in out for line in said), (said, out)
+    assert (
+        f"1 of its rows carry no list (their lines gave their own [], or the token cap left none; first {folder}"
+        in (caplog.text)
+    )

@@ -174,6 +174,12 @@ def _prepare(args, world: DecodeWorld):
              "hotword_flags": _hotword_flags(args) or None, "task": args.task}  # fmt: skip
     if refused := refused_flag(flags, given):
         raise Refused(refused)
+    if args.hotwords_unprompted and args.hotword_boost and world.leader:  # it had been taken and done nothing, unsaid
+        log.warning(
+            "--hotword-boost %g with --hotwords-unprompted: an unprompted run uses no list, neither in the prompt nor "
+            "in the search, so the boost does nothing; leave it out (the baseline), or --hotwords-unprompted (the "
+            "biased run)", args.hotword_boost,
+        )  # fmt: skip
     if not world.leader:  # rank 0 says what happens; the others only on trouble
         logging.getLogger().setLevel(logging.WARNING)
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmasr.data.hotword_units import join_units, ngram_count, ngram_span, units
+from llmasr.data.hotword_units import glued_units, join_units, ngram_count, ngram_span
 from llmasr.data.records import BadRecord
 
 log = logging.getLogger("llmasr.data")
@@ -144,18 +144,18 @@ def count_part(manifest, lines: np.ndarray, cfg, seed: int) -> dict:
     raw: Counter = Counter()  # units as written: lower-cased once each at the end, not at every occurrence
     pool = BottomK(cfg.pool_size)
     longest = 0
-    chunk: list[tuple[int, list[str]]] = []
+    chunk: list[tuple[int, list[str], list[bool]]] = []  # line, its units, which are written onto the one before
 
     def flush() -> None:
-        sizes = np.array([ngram_count(len(p), lo, hi) for _, p in chunk], dtype=np.int64)
+        sizes = np.array([ngram_count(len(p), lo, hi) for _, p, _ in chunk], dtype=np.int64)
         which = np.repeat(np.arange(len(chunk)), sizes)
         spans = np.arange(which.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        at = np.array([i for i, _ in chunk], dtype=np.int64)[which]
+        at = np.array([i for i, _, _ in chunk], dtype=np.int64)[which]
 
         def text_of(j: int) -> str:
-            p = chunk[which[j]][1]
+            _, p, glued = chunk[which[j]]
             a, b = ngram_span(len(p), int(spans[j]), lo)
-            return join_units(p[a:b], cfg.unit)
+            return join_units(p[a:b], cfg.unit, glued[a:b])
 
         pool.offer(occurrence_keys(seed, at, spans), at, spans, text_of)
         chunk.clear()
@@ -165,13 +165,13 @@ def count_part(manifest, lines: np.ndarray, cfg, seed: int) -> dict:
             target = manifest[i].target
         except BadRecord:
             continue
-        parts = units(target, cfg.unit)
+        parts, glued = glued_units(target, cfg.unit)
         raw.update(parts)
         k = min(len(parts), hi)  # at most its k longest units, a space apart
         if k:
             longest = max(longest, sum(sorted(len(p.encode()) for p in parts)[len(parts) - k :]) + k - 1)
         if len(parts) >= lo:
-            chunk.append((i, parts))
+            chunk.append((i, parts, glued))
             if len(chunk) == CHUNK:
                 flush()
     if chunk:

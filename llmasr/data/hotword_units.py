@@ -35,17 +35,41 @@ def units(text: str, unit: str) -> list[str]:
     (punctuation or symbols only) is left out."""
     if unit == "char":
         return [c for c in text if _char_has_text(c)]
-    return [u for token in text.split() for u in _token_units(token, unit)]
+    return [u for token in text.split() for u in _token_units(token, unit)[0]]
+
+
+def glued_units(text: str, unit: str) -> tuple[list[str], list[bool]]:
+    """units(text, unit), and for each whether the text writes it straight after the unit before, nothing between
+    ("iPhone" after "了" in "我买了iPhone手机"): join_units writes those together, as the text does."""
+    if unit == "char":
+        parts = units(text, unit)
+        return parts, [True] * len(parts)
+    parts: list[str] = []
+    glued: list[bool] = []
+    for token in text.split():
+        found, joined = _token_units(token, unit)
+        parts += found
+        glued += joined
+    return parts, glued
 
 
 # A corpus repeats its words: each distinct token (and character) is looked at once, not at every line of the
 # start-up pass over the training texts (CorpusStats) and every drawn list.
 @functools.lru_cache(maxsize=1 << 20)
-def _token_units(token: str, unit: str) -> tuple[str, ...]:
+def _token_units(token: str, unit: str) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """The units of one token, and for each whether it follows the one before with nothing between."""
     word = _strip_punct(token)
     if not _has_text(word):
-        return ()
-    return (word,) if unit == "word" else tuple(u for u in UNIT.findall(word) if _has_text(u))
+        return (), ()
+    if unit == "word":
+        return (word,), (False,)
+    found, glued, end = [], [], None
+    for m in UNIT.finditer(word):
+        if _has_text(m.group()):
+            found.append(m.group())
+            glued.append(m.start() == end)
+            end = m.end()
+    return tuple(found), tuple(glued)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -53,15 +77,17 @@ def _char_has_text(ch: str) -> bool:
     return _has_text(ch)
 
 
-def join_units(parts, unit: str) -> str:
+def join_units(parts, unit: str, glued=None) -> str:
     """Units back into text: spaced words; characters (and, with auto, two neighbours of a script written without
-    spaces) side by side."""
+    spaces, or units `glued` says the text writes together: glued_units) side by side. Without `glued` a word beside
+    a character had been spaced off it ("了 iPhone" from "买了iPhone手机"), a phrase the transcript does not write."""
     parts = list(parts)
     if unit != "auto":
         return ("" if unit == "char" else " ").join(parts)
+    glued = list(glued) if glued is not None else [False] * len(parts)
     out = parts[:1]
-    for prev, part in zip(parts, parts[1:]):
-        out.append(part if is_no_space_char(prev[-1]) and is_no_space_char(part[0]) else " " + part)
+    for prev, part, close in zip(parts, parts[1:], glued[1:]):
+        out.append(part if close or (is_no_space_char(prev[-1]) and is_no_space_char(part[0])) else " " + part)
     return "".join(out)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
-from llmasr.data.hotword_units import holds, join_units, ngrams, units
+from llmasr.data.hotword_units import glued_units, holds, join_units, ngrams, units
 from llmasr.data.records import phrase_text
 from llmasr.scoring import normalize
 from llmasr.text_files import not_utf8
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 HOTWORD_STREAM = 0x686F74  # "hot": the Generator stream of hotword lists, apart from augmentation's
 SOURCES = ("sample", "manifest", "manifest_or_sample")
 UNITS = ("auto", "word", "char")
+
+
+# What str.splitlines ends a line at besides \n and \r (vertical tab, form feed, file/group/record separators, NEL,
+# line and paragraph separators): inside a line, phrase_text had read each as a space, two phrases as one.
+_OTHER_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 class PhraseFileError(ValueError):
@@ -69,9 +75,15 @@ def read_phrase_file(path: str | Path) -> list[str]:
     repeats = []
     for lineno, raw in enumerate(lines, start=1):
         try:
-            text = phrase_text(raw.decode("utf-8"))
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise PhraseFileError(f"{path}:{lineno}: {not_utf8(err, path)}") from None
+        if brk := next((c for c in line if c in _OTHER_BREAKS), None):  # had joined two phrases into one, unsaid
+            raise PhraseFileError(
+                f"{path}:{lineno}: holds U+{ord(brk):04X} ({unicodedata.name(brk, 'a control character')}), which some "
+                "editors show as a line end, inside the line: one phrase a line, each ended by \\n, \\r\\n or \\r"
+            )
+        text = phrase_text(line)
         if not text:
             raise PhraseFileError(f"{path}:{lineno}: empty line (one phrase a line; remove the empty line)")
         if text in phrases:
@@ -199,7 +211,13 @@ class HotwordsConfig:
 
     def idle_settings(self) -> list[str]:
         """Settings that change nothing, one line each: keys set away from their defaults where no list is drawn
-        (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does)."""
+        (`enable` false, or `source: manifest`, which uses the manifest's lists as given, as no `enable` does), or
+        where every drawn list is left empty (`empty_prob: 1`)."""
+        if self.samples and self.empty_prob >= 1.0:  # the lists were drawn empty, and the settings that fill them idle
+            return [
+                "data.hotwords.empty_prob: 1 leaves every drawn list empty: no line without a list of its own trains "
+                "with one, and the other drawing settings do nothing; lower it (the default 0.2) or set enable false"
+            ]
         if self.samples:
             return []
         given = changed(
@@ -227,6 +245,25 @@ class HotwordSampler:
         self._pool_keys = [self._keys(p) for p in self.pool]
         w = np.array([stats.weight(k, cfg.rarity) if cfg.distractors == "corpus" else 1.0 for k in self._pool_keys])
         self._pool_p = w / w.sum() if w.size and w.sum() > 0 else None
+        self._warn_short_pool()
+
+    def _warn_short_pool(self) -> None:
+        """A list asks for up to list_size's maximum less true_phrases' minimum distractors: a pool with fewer had
+        drawn lists shorter than list_size says (a 2-phrase file under list_size [6, 8]: lists of 3), unsaid."""
+        (lo, hi), least = self.cfg.list_size, self.cfg.true_phrases[0]
+        if len(self.pool) >= hi - least:
+            return
+        where = (
+            f"data.hotwords.distractors: {self.cfg.distractors} holds {len(self.pool)} distinct phrase(s)"
+            if self.cfg.distractors != "corpus"
+            else f"data.hotwords: the training texts gave {len(self.pool)} distinct corpus distractor(s) (pool_size "
+            f"{self.cfg.pool_size})"
+        )
+        log.warning(
+            "%s, but a list may ask for %d distractors (list_size's maximum %d less true_phrases' minimum %d): lists "
+            "will hold fewer phrases than list_size [%d, %d] says; give more distractors or lower list_size",
+            where, hi - least, hi, least, lo, hi,
+        )  # fmt: skip
 
     @property
     def longest_phrase_bytes(self) -> int:
@@ -253,16 +290,17 @@ class HotwordSampler:
         rng = self.rng(key, epoch)
         if rng.random() < self.cfg.empty_prob:
             return []
-        parts = units(target, self.cfg.unit)
-        true = self._true_phrases(parts, rng)
+        parts, glued = glued_units(target, self.cfg.unit)
+        true = self._true_phrases(parts, glued, rng)
         lo, hi = self.cfg.list_size
         wanted = max(int(rng.integers(lo, hi + 1)) - len(true), 0)
         ref = tuple(p.lower() for p in parts)
         phrases = true + self._distractors(wanted, (ref, self._scored(target)), {self._keys(t) for t in true}, rng)
         return [phrases[i] for i in rng.permutation(len(phrases))]
 
-    def _true_phrases(self, parts: list[str], rng: np.random.Generator) -> list[str]:
-        """Reference n-grams, drawn one at a time by rarity weight; n-grams that overlap a drawn one are left out."""
+    def _true_phrases(self, parts: list[str], glued: list[bool], rng: np.random.Generator) -> list[str]:
+        """Reference n-grams (written as the reference writes them: `glued`), drawn one at a time by rarity weight;
+        n-grams that overlap a drawn one are left out."""
         lo, hi = self.cfg.true_phrases
         k = int(rng.integers(lo, hi + 1))
         spans = ngrams(parts, *self.cfg.ngram)
@@ -272,7 +310,7 @@ class HotwordSampler:
         while len(out) < k and weights.sum() > 0:
             j = int(rng.choice(len(spans), p=weights / weights.sum()))
             a, b = spans[j]
-            phrase = join_units(parts[a:b], self.cfg.unit)
+            phrase = join_units(parts[a:b], self.cfg.unit, glued[a:b])
             if self._keys(phrase) not in chosen:
                 out.append(phrase)
                 chosen.add(self._keys(phrase))

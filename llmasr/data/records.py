@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +85,17 @@ class Utterance:
 
 
 def phrase_text(text: str) -> str:
-    """A biasing phrase as the prompt, the search's boost and scoring read it: its words joined by one space. A tab,
-    a no-break space or a run of spaces inside it (or a BOM, from files joined end to end) had reached the prompt as
-    written, and the boost, which matches the phrase's own spelling, looked for it where no transcript writes it."""
-    return " ".join(text.replace("\ufeff", "").split())
+    """A biasing phrase as the prompt, the search's boost and scoring read it: its words joined by one space, composed
+    (NFC). A tab, a no-break space or a run of spaces inside it (or a BOM, from files joined end to end) had reached
+    the prompt as written, and the boost, which matches the phrase's own spelling, looked for it where no transcript
+    writes it; a decomposed "Café" had been a second phrase beside the composed one, rendered twice."""
+    return unicodedata.normalize("NFC", " ".join(text.replace("\ufeff", "").split()))
+
+
+def phrase_list(phrases) -> list[str]:
+    """A biasing list as it is rendered: each phrase as phrase_text reads it, a repeat left out (the prompt had
+    listed it twice, its tokens spent again for nothing; scoring counts a phrase once)."""
+    return list(dict.fromkeys(phrase_text(p) for p in phrases))
 
 
 def given_hotwords(utt, default=None) -> list[str]:
@@ -234,7 +242,7 @@ class _Parser:
                 raise self.bad(f"field '{name}'[{i}] must be a string, got {type(phrase).__name__} {phrase!r:.60}")
             if not phrase_text(phrase):
                 raise self.bad(f"field '{name}'[{i}] is an empty phrase")
-        return [phrase_text(p) for p in value]
+        return phrase_list(value)
 
     def target(self, value, name: str) -> str:
         if not isinstance(value, str):

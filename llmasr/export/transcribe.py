@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import soundfile as sf
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
-from llmasr.data.records import phrase_text
+from llmasr.data.records import phrase_list, phrase_text
 from llmasr.data.windowed import utterance_rows, window_texts
 from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
 from llmasr.export.decode_confidence import confidence_fields
@@ -136,10 +137,22 @@ class Transcriber:
             both = (f" for one phrase with a space, or {words} for {len(words)} phrases (FunASR's "
                     "generate(hotword=...) splits its text at spaces)") if len(words) > 1 else ""  # fmt: skip
             raise TranscribeError(f"hotwords: a list of phrases, got the text {hotwords!r}; pass [{hotwords!r}]{both}")
+        if isinstance(hotwords, Mapping):  # FunASR-runtime's phrase -> weight: its keys alone drop the weights unsaid
+            raise TranscribeError(
+                f"hotwords: a list of phrases, got a {type(hotwords).__name__} {hotwords!r:.60}; llmasr weighs every "
+                "phrase alike (hotword_boost sets the weight): pass list(hotwords) for its phrases"
+            )
+        if hotwords is not None:
+            try:  # a generator had been used up by the check below, and the clips transcribed with no list, unsaid
+                hotwords = list(hotwords)
+            except TypeError:
+                raise TranscribeError(
+                    f"hotwords: a list of phrases, got {type(hotwords).__name__} {hotwords!r:.60}"
+                ) from None
         for i, phrase in enumerate(hotwords or ()):  # named here, not as a fault of every clip
             if not isinstance(phrase, str) or not phrase_text(phrase):
                 raise TranscribeError(f"hotwords[{i}]: expected a non-empty phrase (text), got {phrase!r}")
-        hotwords = None if hotwords is None else [phrase_text(p) for p in hotwords]  # as a manifest's or a file's are
+        hotwords = None if hotwords is None else phrase_list(hotwords)  # as a manifest's or a file's are
         if hotwords:  # a FunASR-runtime file's lines read into a list: "阿里巴巴 20"
             warn_weighted([f"[{i}] {p!r}" for i, p in enumerate(hotwords)], hotwords, "hotwords")
         kept, dropped = self.model.prompt.capped_hotwords(hotwords)

@@ -107,6 +107,18 @@ def test_hotword_boost_chooses_the_lowest_wer_within_the_leak_and_u_wer_limits(t
     assert "Reproduce: `python bench/hotword_boost.py --quick --boosts 2`" in capsys.readouterr().out
 
 
+def test_hotword_boost_refuses_a_manifest_with_too_much_bad_data(tmp_path):
+    """A manifest whose bad lines pass the bad-data limit (hotword lists that are text, not lists) had been tabled
+    on the lines left, where `llmasr decode` fails it."""
+    import hotword_boost
+
+    model, cfg, opts, manifest = hotword_boost.quick_setup(tmp_path)
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(rows + [json.dumps({**json.loads(r), "hotwords": "seven"}) for r in rows]) + "\n")
+    with pytest.raises(SystemExit, match=r"^boost 0: .*too much bad data"):
+        hotword_boost.run(model, cfg, opts, manifest, [0.0, 2.0], tmp_path / "out")
+
+
 def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys):
     import timestamps
 

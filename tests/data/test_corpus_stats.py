@@ -14,14 +14,29 @@ import pytest
 import llmasr.data.corpus_stats as cs
 from llmasr.config_io import from_dict
 from llmasr.data.corpus_stats import CorpusStats, occurrence_keys
-from llmasr.data.hotword_units import join_units, ngrams, units
+from llmasr.data.hotword_units import glued_units, join_units, ngrams
 from llmasr.data.hotwords import HotwordsConfig
 from llmasr.data.manifest import Manifest
 from llmasr.data.screen_share import ScreenShare
 from llmasr.rank_verdict import RankFailure, node_name
 from llmasr.testing.thread_ranks import run_ranks
 
-WORDS = ["the", "cat", "Sat", "on", "a", "mat", "zanzibar", "dog", "and", "The", "通义", "千问", "很好"]
+WORDS = [
+    "the",
+    "cat",
+    "Sat",
+    "on",
+    "a",
+    "mat",
+    "zanzibar",
+    "dog",
+    "and",
+    "The",
+    "通义",
+    "千问",
+    "很好",
+    "买了iPhone手机",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +72,10 @@ def test_the_pool_is_the_occurrences_of_smallest_key_in_key_order(tmp_path):
     for i in range(len(m)):
         if i in (5, 17):
             continue
-        parts = units(m[i].target, "auto")
+        parts, glued = glued_units(m[i].target, "auto")
         counts.update(p.lower() for p in parts)
         for s, (a, b) in enumerate(ngrams(parts, 1, 3)):
-            occ.append((i, s, join_units(parts[a:b], "auto")))
+            occ.append((i, s, join_units(parts[a:b], "auto", glued[a:b])))
         top = sorted(len(p.encode()) for p in parts)[-3:] if parts else []  # a bound: its 3 longest units, spaced
         longest = max(longest, sum(top) + len(top) - 1)
     keys = occurrence_keys(7, np.array([o[0] for o in occ]), np.array([o[1] for o in occ]))
@@ -87,13 +102,13 @@ def test_the_ranks_of_a_node_count_a_part_each_and_all_end_with_the_same_stats(t
     m, cfg = corpus(tmp_path), config(pool_size=pool_size)
     alone = CorpusStats.from_manifest(m, cfg, seed=5)
     calls, sent = Counter(), {}
-    counted = cs.units
+    counted = cs.glued_units
 
     def counting_units(text, unit):
         calls[threading.current_thread().name] += 1
         return counted(text, unit)
 
-    monkeypatch.setattr(cs, "units", counting_units)
+    monkeypatch.setattr(cs, "glued_units", counting_units)
 
     def rank(r, gather):
         def spy(obj):
@@ -123,14 +138,14 @@ def test_ranks_that_do_not_make_up_a_node_each_count_everything(tmp_path):
 
 def test_a_rank_failing_in_its_count_stops_every_rank_in_the_same_gather(tmp_path, monkeypatch):
     m, cfg = corpus(tmp_path), config()
-    counted = cs.units
+    counted = cs.glued_units
 
     def failing_units(text, unit):
         if threading.current_thread().name == "rank1":
             raise OSError("its copy of the texts is gone")
         return counted(text, unit)
 
-    monkeypatch.setattr(cs, "units", failing_units)
+    monkeypatch.setattr(cs, "glued_units", failing_units)
     zero, one = run_ranks(2, lambda r, gather: CorpusStats.from_manifest(m, cfg, 5, ScreenShare(r, 2, gather, "n")))
     assert isinstance(zero, RankFailure) and zero.ranks_told
     why = "could not build its training data; every rank stops with it:\n  OSError: its copy of the texts is gone"
@@ -190,13 +205,13 @@ def test_plan_run_shares_the_pass_between_the_ranks_of_a_node(tiny_llm_dir, tmp_
     d["data"]["hotwords"] = {"enable": True, "ngram": [1, 2], "pool_size": 7}
     recipe = load_recipe(data=d)
     alone = plan_mod.plan_run(recipe, {}, rank=0, world_size=1).loaders[0].dataset.hotword_sampler.stats
-    calls, counted = Counter(), cs.units
+    calls, counted = Counter(), cs.glued_units
 
     def counting_units(text, unit):
         calls[threading.current_thread().name] += 1
         return counted(text, unit)
 
-    monkeypatch.setattr(cs, "units", counting_units)
+    monkeypatch.setattr(cs, "glued_units", counting_units)
     share_of = {}
     of_node = staticmethod(lambda gather: ScreenShare(share_of[gather], 2, gather, "node"))
     monkeypatch.setattr(plan_mod.ScreenShare, "of_node", of_node)

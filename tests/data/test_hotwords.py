@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from llmasr.config_io import ConfigError, from_dict
+from llmasr.data.hotword_units import join_units
 from llmasr.data.hotwords import (
     CorpusStats,
     HotwordSampler,
@@ -155,6 +156,44 @@ def test_a_phrase_is_read_as_its_words_one_space_apart(tmp_path, caplog):
     assert m[0].hotwords == ["Zhang Wei", "New York"]
 
 
+def test_a_phrase_repeated_or_decomposed_is_one_phrase_in_a_file_and_a_manifest(tmp_path, caplog):
+    """A manifest line's `["nine", "nine"]` had been rendered into its prompt twice (decode's wer.txt counted 2
+    phrases, its hotword scores 1), and "Café" typed decomposed (NFD, as macOS writes file names) beside the
+    composed one was a second phrase in a file and a list alike; each is now read composed, a repeat once."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Café")
+    assert nfd != "Café"
+    path = tmp_path / "nfd.txt"
+    path.write_text(f"{nfd}\nCafé\nnine\n", encoding="utf-8")
+    assert read_phrase_file(path) == ["Café", "nine"]
+    assert f"{path}: 1 repeated phrase(s) left out, line (first line): 2 (1)" in caplog.text
+    cut = {
+        "id": "c1", "start": 0.0, "duration": 1.0, "channel": 0,
+        "supervisions": [{"text": "hi there", "custom": {"hotwords": ["there", "there"]}}],
+        "recording": {"sources": [{"type": "file", "channels": [0], "source": "x.wav"}]},
+    }  # fmt: skip
+    m = Manifest.open(write_jsonl(tmp_path / "m.jsonl", [rec("u1", hotwords=["nine", nfd, " nine", "Café"]), cut]))
+    assert m[0].hotwords == ["nine", "Café"] and m[1].hotwords == ["there"]
+
+
+@pytest.mark.parametrize(
+    ("brk", "name"),
+    [
+        ("\u2028", "U+2028 (LINE SEPARATOR)"),
+        ("\x0c", "U+000C (a control character)"),
+        ("\x85", "U+0085 (a control character)"),
+    ],
+)
+def test_a_phrase_file_with_another_line_break_inside_a_line_is_refused(tmp_path, brk, name):
+    """A line separator, form feed or NEL (which some editors show as a line end) inside a line had been read as a
+    space: "Qwen" and "Kubernetes" became the one phrase "Qwen Kubernetes", unsaid."""
+    path = tmp_path / "breaks.txt"
+    path.write_text(f"nine\nQwen{brk}Kubernetes\n", encoding="utf-8")
+    with pytest.raises(PhraseFileError, match=re.escape(f"{path}:2: holds {name}, which some editors show as a line")):
+        read_phrase_file(path)
+
+
 def test_a_phrase_file_with_cr_line_ends_is_read_a_phrase_a_line(tmp_path):
     """A file whose lines end in \r alone had been read as one phrase holding every line; line numbers in errors
     count each \r, \n or \r\n once."""
@@ -213,6 +252,12 @@ def test_drawing_settings_where_no_list_is_drawn_are_named():
         "empty_prob set, but source is manifest: no list is drawn, so it does nothing"
     )
     assert idle({}) == [] and idle({"enable": True, "list_size": [3, 5]}) == []  # drawn: every setting is read
+    # every drawn list empty: the lists had trained as none, and nothing said the section was idle
+    assert idle({"enable": True, "empty_prob": 1.0}) == [
+        "data.hotwords.empty_prob: 1 leaves every drawn list empty: no line without a list of its own trains with "
+        "one, and the other drawing settings do nothing; lower it (the default 0.2) or set enable false"
+    ]
+    assert idle({"enable": True, "empty_prob": 0.99}) == []
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
@@ -267,6 +312,25 @@ def test_no_drawn_phrase_is_longer_than_longest_phrase_bytes(tmp_path, distracto
     assert s.longest_phrase_bytes == (16 if distractors == "file" else len("zanzibar the"))
     drawn = {p for i in range(200) for t in CORPUS for p in s.pick(None, t, i, 0)}
     assert max(len(p.encode()) for p in drawn) == s.longest_phrase_bytes
+
+
+def test_a_pool_too_small_for_list_size_is_named_at_start_up(tmp_path, caplog):
+    """A 2-phrase distractor file under list_size [6, 8] had drawn lists of 3 phrases, and nothing said so."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("Kubernetes\nZanzibar\n")
+    s = sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[6, 8], empty_prob=0.0)
+    assert max(len(s.pick(None, t, i, 0)) for i, t in enumerate(CORPUS)) == 3
+    assert (
+        f"data.hotwords.distractors: {pool} holds 2 distinct phrase(s), but a list may ask for 7 distractors "
+        "(list_size's maximum 8 less true_phrases' minimum 1): lists will hold fewer phrases than list_size [6, 8] "
+        "says" in caplog.text
+    )
+    caplog.clear()
+    sampler(tmp_path, pool_size=3, true_phrases=[1, 1], list_size=[6, 8])
+    assert "the training texts gave 3 distinct corpus distractor(s) (pool_size 3), but a list may ask" in caplog.text
+    caplog.clear()
+    sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[2, 3])  # room enough: nothing said
+    assert "distinct" not in caplog.text
 
 
 def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
@@ -330,6 +394,22 @@ def test_the_default_unit_cuts_chinese_into_characters_and_keeps_words_whole(tmp
         assert len(true) == 1 and 2 <= len(true[0]) <= 3, got  # two or three characters, not the sentence
         assert all(p not in target for p in got if p not in true)  # no distractor is part of the reference
     assert any("iPhone" in p for p in s.pool)  # a Latin word stays whole among characters
+
+
+def test_a_phrase_of_mixed_chinese_and_english_is_written_as_the_reference_writes_it(tmp_path):
+    """ "买了iPhone手机" cut by unit auto is 买 了 iPhone 手 机: a phrase across the word and a character had been
+    joined with a space ("了 iPhone", "iPhone 手"), so training prompts listed phrases no transcript writes, true
+    phrases and corpus distractors alike. One written with spaces keeps them."""
+    texts = ["我买了iPhone手机和MacBook", "我买了 iPhone 手机", "小米14手机很好用", "用GPT4模型写代码"]
+    s = sampler(tmp_path, texts, ngram=[2, 3], true_phrases=[1, 3], list_size=[3, 3], empty_prob=0.0, rarity=0.0,
+                pool_size=1000)  # fmt: skip
+    assert join_units(["了", "iPhone"], "auto") == "了 iPhone"  # without word from the text: spaced, as before
+    for target in texts:
+        for i in range(30):
+            true = [p for p in s.pick(None, target, i, 0) if p.replace(" ", "") in target.replace(" ", "")]
+            assert true and all(p in target for p in true), (target, true)
+    assert all(any(p in t for t in texts) for p in s.pool), [p for p in s.pool if not any(p in t for t in texts)]
+    assert "了iPhone" in s.pool and "了 iPhone" in s.pool and "iPhone手机" in s.pool
 
 
 @pytest.mark.parametrize("unit", ["auto", "word", "char"])

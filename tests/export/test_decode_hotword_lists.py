@@ -165,6 +165,21 @@ def test_cli_hotwords_file(exported_dir, corpus, phrase_file, tmp_path, capsys):
     assert [r["hotwords_scored"] for r in rows] == expected_lists(["world", "nine"])
 
 
+def test_a_boost_given_with_unprompted_lists_is_named(exported_dir, corpus, phrase_file, tmp_path, caplog):
+    """--hotwords-unprompted uses no list in the search either: a --hotword-boost beside it had been taken and done
+    nothing, unsaid (the same text as without it)."""
+    args = ["--model", str(exported_dir), "--data", str(corpus), "--num-workers", "0", "--max-new-tokens", "2",
+            "--hotwords", str(phrase_file), "--hotwords-unprompted"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--output", str(tmp_path / "b"), "--hotword-boost", "3"]) == 0
+    assert "--hotword-boost 3 with --hotwords-unprompted: an unprompted run uses no list, neither in the prompt nor " \
+        "in the search, so the boost does nothing" in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--output", str(tmp_path / "z"), "--hotword-boost", "0"]) == 0
+    assert "with --hotwords-unprompted" not in caplog.text  # 0 asks for no boost: nothing to say
+
+
 def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
     """--hotwords-unprompted: the text equals decoding with no lists at all, the rows keep the lists chosen as usual
     (a line's own, else the file's) and the B-/U- scores read them: the unbiased baseline of the same lists."""

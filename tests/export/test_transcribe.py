@@ -335,6 +335,26 @@ def test_a_hotword_is_read_as_its_words_one_space_apart(asr, clips, monkeypatch)
     assert listed and all(hw == ["seven eight", "nine ten"] for hw in listed)
 
 
+def test_a_hotword_list_given_as_any_iterable_is_read_whole(asr, clips, monkeypatch):
+    """A generator had been used up by the check of its phrases, and the clips were transcribed with no list, unsaid;
+    a dict (FunASR-runtime's phrase -> weight) had lost its weights unsaid. A phrase repeated, or written decomposed
+    beside its composed form, is one phrase, as in a manifest's list or a file."""
+    import unicodedata
+
+    _, paths = clips
+    seen = []
+    capped = asr.model.prompt.capped_hotwords
+    monkeypatch.setattr(asr.model.prompt, "capped_hotwords", lambda hw: seen.append(list(hw or ())) or capped(hw))
+    for given in ((p for p in ["nine", "Café"]), ("nine", unicodedata.normalize("NFD", "Café"), "Café", "nine")):
+        seen.clear()
+        asr.transcripts([str(paths[0])], hotwords=given)
+        assert [hw for hw in seen if hw] and all(hw == ["nine", "Café"] for hw in seen if hw), seen
+    with pytest.raises(TranscribeError, match=r"^hotwords: a list of phrases, got a dict \{'nine': 20\}; llmasr "):
+        asr.transcripts([str(paths[0])], hotwords={"nine": 20})
+    with pytest.raises(TranscribeError, match=r"^hotwords: a list of phrases, got int 5$"):
+        asr.transcripts([str(paths[0])], hotwords=5)
+
+
 def test_transcripts_takes_one_clip_as_a_list_of_one(asr, clips):
     """A path, a Path or a waveform given alone (its letters, a TypeError or its samples had been taken for clips)."""
     _, paths = clips
