@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         __doc__, "an exported model directory (llmasr export)", "a manifest whose lines carry `hotwords` lists"
     )
     ap.add_argument("--boosts", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 2.5, 3.0])
+    ap.add_argument(
+        "--max-bad-fraction", type=float, default=None,
+        help="as llmasr decode's: fail when more lines than this are bad (default: the model's data.max_bad_fraction)",
+    )  # fmt: skip
     args = parse_decode_bench(ap, argv)
+    if args.max_bad_fraction is not None and not 0 <= args.max_bad_fraction <= 1:
+        ap.error(f"--max-bad-fraction: a share in [0, 1], got {args.max_bad_fraction}")
     if any(b < 0 for b in args.boosts):
         ap.error(f"--boosts: a boost is >= 0, got {args.boosts}")
     if 0 not in args.boosts:  # the U-WER limit is set by boost 0's: without it the rule could not hold
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             from llmasr.export.decode import load_decode_model
 
             (model, cfg, opts), manifest = load_decode_model(args.model), Path(args.data)
+        if args.max_bad_fraction is not None:  # the refusal's advice names the flag, as decode's does
+            opts = dataclasses.replace(opts, max_bad_fraction=args.max_bad_fraction)
         res = run(model, cfg, opts, manifest, args.boosts, root / "out")
     res["command"] = reproduce_command("bench/hotword_boost.py", argv)
     emit(res, [*table(res), "", f"Reproduce: `{res['command']}`"], args.json_out)
