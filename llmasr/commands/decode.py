@@ -31,6 +31,7 @@ from llmasr.export.decode import (
     load_decode_model,
     out_dirs,
     search_boost,
+    unguided_boost,
 )
 from llmasr.export.decode_folders import (
     clear_earlier_folders,
@@ -201,6 +202,8 @@ def _prepare(args, world: DecodeWorld):
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
     except (ConfigError, DecodeError, ValueError) as err:
         raise Refused(str(err)) from None
+    if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
+        log.warning("%s", unsafe)
     return model, cfg, opts
 
 

@@ -171,6 +171,22 @@ def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     return boost
 
 
+def unguided_boost(model, cfg: DecodeConfig) -> str | None:
+    """A warning for a hotword boost set above 0 in a search no CTC head guides (a model without one, or ctc_weight
+    0): the LLM alone, boosted, writes listed phrases the audio does not hold, which is why the boost's default is 0
+    there; None otherwise. Said, not refused: a user may want it on a model whose LLM has learned the lists well."""
+    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
+    has_head = getattr(model, "ctc_head", None) is not None
+    if not cfg.hotword_boost or cfg.guidance(has_head, llm_vocab) > 0:
+        return None
+    why = "the model has no CTC head" if not has_head else "ctc_weight is 0"
+    return (
+        f"hotword boost {cfg.hotword_boost:g} in a search no CTC head guides ({why}): the LLM alone, boosted, writes "
+        "listed phrases the audio does not hold, which is why the boost is 0 by default there (a CTC-guided search "
+        "holds it to the audio)"
+    )
+
+
 def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, device=None,
                   world: DecodeWorld = SOLO, limit: float | None = None, lines=None) -> SpeechDataLoader:  # fmt: skip
     """The evaluation loader over one manifest, with `model`'s frontend and prompt builder; utterances longer

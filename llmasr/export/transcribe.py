@@ -33,7 +33,14 @@ from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_list, phrase_text
 from llmasr.data.windowed import utterance_rows, window_texts
-from llmasr.export.decode import DecodeOptions, decode_loader, load_decode_model, search_boost, transcribe_loader
+from llmasr.export.decode import (
+    DecodeOptions,
+    decode_loader,
+    load_decode_model,
+    search_boost,
+    transcribe_loader,
+    unguided_boost,
+)
 from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
@@ -62,6 +69,8 @@ class Transcriber:
             opts or DecodeOptions(), num_workers=0, max_bad_fraction=1.0, log_bad_lines=False
         )
         search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
+        if unsafe := unguided_boost(model, cfg):
+            log.warning("%s", unsafe)
 
     @classmethod
     def load(

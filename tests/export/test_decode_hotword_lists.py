@@ -180,6 +180,28 @@ def test_a_boost_given_with_unprompted_lists_is_named(exported_dir, corpus, phra
     assert "with --hotwords-unprompted" not in caplog.text  # 0 asks for no boost: nothing to say
 
 
+def test_a_boost_in_a_search_no_ctc_head_guides_is_named(exported_dir, corpus, phrase_file, tmp_path, caplog):
+    """Without CTC guidance the LLM alone, boosted, writes listed names the audio does not hold (the boost's default
+    is 0 there), and a --hotword-boost given with --ctc-weight 0 had been taken without a word."""
+    from llmasr.export.transcribe import Transcriber
+
+    args = ["--model", str(exported_dir), "--data", str(corpus), "--num-workers", "0", "--max-new-tokens", "2",
+            "--hotwords", str(phrase_file), "--hotword-boost", "2"]  # fmt: skip
+    said = "hotword boost 2 in a search no CTC head guides (ctc_weight is 0): the LLM alone, boosted, writes listed"
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--output", str(tmp_path / "a"), "--ctc-weight", "0"]) == 0
+    assert caplog.text.count(said) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*args, "--output", str(tmp_path / "b"), "--ctc-weight", "0.5"]) == 0  # guided: as meant
+        assert main([*args, "--output", str(tmp_path / "c"), "--ctc-weight", "0", "--hotwords-unprompted"]) == 0
+        Transcriber.load(exported_dir, hotword_boost=2.0)
+    assert "no CTC head guides" not in caplog.text  # the unprompted run has its own warning: the boost does nothing
+    with caplog.at_level("WARNING", logger="llmasr"):
+        Transcriber.load(exported_dir, hotword_boost=2.0, ctc_weight=0.0)
+    assert said in caplog.text
+
+
 def test_unprompted_lists_are_scored_not_rendered(model, corpus, tmp_path):
     """--hotwords-unprompted: the text equals decoding with no lists at all, the rows keep the lists chosen as usual
     (a line's own, else the file's) and the B-/U- scores read them: the unbiased baseline of the same lists."""
