@@ -217,6 +217,7 @@ def check_data(
     llm_rows=None,
     llm_unk=None,
     ctc_frames=None,
+    ctc_vocab_kind: str = "token_list",
     key: str | None = None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
@@ -226,7 +227,8 @@ def check_data(
     that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
     LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
     (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
-    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames). `key`: the recipe key that lists
+    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames), with the fixes for a vocabulary of
+    `ctc_vocab_kind` (model.ctc's). `key`: the recipe key that lists
     `manifest_paths` ("data.train"), which a manifest that cannot be opened is named by, as training names it."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
@@ -356,6 +358,7 @@ def check_data(
             report.ctc_frames_text = unaligned_text(
                 np.concatenate(needs), lines, seconds, ctc_frames, lambda i: "{}:{}".format(*spot(i)),
                 name=f"data.{'train' if train else 'valid'}", squeeze=data_cfg.augment.squeeze if train else 1.0,
+                vocab_kind=ctc_vocab_kind,
             ) or ""  # fmt: skip
     return report
 
