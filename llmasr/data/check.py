@@ -76,6 +76,7 @@ class DataReport:
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
+    ctc_cased: dict[str, str] = field(default_factory=dict)  # of those, the ones it has in another case: that form
     # what is wrong with the text of the transcripts (llmasr.data.transcript_text) -> [lines, first manifest:line]
     text_found: dict[str, list] = field(default_factory=dict)
     # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
@@ -360,6 +361,9 @@ def check_data(
                 name=f"data.{'train' if train else 'valid'}", squeeze=data_cfg.augment.squeeze if train else 1.0,
                 vocab_kind=ctc_vocab_kind,
             ) or ""  # fmt: skip
+    cased = getattr(ctc_labels, "cased", None)  # a stand-in vocabulary has none
+    if cased is not None:
+        report.ctc_cased = {part: other for part in report.ctc_unknown if (other := cased(part))}
     return report
 
 
