@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         specs, data_cfg, frontend, world_size=args.world_size, probe=not args.no_probe, threads=args.threads,
         need_target=not args.decode, ctc_labels=rule, train=not args.valid, llm_rows=budget_rows(recipe, data_cfg),
         llm_unk=llm_unk(args, recipe), ctc_frames=None if isinstance(frames, str) else frames, key=key,
+        ctc_vocab_kind=recipe.model.ctc.vocab_kind if recipe is not None else "token_list",
     )  # fmt: skip
     if isinstance(frames, str):
         report.ctc_frames_text = frames

@@ -79,6 +79,7 @@ class DataReport:
     unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
     # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
     ctc_unknown: dict[str, list] = field(default_factory=dict)
+    ctc_cased: dict[str, str] = field(default_factory=dict)  # of those, the ones it has in another case: that form
     # what is wrong with the text of the transcripts (llmasr.data.transcript_text) -> [lines, first manifest:line]
     text_found: dict[str, list] = field(default_factory=dict)
     # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
@@ -220,6 +221,7 @@ def check_data(
     llm_rows=None,
     llm_unk=None,
     ctc_frames=None,
+    ctc_vocab_kind: str = "token_list",
     key: str | None = None,
 ) -> DataReport:
     """`manifest_paths`: paths or ManifestSpecs (training mixes those by their weights). `ctc_labels`: a CTC head's
@@ -229,7 +231,8 @@ def check_data(
     that the preview applies data.batching.max_llm_tokens; without it that budget is left out. `llm_unk`: what the
     LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
     (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
-    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames). `key`: the recipe key that lists
+    name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames), with the fixes for a vocabulary of
+    `ctc_vocab_kind` (model.ctc's). `key`: the recipe key that lists
     `manifest_paths` ("data.train"), which a manifest that cannot be opened is named by, as training names it."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
@@ -359,7 +362,11 @@ def check_data(
             report.ctc_frames_text = unaligned_text(
                 np.concatenate(needs), lines, seconds, ctc_frames, lambda i: "{}:{}".format(*spot(i)),
                 name=f"data.{'train' if train else 'valid'}", squeeze=data_cfg.augment.squeeze if train else 1.0,
+                vocab_kind=ctc_vocab_kind,
             ) or ""  # fmt: skip
+    cased = getattr(ctc_labels, "cased", None)  # a stand-in vocabulary has none
+    if cased is not None:
+        report.ctc_cased = {part: other for part in report.ctc_unknown if (other := cased(part))}
     return report
 
 

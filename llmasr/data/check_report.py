@@ -165,7 +165,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         lines += ["", *report.language_text]
     if report.ctc_unknown:
         found = [(part, n, first) for part, (n, first) in report.ctc_unknown.items()]
-        lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found)]
+        lines += ["", "## spelled <unk> by the CTC vocabulary", ctc_unknown_text(found, report.ctc_cased.get)]
     if report.llm_unk_text:
         head = "transcripts the LLM's tokenizer cannot write" if report.llm_unk else "the LLM's tokenizer"
         lines += ["", f"## {head}", report.llm_unk_text]

@@ -133,13 +133,14 @@ class CTCSpelling:
 
 def unaligned_text(
     need: np.ndarray, lines: np.ndarray, seconds: np.ndarray, frames_of: Callable[[np.ndarray], np.ndarray],
-    named: Callable[[int], str], *, name: str, squeeze: float = 1.0,
+    named: Callable[[int], str], *, name: str, squeeze: float = 1.0, vocab_kind: str = "token_list",
 ) -> str | None:  # fmt: skip
     """The warning for the `lines` (indices into `need`, the lines batching keeps) whose CTC labels need more frames
     (`need`: frames_needed, 0 where not counted) than `frames_of(seconds)` gives (the encoder's frames for `seconds`,
     one a line, each as batching budgets it: its stated duration, cut at data.batching.max_duration where
     truncate_to_max cuts it), with their share, the first ones (`named(i)`: manifest:line), the encoder's frame rate
-    and the fixes; None where every line aligns. A warning, not a refusal: those lines still train the LLM, the
+    and the fixes (`vocab_kind`: CTCConfig.vocab_kind, so that no vocabulary is offered that spells them no
+    shorter); None where every line aligns. A warning, not a refusal: those lines still train the LLM, the
     others the head. `squeeze`: data.augment.speed_perturb's fastest factor, whose shorter clips are counted apart."""
     lines, seconds = np.asarray(lines, dtype=np.int64), np.asarray(seconds, dtype=np.float64)
     counted = need[lines] > 0
@@ -163,10 +164,20 @@ def unaligned_text(
         f"between equal neighbours) than encoder frames (the encoder gives {rate:.3g} frames a second after its "
         f"frontend and subsampling): CTC has no path for them, so their CTC loss is 0 and the CTC head learns nothing "
         f"from them (the LLM still does){more}. First: {first}. To train the head on them: an encoder of a higher "
-        "frame rate (a Conformer's input_layer conv2d gives 25 frames a second, conv2d8 12.5), a subword CTC "
-        "vocabulary (model.ctc.vocab: a sentencepiece .model, or llm), or model.ctc.weight 0 to train without the CTC "
-        "branch"
+        f"frame rate (a Conformer's input_layer conv2d gives 25 frames a second, conv2d8 12.5), {_FEWER[vocab_kind]}"
+        "model.ctc.weight 0 to train without the CTC branch"
     )
+
+
+# The vocabularies that spell a line in fewer labels than `vocab_kind`'s (model.ctc.vocab), as the fix names them: the
+# LLM's own tokens are the longest on offer, so for them none is named
+_FEWER = {
+    "token_list": "a subword CTC vocabulary (model.ctc.vocab: a sentencepiece .model, or llm), or ",
+    "sentencepiece": "a CTC vocabulary of longer pieces (model.ctc.vocab: llm, or a sentencepiece model trained to "
+    "more pieces), or ",
+    "tiktoken": "a CTC vocabulary of longer pieces (model.ctc.vocab: llm), or ",
+    "llm": "or ",
+}
 
 
 def _sped_only(name: str, sped: int, total: int, squeeze: float) -> str:

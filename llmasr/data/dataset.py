@@ -77,6 +77,17 @@ class CTCRule:
         spelling = getattr(self.tokenizer, "word_spelling", None)  # a stand-in vocabulary has none
         return spelling() if spelling is not None else None
 
+    def cased(self, part: str) -> str | None:
+        """`part` (a character or word `unknown` found) in another case (lower, upper, capitalised) that the
+        vocabulary spells without <unk>, or None: a vocabulary cased otherwise than the transcripts (a list of
+        upper-case units, lower-case text) spells them all <unk>, which the warning then says."""
+        if self._parts is None:
+            return None
+        for other in dict.fromkeys((part.lower(), part.upper(), part.capitalize())):
+            if other != part and not self._parts(other) and not isinstance(self(other), str):
+                return other
+        return None
+
     def unknown(self, target: str) -> list[str]:
         parts = []
         for word in target.split():

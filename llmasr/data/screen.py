@@ -244,7 +244,7 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
         log.warning("%s: %s", name, unk_warning(llm_unk, unk_found, len(manifest), manifest))
     if spelled_unk and rank == 0:
         found = [(part, n, "{}:{}".format(*where(manifest, first))) for part, (n, first) in spelled_unk.items()]
-        log.warning("%s: %s", name, ctc_unknown_text(found))
+        log.warning("%s: %s", name, ctc_unknown_text(found, getattr(ctc_labels, "cased", None)))
     if unknown >= PROBES_WORTH_A_NOTE and rank == 0:
         who = f"shared by the {share.parts} ranks of each node" if share else "on every rank"
         log.info("%s: %d lines state no duration: their audio headers were probed (screen %.1f s, %s, at every "
@@ -296,17 +296,30 @@ def unk_warning(llm_unk: LLMUnk, found: dict, total: int, manifest) -> str:
     return llm_unk.text(found["lines"], total, first, [(p, n) for p, (n, _) in found["parts"].items()])
 
 
-def ctc_unknown_text(found: list[tuple[str, int, str]]) -> str:
+def ctc_unknown_text(found: list[tuple[str, int, str]], cased: Callable[[str], str | None] | None = None) -> str:
     """What the CTC vocabulary spells <unk> ((character or word, lines holding it, the first one's manifest:line)
-    each), most lines first: train.log's warning and `llmasr data check`'s section."""
+    each), most lines first: train.log's warning and `llmasr data check`'s section. `cased`: a part -> the same in
+    another case that the vocabulary spells (CTCRule.cased), named beside it: the transcripts want the vocabulary's
+    case."""
     shown = sorted(found, key=lambda f: (-f[1], f[0]))
-    parts = "; ".join(f"{part!r} in {lines} line{'s' * (lines != 1)} (first: {first})" for part, lines, first in
-                      shown[:EXAMPLES * 2])  # fmt: skip
+    other = {part: cased(part) for part, _, _ in shown} if cased is not None else {}
+    parts = "; ".join(
+        f"{part!r} in {lines} line{'s' * (lines != 1)} (first: {first}"
+        + (f"; the vocabulary has {other[part]!r})" if other.get(part) else ")")
+        for part, lines, first in shown[: EXAMPLES * 2]
+    )
     more = f"; and {len(shown) - EXAMPLES * 2} more" if len(shown) > EXAMPLES * 2 else ""
+    recased = sum(1 for v in other.values() if v)
+    case = (
+        f". {recased} of them the vocabulary has in another case: write the transcripts in its case (or use a "
+        "vocabulary cased as they are)"
+        if recased
+        else ""
+    )
     return (
         f"the CTC vocabulary has no token for {len(shown)} characters or words of the transcripts and spells them "
         f"<unk> (the CTC head learns <unk> there and its text leaves them out; the LLM learns them as written): "
-        f"{parts}{more}"
+        f"{parts}{more}{case}"
     )
 
 

@@ -24,8 +24,15 @@ FINETUNE_NAME = "finetune.yaml"
 PARTS = ("encoder", "adaptor", "llm", "ctc")
 # Keys the folder's description states that are the run's choice, not the model's: what trains, in which precision.
 RUN_CHOICES = ("freeze", "dtype")
-# The run's keys that name its own pretrained starting point, which the folder's files replace.
-STARTING_POINT = {"encoder": ("path", "reinit_keys"), "adaptor": (), "llm": ("adapter",), "ctc": ("reinit_keys",)}
+# The run's keys that name its own pretrained starting point, which the folder's files replace: a key prefix of the
+# run's weights files, or a CTC head taken from its FunASR encoder (the folder's ctc_head.safetensors and vocabulary
+# in its place, unprefixed; kept, from_encoder asked for a FunASR directory the recipe no longer names).
+STARTING_POINT = {
+    "encoder": ("path", "reinit_keys", "init_prefix"),
+    "adaptor": (),
+    "llm": ("adapter",),
+    "ctc": ("reinit_keys", "init_prefix", "from_encoder"),
+}
 
 
 def relative(value, folder: Path):

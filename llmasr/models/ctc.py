@@ -17,6 +17,7 @@ from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import (
+    SEPARATOR_NAMES,
     CTCTokenizer,
     LLMCTCTokenizer,
     SentencePieceCTCTokenizer,
@@ -26,6 +27,7 @@ from llmasr.models.ctc_vocab import (
 
 log = logging.getLogger(__name__)
 _SEG_DICT_NOTED: set[str] = set()  # token lists whose unused seg_dict was pointed out (once a process)
+_NO_SEPARATOR_NOTED: set[str] = set()  # letter lists without a word separator, pointed out (once a process)
 
 
 def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> CTCTokenizer:
@@ -49,6 +51,8 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> C
     if cfg.seg_dict is not None:
         return SegDictCTCTokenizer(spec, cfg.seg_dict, cfg.blank)
     beside = Path(spec).parent / "seg_dict"
+    if beside.is_file():  # the seg_dict is the fix for what a letter list without a separator does too
+        _NO_SEPARATOR_NOTED.add(spec)
     if beside.is_file() and spec not in _SEG_DICT_NOTED:
         _SEG_DICT_NOTED.add(spec)
         log.warning(
@@ -56,7 +60,21 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> C
             "model.ctc.seg_dict: %s to read it so (without it an English word outside the list is spelled in letters)",
             spec, beside,
         )  # fmt: skip
-    return TokenListCTCTokenizer(spec, cfg.blank)
+    tokenizer = TokenListCTCTokenizer(spec, cfg.blank)
+    if tokenizer.sep is None and spec not in _NO_SEPARATOR_NOTED and any(_latin_letter(t) for t in tokenizer.tokens):
+        _NO_SEPARATOR_NOTED.add(spec)
+        log.warning(
+            "model.ctc.vocab %s spells a word it does not list letter by letter and has no word separator (%s): "
+            "between two such words the CTC head has no label to learn the space by, so its text runs them together "
+            "('two one' reads back 'TWOONE', two errors in the CTC WER). Add '<space>' to the list "
+            "(it is then put between words) if the transcripts hold such words",
+            spec, ", ".join(SEPARATOR_NAMES),
+        )  # fmt: skip
+    return tokenizer
+
+
+def _latin_letter(token: str) -> bool:
+    return len(token) == 1 and token.isascii() and token.isalpha()
 
 
 class CTCHead(nn.Module):

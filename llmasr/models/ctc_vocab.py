@@ -271,8 +271,10 @@ class TokenListCTCTokenizer(CTCTokenizer):
             return self.index[ch]
         if self.unk_id is not None:
             return self.unk_id
+        other = next((c for c in (ch.lower(), ch.upper()) if c != ch and c in self.index), None)
+        cased = f" (the list has {other!r}: write the transcripts in its case)" if other is not None else ""
         raise ValueError(
-            f"CTC vocabulary {self.path}: character {ch!r} (in {word!r}) is not in the token list and the list "
+            f"CTC vocabulary {self.path}: character {ch!r} (in {word!r}) is not in the token list{cased} and the list "
             f"has no <unk>; add it to the list or add an <unk> token"
         )
 

@@ -196,7 +196,8 @@ class DecodeConfig:
         if self.ctc_weight > 0 and not llm_vocab and self.num_beams < 2:
             raise ConfigError(
                 f"decode.ctc_weight {self.ctc_weight}: the model's CTC vocabulary is not the LLM's, so CTC guidance "
-                "rescores the LLM's n-best list; set num_beams >= 2 (got 1)"
+                "rescores the LLM's n-best list; set num_beams >= 2 (got 1; --beam 2 on the command line, "
+                "Transcriber num_beams=2), or ctc_weight 0 (--ctc-weight 0)"
             )
         return float(self.ctc_weight)
 

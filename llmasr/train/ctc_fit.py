@@ -26,6 +26,7 @@ def ctc_frames_warnings(model, recipe, loaders) -> list[str]:
             need, lines, seconds, lambda s: encoder_frames(model, s),
             lambda i, m=manifest: "{}:{}".format(*where(m, i)),
             name=name, squeeze=recipe.data.augment.squeeze if name == "data.train" else 1.0,
+            vocab_kind=recipe.model.ctc.vocab_kind,
         )  # fmt: skip
         if text:
             said.append(text)

@@ -260,6 +260,34 @@ def test_what_a_ctc_vocabulary_spells_unk_gets_a_section(tmp_path, capsys):
     assert f"'ï' in 2 lines (first: {m}:7)" in out
 
 
+def test_a_vocabulary_cased_otherwise_than_the_transcripts_is_said_to_be(tmp_path, capsys):
+    """Units cased otherwise than the transcripts (upper-case units, lower-case text: every letter <unk>): the report
+    had named the letters alone, with no word that the vocabulary holds each in the other case; without <unk> the
+    bad line says so too."""
+    path = good_corpus(tmp_path, 6)
+    extra = [f'{{"key": "c{i}", "source": "wav_train/u0.wav", "target": "fix"}}' for i in range(2)]
+    m = write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra)
+    tokens = tmp_path / "units.txt"
+    tokens.write_text("\n".join(["<blank>", "<unk>", "<space>", *"abcdefghjklmnopqrstuvwyz", "I", "X"]) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
+        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
+    }))  # fmt: skip
+    assert main(["--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert f"'x' in 2 lines (first: {m}:7; the vocabulary has 'X')" in out
+    assert f"'i' in 2 lines (first: {m}:7; the vocabulary has 'I')" in out
+    assert "2 of them the vocabulary has in another case: write the transcripts in its case" in out
+    tokens.write_text("\n".join(["<blank>", "<space>", *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
+    m.write_text(m.read_text().replace('"fix"', '"fiX"'))
+    assert main(["--recipe", str(recipe)]) == 0
+    assert (
+        "character 'X' (in 'fiX') is not in the token list (the list has 'x': write the transcripts in its case)"
+        in (capsys.readouterr().out)
+    )
+
+
 def _recipe(tmp_path, data: dict) -> str:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"data": data, "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}}}))

@@ -215,6 +215,21 @@ def test_what_the_ctc_vocabulary_spells_unk_is_named_at_start(tmp_path, caplog):
     assert sampler.filtered == {} and len([k for b in loader for k in b.keys]) == 44
 
 
+def test_a_vocabulary_of_another_case_is_said_to_be_at_start(tmp_path, caplog):
+    """train.log names the case: the vocabulary holds "É" for a transcript's "é"."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(["<blank>", "<unk>", " ", *"abcdefghijklmnopqrstuvwxyz", "É"]), encoding="utf-8")
+    extra = [{"key": "cafe", "source": "wav_train/u0.wav", "target": "café"}]
+    m = with_lines(tmp_path, 10, extra)
+    with caplog.at_level(logging.WARNING, logger="llmasr.data"):
+        build(cfg(max_bad_fraction=0.1), [m], ctc_tokenizer=TokenListCTCTokenizer(str(tokens)))
+    said = [r.getMessage() for r in caplog.records if "spells them <unk>" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(
+        f"'é' in 1 line (first: {m}:11; the vocabulary has 'É'). 1 of them the vocabulary has in another case: "
+        "write the transcripts in its case (or use a vocabulary cased as they are)"
+    )
+
+
 def test_epoch_end_check_runs_when_the_loop_stops_at_the_last_batch(tmp_path):
     """The training loop stops iterating after an epoch's last batch (when its windows divide the epoch), so the
     epoch-end check must not wait for the iterator to be resumed past it."""

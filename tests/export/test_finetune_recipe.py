@@ -75,3 +75,32 @@ def test_the_command_offers_the_next_round_s_recipe_only_where_it_wrote_one(runs
         said = capsys.readouterr().out
         assert f"llmasr decode --model {out}" in said
         assert (f"--config {out / FINETUNE_NAME}" in said) == (out / FINETUNE_NAME).is_file() == (not flags), said
+
+
+def test_the_next_round_of_a_head_taken_from_the_encoder_reads_the_folder_s_head(base_dirs, train_corpus, tmp_path,
+                                                                                  capsys):  # fmt: skip
+    """A run whose CTC head came from its FunASR encoder (model.ctc.from_encoder, init_prefix "ctc.") exports that head
+    as ctc_head.safetensors; finetune.yaml had kept the run's from_encoder and init_prefix, so `llmasr check` refused
+    it (from_encoder with no encoder directory) and a prefix the folder's file does not have would read nothing."""
+    from llmasr.commands.check import main as check
+    from llmasr.export.export import export_model
+    from llmasr.testing.run_dirs import model_section, train_run
+    from llmasr.testing.tiny_funasr import copy_model_dir, rewrite_model_pt
+
+    encoder = copy_model_dir(base_dirs[1], tmp_path / "encoder")
+    g = torch.Generator().manual_seed(0)
+    head = {"ctc.ctc_lo.weight": torch.randn(16, 32, generator=g), "ctc.ctc_lo.bias": torch.randn(16, generator=g)}
+    rewrite_model_pt(encoder, lambda state: state.update(head))
+    section = model_section(base_dirs[0], encoder)
+    section["ctc"] = {"weight": 0.3, "from_encoder": True}
+    run = train_run(tmp_path / "run", section, train_corpus).run_dir
+    out = export_model(run, tmp_path / "model")
+    written = yaml.safe_load((out / FINETUNE_NAME).read_text(encoding="utf-8"))["model"]["ctc"]
+    assert written["init_from"] == "ctc_head.safetensors" and written.get("init_prefix", "") == ""
+    assert not written.get("from_encoder")
+    recipe = load_recipe(out / FINETUNE_NAME, [f"data.train=[{train_corpus}]"])
+    model, exported = build_model(recipe.model).eval(), load_exported(out).eval()
+    torch.testing.assert_close(model.ctc_head.state_dict(), exported.ctc_head.state_dict(), rtol=0, atol=0)
+    code = check(["--config", str(out / FINETUNE_NAME), "--deepspeed", "zero0", f"data.train=[{train_corpus}]",
+                  f"train.output_dir={tmp_path / 'next'}", "--out", str(tmp_path / "check")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err

@@ -140,6 +140,29 @@ def test_tokens_txt_chars_with_separator_and_missing_char(tmp_path):
         tok.encode("abz")
 
 
+def test_a_letter_list_without_a_word_separator_is_pointed_out(tmp_path, caplog):
+    """Letters and no <space>: two words spelled letter by letter have no label between them, and the CTC text runs
+    them together ("TWOONE"), which had been said nowhere; a list with a separator, or of CJK characters and whole
+    words, is not pointed out."""
+    letters = tmp_path / "letters.json"
+    letters.write_text(json.dumps(["<blank>", *"eonwt", "<unk>"]))
+    with caplog.at_level("WARNING", logger="llmasr.models.ctc"):
+        tok = build_ctc_tokenizer(CTCConfig(vocab=str(letters)))
+    assert tok.decode(tok.encode("two one")) == "TWOONE"
+    said = [r.getMessage() for r in caplog.records if "no word separator" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"model.ctc.vocab {letters} spells a word it does not list letter")
+    assert "Add '<space>' to the list" in said[0]
+    caplog.clear()
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("\n".join(["<blank>", "<space>", *"eonwt"]) + "\n")
+    cjk = tmp_path / "cjk.json"
+    cjk.write_text(json.dumps(["<blank>", "你", "好", "hello", "<unk>"], ensure_ascii=False), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="llmasr.models.ctc"):
+        assert build_ctc_tokenizer(CTCConfig(vocab=str(spaced))).decode_ctc([3, 4, 2, 1, 3, 4, 2]) == "one one"
+        build_ctc_tokenizer(CTCConfig(vocab=str(cjk)))
+    assert "no word separator" not in caplog.text
+
+
 def test_a_token_list_saved_with_a_bom(tmp_path):
     for name, text in (("tokens.txt", "a\nb\n<space>\n"), ("tokens.json", '["a", "b", "<space>"]')):
         path = tmp_path / name

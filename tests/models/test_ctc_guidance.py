@@ -182,6 +182,8 @@ def test_default_weight_is_on_with_a_ctc_head_and_refused_without_one(model, tin
         plain.transcribe(random_batch(plain, TARGETS[:2]), DecodeConfig(ctc_weight=0.3))
     with pytest.raises(ConfigError, match="set num_beams >= 2"):
         DecodeConfig(ctc_weight=0.3).guidance(True, False)
+    with pytest.raises(ConfigError, match=r"\(got 1; --beam 2 on the command line, Transcriber num_beams=2\)"):
+        DecodeConfig(ctc_weight=0.3).guidance(True, False)  # the flag a command line sets it with is named
     with pytest.raises(ConfigError, match=r"decode.ctc_weight: must be in \[0, 1\]"):
         DecodeConfig(ctc_weight=1.5).validate("decode")
 

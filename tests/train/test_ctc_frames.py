@@ -11,8 +11,9 @@ import yaml
 from check_runner import run_check
 
 from llmasr.commands.data_check import main as data_check
-from llmasr.data.ctc_frames import frames_needed
+from llmasr.data.ctc_frames import frames_needed, unaligned_text
 from llmasr.models.ctc import ctc_unalignable
+from llmasr.models.ctc_tiktoken import write_ranks
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict
 from llmasr.testing.tiny_whisper import tiny_conformer_conf
@@ -104,3 +105,22 @@ def test_train_log_says_it_before_the_first_update(tiny_llm_dir, corpus, tmp_pat
     said = log.index("data.train: 2 of 8 lines (25.0%) have more CTC labels")
     assert said < log.index(" train update=1 ")
     assert f"First: {manifest}:2 (29 frames needed, 17 given)" in log[said:]
+
+
+def test_the_fixes_offer_no_vocabulary_that_spells_no_shorter(tiny_llm_dir, corpus, tmp_path, capsys):
+    """A byte-level vocabulary, or the LLM's own, is already subword: the fix names longer pieces, or none."""
+    data = recipe_dict(tiny_llm_dir, corpus, tmp_path / "run")
+    data["model"]["ctc"]["vocab"] = str(write_ranks(tmp_path / "bytes.tiktoken", [bytes([b]) for b in range(256)]))
+    recipe = written(data, tmp_path / "r.yaml")
+    assert data_check(["--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "data.train: 2 of 8 lines (25.0%) have more CTC labels" in out
+    assert "a subword CTC vocabulary" not in out and "a CTC vocabulary of longer pieces (model.ctc.vocab: llm)" in out
+    code, out, _ = run_check(capsys, "--config", str(recipe), "--deepspeed", "zero0", "--out", str(tmp_path / "c"))
+    assert code == 0 and "have more CTC labels" in out and "a subword CTC vocabulary" not in out
+    said = unaligned_text(np.array([9]), np.array([0]), np.array([0.5]), lambda s: np.ceil(s * 12.5).astype(int),
+                          str, name="data.train", vocab_kind="llm")  # fmt: skip
+    assert said.endswith("conv2d8 12.5), or model.ctc.weight 0 to train without the CTC branch")
+    said = unaligned_text(np.array([9]), np.array([0]), np.array([0.5]), lambda s: np.ceil(s * 12.5).astype(int),
+                          str, name="data.train")  # fmt: skip
+    assert "a subword CTC vocabulary (model.ctc.vocab: a sentencepiece .model, or llm)" in said
