@@ -26,7 +26,7 @@ TRANSFORM_ADVICE = {
 
 
 class CutRecord:
-    """One cut line read through a records parser (`p`: its line, its complaints, its path resolution)."""
+    """One cut line read through a records.LineParser (`p`: its line, its complaints, its path resolution)."""
 
     def __init__(self, parser):
         self.p = parser

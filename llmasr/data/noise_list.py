@@ -13,7 +13,7 @@ import numpy as np
 from llmasr.config_io import ConfigError
 from llmasr.data.lhotse_cut import CutRecord
 from llmasr.data.record_fields import is_cut, missing_text
-from llmasr.data.records import BadRecord, _Parser, missing_hint
+from llmasr.data.records import BadRecord, LineParser, missing_hint
 from llmasr.text_files import json_lines
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
     out, missing = [], []
     try:
         for lineno, rec in json_lines(path, ConfigError):
-            out.append(_listed_file(rec, _Parser(str(path), lineno, base)))
+            out.append(_listed_file(rec, LineParser(str(path), lineno, base)))
             if not must_exist:
                 continue
             if Path(out[-1]).is_dir():
@@ -79,7 +79,7 @@ def noise_problem(noise) -> str | None:
     return None
 
 
-def _listed_file(rec, p: _Parser) -> str:
+def _listed_file(rec, p: LineParser) -> str:
     """The audio path of one noise list record, as a manifest line's would be read (`p`: its parser)."""
     if not isinstance(rec, dict):
         raise p.bad(f"a noise record must be a JSON object, got {type(rec).__name__} ({FORMS})")
@@ -89,8 +89,9 @@ def _listed_file(rec, p: _Parser) -> str:
         return p.resolve(rec["source"])
     recording = rec.get("recording") if is_cut(rec) else rec
     if isinstance(recording, dict) and "sources" in recording:  # lhotse: opened as a cut's recording is
-        CutRecord(p).untransformed(recording)  # a Volume or Speed transform would not be heard
-        return p.resolve(CutRecord(p).cut_source(recording, None)[0], working_dir_first=True)
+        cut = CutRecord(p)
+        cut.untransformed(recording)  # a Volume or Speed transform would not be heard
+        return p.resolve(cut.cut_source(recording, None)[0], working_dir_first=True)
     raise p.bad(f"{missing_text(rec, 'source', 'an audio path')} ({FORMS})")
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from llmasr.data.lhotse_cut import CutRecord
 from llmasr.data.record_fields import NOT_JSON_LINES, SEGMENT_LINES, is_cut
-from llmasr.data.records import BadRecord, Utterance, _Parser
+from llmasr.data.records import BadRecord, LineParser, Utterance
 
 
 def parse_record(rec, *, manifest: str, line: int, base: Path, need_target: bool = True) -> Utterance:
     """One decoded JSON value -> Utterance (FunASR record or lhotse cut), or BadRecord. `need_target` False: a
     record without a transcript is an utterance whose target is None."""
-    p = _Parser(manifest, line, base, need_target)
+    p = LineParser(manifest, line, base, need_target)
     if not isinstance(rec, dict):
         raise p.bad(f"expected a JSON object, got {type(rec).__name__}")
     if is_cut(rec):

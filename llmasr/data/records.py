@@ -169,7 +169,10 @@ def _plain(source: str) -> bool:
     )
 
 
-class _Parser:
+class LineParser:
+    """The reader of one line's fields (`manifest`:`line`, relative audio paths against `base`): each refusal a
+    BadRecord naming that line. Shared by every format of a manifest line (record_line) and the noise list."""
+
     def __init__(self, manifest: str, line: int, base: Path, need_target: bool = True):
         self.manifest, self.line, self.base, self.need_target = manifest, line, base, need_target
         self.key: str | None = None
