@@ -61,10 +61,15 @@ def _reads_as_chinese(data: bytes) -> bool:
     return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= 2
 
 
-def json_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+def json_lines(
+    path: Path, error: Callable[[str], Exception] = ValueError, *, forms: str = ""
+) -> Iterator[tuple[int, Any]]:
     """(line number, JSON value) of each non-blank line of a JSON Lines file, gzipped where its name ends in .gz (as
-    every manifest reader opens such a name); a line that is not UTF-8 or not JSON is `error("FILE:LINE: why")`. A
-    BOM opening a line (one that `cat` joined files saved with one) is no part of it."""
+    every manifest reader opens such a name); a line that is not UTF-8 or not JSON is `error("FILE:LINE: why")`, the
+    latter ending in `forms` (what a line of this file holds), in brackets: a file of another kind (a plain list of
+    paths) fails at its first line. A BOM opening a line (one that `cat` joined files saved with one) is no part of
+    it."""
+    aside = f" ({forms})" if forms else ""
     gz = str(path).endswith(".gz")
     n = 0
     try:
@@ -77,7 +82,7 @@ def json_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> It
                 except UnicodeDecodeError as err:
                     raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
                 except ValueError as err:
-                    raise error(f"{path}:{n}: {malformed_json(err)}") from None
+                    raise error(f"{path}:{n}: {malformed_json(err)}{aside}") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a copy cut short, a plain file named .gz
         if not gz:
             raise

@@ -71,6 +71,21 @@ def test_json_lines_names_the_line_of_each_fault(tmp_path):
         list(json_lines(path, KeyError))
 
 
+def test_json_lines_says_what_a_line_holds_where_one_is_no_json(tmp_path):
+    """`forms`: what a line of the file holds, said after a line that is not JSON (a plain list of paths), not after
+    other faults; the caller had matched "malformed JSON" in the message to add it."""
+    from llmasr.text_files import json_lines
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"noise/a.wav\n")
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: malformed JSON: .* of the line \(one \{\"x\"\} a line\)$"):
+        list(json_lines(path, forms='one {"x"} a line'))
+    path.write_bytes('{"a": "你好"}\n'.encode("gbk"))
+    with pytest.raises(KeyError, match=r"GB18030") as err:
+        list(json_lines(path, KeyError, forms='one {"x"} a line'))
+    assert "a line)" not in str(err.value)
+
+
 def test_key_text_lines_reads_kaldi_and_hyp_tables_alike(tmp_path):
     from llmasr.text_files import key_text_lines
 

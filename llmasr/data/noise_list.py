@@ -37,7 +37,7 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
     base = path.resolve().parent
     out, missing = [], []
     try:
-        for lineno, rec in json_lines(path, ConfigError):
+        for lineno, rec in json_lines(path, ConfigError, forms=FORMS):
             out.append(_listed_file(rec, LineParser(str(path), lineno, base)))
             if not must_exist:
                 continue
@@ -53,10 +53,6 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
                     missing.append(f"{path}:{lineno}: {err}")
     except BadRecord as err:
         raise ConfigError(str(err)) from None
-    except ConfigError as err:
-        if "malformed JSON" not in str(err):
-            raise
-        raise ConfigError(f"{err} ({FORMS})") from None  # a plain list of paths, one a line, fails at its first
     if not out:
         raise ConfigError(f"{path}: no noise files listed")
     if missing:
