@@ -110,17 +110,19 @@ def test_main_exit_codes(manifest, tmp_path, capsys):
     assert "max_frames=300" in capsys.readouterr().out
 
 
-def test_main_reads_recipe(manifest, tmp_path, capsys):
+def _recipe(tmp_path, data: dict, ctc_vocab=None) -> str:
+    """A recipe of `data` over the tiny frontend; `ctc_vocab`: a CTC head (weight 0.3) spelling that vocabulary."""
+    model = {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}}
+    if ctc_vocab is not None:
+        model["ctc"] = {"weight": 0.3, "vocab": str(ctc_vocab)}
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "data": {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
-                "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}},
-            }
-        )
-    )
-    assert main(["--recipe", str(recipe)]) == 0
+    recipe.write_text(yaml.safe_dump({"data": data, "model": model}))
+    return str(recipe)
+
+
+def test_main_reads_recipe(manifest, tmp_path, capsys):
+    recipe = _recipe(tmp_path, {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}})
+    assert main(["--recipe", recipe]) == 0
     assert "max_seconds=10" in capsys.readouterr().out
 
 
@@ -129,17 +131,15 @@ def test_a_recipe_s_noise_list_is_checked_as_training_checks_it(manifest, tmp_pa
     run's data before it is launched, had passed it."""
     write_wav(tmp_path / "noise.wav", 1.0)
     noise = write_manifest(tmp_path / "noise.jsonl", ['{"source": "noise.wav"}', '{"source": "gone_noise.wav"}'])
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10},
-                 "augment": {"noise": {"enable": True, "manifest": str(noise)}}},
-        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}},
-    }))  # fmt: skip
-    assert main(["--recipe", str(recipe)]) == 2
+    recipe = _recipe(tmp_path, {
+        "train": [str(manifest)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10},
+        "augment": {"noise": {"enable": True, "manifest": str(noise)}},
+    })  # fmt: skip
+    assert main(["--recipe", recipe]) == 2
     out = capsys.readouterr().out
     assert "error: data.augment.noise.manifest: " in out and "noise.jsonl:2: not found: " in out
     assert "gone_noise.wav" in out and "ERROR: files that cannot be read" in out
-    assert main(["--recipe", str(recipe), "--valid", f"data.valid=[{manifest}]"]) == 0  # validation mixes in none
+    assert main(["--recipe", recipe, "--valid", f"data.valid=[{manifest}]"]) == 0  # validation mixes in none
 
 
 def test_a_recipe_takes_overrides_and_needs_no_cmvn_file_yet(manifest, tmp_path, capsys, monkeypatch):
@@ -229,12 +229,10 @@ def test_transcripts_a_ctc_vocabulary_cannot_spell_are_bad_lines(tmp_path, capsy
     m = write_manifest(tmp_path / "m.jsonl", lines)
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps(["<blank>", " ", *"abcdefghijklmnopqrstuvwxyz"]))  # no <unk>
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
-        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
-    }))  # fmt: skip
-    assert main(["--recipe", str(recipe)]) == 0
+    recipe = _recipe(
+        tmp_path, {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}}, ctc_vocab=tokens
+    )
+    assert main(["--recipe", recipe]) == 0
     out = capsys.readouterr().out
     assert f"{m}:7 key=naive: target not encodable by the CTC vocabulary" in out and "bad: 1 " in out
     assert main([str(m), "--max-seconds", "10"]) == 0 and "bad: 0 " in capsys.readouterr().out  # no recipe, no head
@@ -248,12 +246,8 @@ def test_what_a_ctc_vocabulary_spells_unk_gets_a_section(tmp_path, capsys):
     m = write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra)
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps(["<blank>", "<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"]))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": [str(m)], "batching": {"max_seconds": 10}},
-        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
-    }))  # fmt: skip
-    assert main(["--recipe", str(recipe)]) == 0
+    recipe = _recipe(tmp_path, {"train": [str(m)], "batching": {"max_seconds": 10}}, ctc_vocab=tokens)
+    assert main(["--recipe", recipe]) == 0
     out = capsys.readouterr().out
     assert "bad: 0 " in out and "## spelled <unk> by the CTC vocabulary\n" in out
     assert "has no token for 1 characters or words of the transcripts and spells them <unk>" in out
@@ -269,29 +263,21 @@ def test_a_vocabulary_cased_otherwise_than_the_transcripts_is_said_to_be(tmp_pat
     m = write_manifest(tmp_path / "m.jsonl", path.read_text().splitlines() + extra)
     tokens = tmp_path / "units.txt"
     tokens.write_text("\n".join(["<blank>", "<unk>", "<space>", *"abcdefghjklmnopqrstuvwyz", "I", "X"]) + "\n")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}},
-        "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}, "ctc": {"weight": 0.3, "vocab": str(tokens)}},
-    }))  # fmt: skip
-    assert main(["--recipe", str(recipe)]) == 0
+    recipe = _recipe(
+        tmp_path, {"train": [str(m)], "max_bad_fraction": 0.5, "batching": {"max_seconds": 10}}, ctc_vocab=tokens
+    )
+    assert main(["--recipe", recipe]) == 0
     out = capsys.readouterr().out
     assert f"'x' in 2 lines (first: {m}:7; the vocabulary has 'X')" in out
     assert f"'i' in 2 lines (first: {m}:7; the vocabulary has 'I')" in out
     assert "2 of them the vocabulary has in another case: write the transcripts in its case" in out
     tokens.write_text("\n".join(["<blank>", "<space>", *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
     m.write_text(m.read_text().replace('"fix"', '"fiX"'))
-    assert main(["--recipe", str(recipe)]) == 0
+    assert main(["--recipe", recipe]) == 0
     assert (
         "character 'X' (in 'fiX') is not in the token list (the list has 'x': write the transcripts in its case)"
         in (capsys.readouterr().out)
     )
-
-
-def _recipe(tmp_path, data: dict) -> str:
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"data": data, "model": {"encoder": {"frontend": {"lfr_m": 7, "lfr_n": 6}}}}))
-    return str(recipe)
 
 
 def test_the_preview_is_of_the_batches_training_and_validation_make(tmp_path, capsys):
