@@ -147,12 +147,17 @@ def speech_segmenter(cfg: DecodeConfig, sample_rate: int):
     return segments
 
 
+def _ctc_head(model) -> tuple[bool, bool]:
+    """(whether `model` has a CTC head, whether it spells in the LLM's tokens): what its search can be guided by."""
+    has_head = getattr(model, "ctc_head", None) is not None
+    return has_head, isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
+
+
 def search_boost(model, cfg: DecodeConfig, opts: DecodeOptions) -> float:
     """The hotword boost `cfg` searches `model` with, once it is known that `cfg` can decode `model`: ConfigError for
     CTC guidance, timestamps or the CTC gate the model cannot give, DecodeError for long-audio windows it cannot
     make."""
-    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
-    has_head = getattr(model, "ctc_head", None) is not None
+    has_head, llm_vocab = _ctc_head(model)
     boost = cfg.boost(cfg.guidance(has_head, llm_vocab), llm_vocab)
     if cfg.timestamps and not has_head:
         raise ConfigError(
@@ -175,8 +180,7 @@ def unguided_boost(model, cfg: DecodeConfig) -> str | None:
     """A warning for a hotword boost set above 0 in a search no CTC head guides (a model without one, or ctc_weight
     0): the LLM alone, boosted, writes listed phrases the audio does not hold, which is why the boost's default is 0
     there; None otherwise. Said, not refused: a user may want it on a model whose LLM has learned the lists well."""
-    llm_vocab = isinstance(getattr(model, "ctc_tokenizer", None), LLMCTCTokenizer)
-    has_head = getattr(model, "ctc_head", None) is not None
+    has_head, llm_vocab = _ctc_head(model)
     if not cfg.hotword_boost or cfg.guidance(has_head, llm_vocab) > 0:
         return None
     why = "the model has no CTC head" if not has_head else "ctc_weight is 0"
