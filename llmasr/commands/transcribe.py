@@ -131,7 +131,7 @@ def listed_files(path: str) -> list[tuple[int, str]]:
 def _stdin(path: str, why: str) -> str:
     """Why `path` cannot be read, where "-" (no file of that name) is taken for standard input: audio is read more
     than once (a header probe, then the data), as a pipe cannot be."""
-    if path == "-" and why.startswith("no such"):
+    if path == "-" and not os.path.exists(path):
         return (
             "standard input is not read as audio (audio is read more than once): save it to a file first (a list "
             "of files on standard input: --files-from -)"

@@ -247,7 +247,7 @@ def clip_problem(path: str) -> str | None:
     """Why `path` is no audio file to transcribe (file_problem's words), or None; a name that is a glob pattern
     matching files (a quoted "*.wav", a pattern in Python) says so: no tool here expands one."""
     why = file_problem(path, "audio file")
-    if why and why.startswith("no such") and glob.has_magic(path) and (found := glob.glob(path)):
+    if why and glob.has_magic(path) and not os.path.exists(path) and (found := glob.glob(path)):
         return (f"{why}; a pattern, which {len(found)} files match? expand it: the shell does unquoted, Python with "
                 f"sorted(glob.glob({path!r}))")  # fmt: skip
     return why
