@@ -72,8 +72,8 @@ class ItemCosts:
         # the audio each item holds of what it costs, where a fixed window pads it (None: all of it): the window's
         # rest is padding the encoder runs over, which the padding efficiency counts (every clip costing the window
         # had read as no padding at all)
-        self.heard = None if min_item_seconds is None else self._units(heard)
-        self._heard_s, self.window = heard, min_item_seconds
+        self.heard_s = None if min_item_seconds is None else heard  # seconds: heard_in gives them in budget units
+        self.window = min_item_seconds
         # a window's clips cost it at any draw: their draws give only what each holds of it (heard_in)
         self.heard_costs = epoch_costs if min_item_seconds is not None else None
         epoch_costs = None if min_item_seconds is not None else epoch_costs
@@ -101,10 +101,12 @@ class ItemCosts:
     def heard_in(self, epoch: int, items: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
         """The audio each of `items` holds of what it costs in `epoch` (its visit key in `keys`), where a fixed window
         pads it: its length at this epoch's speed factor and pauses, at most the window; None: all it costs."""
-        if self.heard is None or self.heard_costs is None or not items.size:
-            return None if self.heard is None else self.heard[items]
+        if self.heard_s is None:
+            return None
+        if self.heard_costs is None or not items.size:
+            return self._units(self.heard_s[items])
         scale, pad = self.heard_costs(epoch, keys)
-        return self._units(np.minimum(self._heard_s[items] * scale + pad, float(self.window)))
+        return self._units(np.minimum(self.heard_s[items] * scale + pad, float(self.window)))
 
     def fitting(self, epoch: int, items: np.ndarray, keys: np.ndarray, keep: np.ndarray, num_buckets: int, buckets):
         """Per visit of an epoch (`items`: its dataset indices, `keys`: its visit keys): (its cost in `epoch`, its
