@@ -16,8 +16,7 @@ from pathlib import Path
 from llmasr.data.manifest import BadRecord, Manifest
 from llmasr.data.record_fields import SEGMENT_LINES, json_document
 from llmasr.data.records import given_hotwords, language_of
-from llmasr.export.decode_folders import RESULTS, results_problem
-from llmasr.export.pseudo_label_inputs import read_summary
+from llmasr.export.decode_folders import RESULTS, read_summary, results_problem
 from llmasr.scoring import kaldi_key
 from llmasr.scoring_bias import hotword_list
 from llmasr.text_files import json_lines, key_text_lines

@@ -16,8 +16,9 @@ from llmasr.atomic_file import write_atomic
 log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"  # a decode's row per line: what pseudo-labels and `llmasr score` read of it
+SUMMARY = "wer.json"  # its figures and settings (the manifest, a --hotwords file): read_summary
 # What a decode writes into its output folder (and into its ctc/ folder with --ctc).
-OUTPUT_FILES = ("hyp.txt", "ref.txt", RESULTS, "wer.txt", "wer.json", "bad.jsonl")
+OUTPUT_FILES = ("hyp.txt", "ref.txt", RESULTS, "wer.txt", SUMMARY, "bad.jsonl")
 # A decode of several manifests: the subfolder each has, so that a later decode into the same place knows them.
 MANIFEST_INDEX = "manifests.json"
 CTC_DIR = "ctc"
@@ -118,6 +119,15 @@ def results_problem(folder: Path) -> str | None:
             f"{', '.join(map(str, folders))}"
         )
     return f"no {RESULTS}: not the output folder of `llmasr decode`"
+
+
+def read_summary(decoded: Path) -> dict:
+    """The decode folder's SUMMARY, {} where there is none or it is no JSON object."""
+    try:
+        summary = json.loads((decoded / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def clear_earlier_folders(output: Path, keep: list[Path]) -> None:

@@ -3,17 +3,16 @@ to hold what is read of it, wer.json, and the decoded manifest's line of each ro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, probe_duration
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import BadRecord, _is_number
 from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
-from llmasr.export.decode_folders import RESULTS, results_problem
+from llmasr.export.decode_folders import RESULTS, SUMMARY, results_problem
 from llmasr.text_files import json_lines
 
-SUMMARY, BAD = "wer.json", "bad.jsonl"
+BAD = "bad.jsonl"
 
 
 class PseudoLabelError(ValueError):
@@ -100,15 +99,6 @@ def bad_lines(decoded: Path) -> set[int] | None:
             raise PseudoLabelError(f"{path}:{n}: not a row of `llmasr decode` (a JSON object with its `line`)")
         lines.add(row["line"])
     return lines
-
-
-def read_summary(decoded: Path) -> dict:
-    """The decode folder's wer.json, {} where there is none or it is no JSON object."""
-    try:
-        summary = json.loads((decoded / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def decoded_manifest(decoded: Path, summary: dict) -> Path:

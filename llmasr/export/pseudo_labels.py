@@ -24,6 +24,7 @@ from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import language_of, missing_hint, task_of
+from llmasr.export.decode_folders import read_summary
 from llmasr.export.pseudo_label_inputs import (
     BAD,
     RESULTS,
@@ -33,7 +34,6 @@ from llmasr.export.pseudo_label_inputs import (
     decoded_manifest,
     line_of,
     read_results,
-    read_summary,
 )
 from llmasr.scoring import plural, score_corpus
 
