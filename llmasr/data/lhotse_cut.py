@@ -13,7 +13,7 @@ supervision on a channel its cut lacks are bad records (llmasr.data.records.BadR
 from __future__ import annotations
 
 from llmasr.data.audio_commands import lhotse_source_advice
-from llmasr.data.records import Utterance, _is_number
+from llmasr.data.records import Utterance, is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
 RECORDING_SLACK_S = 0.025  # a cut past its recording's declared duration: lhotse's audio duration mismatch tolerance
@@ -120,9 +120,9 @@ class CutRecord:
         """A cut running past its recording's declared duration is a bad line, as lhotse refuses to load it: its
         text would be paired with part of its audio."""
         total = recording.get("duration")
-        if not _is_number(total):
+        if not is_number(total):
             n, sr = recording.get("num_samples"), recording.get("sampling_rate")
-            total = n / sr if _is_number(n) and _is_number(sr) and sr > 0 else None
+            total = n / sr if is_number(n) and is_number(sr) and sr > 0 else None
         if total is not None and start + duration > total + RECORDING_SLACK_S:
             raise self.p.bad(
                 f"lhotse cut ({start:g} s + {duration:g} s) ends {start + duration - total:.3f} s past the end of its "
@@ -136,7 +136,7 @@ class CutRecord:
         part of its audio."""
         a = sup.get("start", 0.0)
         b = sup.get("duration")
-        if not _is_number(a) or (b is not None and not _is_number(b)):
+        if not is_number(a) or (b is not None and not is_number(b)):
             raise self.p.bad(f"lhotse supervision: 'start'/'duration' must be numbers, got {a!r:.30}, {b!r:.30}")
         lo, hi = float(a), duration if b is None else float(a) + float(b)
         inside = max(0.0, lo), min(duration, hi)

@@ -27,7 +27,7 @@ import numpy as np
 from llmasr.config_paths import file_problem
 from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
-from llmasr.data.records import BadRecord, Utterance, _is_number, audio_reason
+from llmasr.data.records import BadRecord, Utterance, audio_reason, is_number
 from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, nano_speech_seconds
 from llmasr.text_files import malformed_json, not_utf8, unique_keys
 
@@ -89,20 +89,20 @@ def _record_duration(rec) -> float:
         sups = rec.get("supervisions")
         sup = sups[0] if isinstance(sups, list) and len(sups) == 1 and isinstance(sups[0], dict) else {}
         a, b = sup.get("start", 0.0), sup.get("duration")
-        if not (_is_number(d) and d > 0 and _is_number(a) and (b is None or _is_number(b))):
+        if not (is_number(d) and d > 0 and is_number(a) and (b is None or is_number(b))):
             return math.nan
         span = (d if b is None else min(d, a + b)) - max(0.0, a)
         return float(span) if span > 0 else math.nan
-    if _is_number(d) and d > 0:
+    if is_number(d) and d > 0:
         return float(d)
     n = rec.get("speech_length")
-    if "messages" in rec and _is_number(n) and n >= 1:
+    if "messages" in rec and is_number(n) and n >= 1:
         return nano_speech_seconds(n)
     s, e = rec.get("start", 0.0), rec.get("end")
-    if _is_number(e) and _is_number(s) and e > s:
+    if is_number(e) and is_number(s) and e > s:
         return float(e - s)
     sl = rec.get("source_len")
-    if _is_number(sl) and sl > 0 and _is_number(s) and float(sl) / FUNASR_FRAMES_PER_SECOND > s:
+    if is_number(sl) and sl > 0 and is_number(s) and float(sl) / FUNASR_FRAMES_PER_SECOND > s:
         return float(sl) / FUNASR_FRAMES_PER_SECOND - float(s)
     return math.nan
 

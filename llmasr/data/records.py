@@ -150,7 +150,9 @@ def missing_hint(utt) -> str:
 # ------------------------------------------------------------------------------------------------------ parsing
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
+    """Whether a JSON value is a finite number (a bool, NaN or infinity is none): what a manifest's numeric fields
+    take, in every format's reader."""
     try:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     except OverflowError:  # an integer past float range (a JSON 10**400)
@@ -226,7 +228,7 @@ class LineParser:
         if name not in rec or rec[name] is None:
             return None
         v = rec[name]
-        if not _is_number(v) or (integer and isinstance(v, float) and not v.is_integer()):
+        if not is_number(v) or (integer and isinstance(v, float) and not v.is_integer()):
             kind = "an integer" if integer else "a number"
             raise self.bad(f"field '{name}' must be {kind}, got {type(v).__name__} {v!r:.60}")
         if v < minimum:

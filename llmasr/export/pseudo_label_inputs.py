@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, probe_duration
 from llmasr.data.manifest import Manifest
-from llmasr.data.records import BadRecord, _is_number
+from llmasr.data.records import BadRecord, is_number
 from llmasr.data.stated_duration import DURATION_SLACK_S, durations_disagree
 from llmasr.export.decode_folders import RESULTS, SUMMARY, results_problem
 from llmasr.text_files import json_lines
@@ -51,9 +51,9 @@ def _row_problem(row) -> str | None:
             ("line", "a line number", isinstance(row["line"], int) and not isinstance(row["line"], bool)),
             ("key", "a non-empty string", isinstance(row.get("key"), str) and row["key"] != ""),
             ("hyp", "a string or null", row.get("hyp") is None or isinstance(row["hyp"], str)),
-            ("duration", "a number of seconds", _is_number(row.get("duration"))),
-            ("avg_logprob", "a number or null", row.get("avg_logprob") is None or _is_number(row["avg_logprob"])),
-            ("windows", "a count of windows", "windows" not in row or _is_number(row["windows"])),
+            ("duration", "a number of seconds", is_number(row.get("duration"))),
+            ("avg_logprob", "a number or null", row.get("avg_logprob") is None or is_number(row["avg_logprob"])),
+            ("windows", "a count of windows", "windows" not in row or is_number(row["windows"])),
         )
         if not ok
     ]
@@ -61,7 +61,7 @@ def _row_problem(row) -> str | None:
     if windows is not None and not (
         isinstance(windows, list)
         and all(
-            isinstance(w, dict) and "avg_logprob" in w and (w["avg_logprob"] is None or _is_number(w["avg_logprob"]))
+            isinstance(w, dict) and "avg_logprob" in w and (w["avg_logprob"] is None or is_number(w["avg_logprob"]))
             for w in windows
         )
     ):
@@ -74,7 +74,7 @@ def _row_problem(row) -> str | None:
     if (
         not wrong
         and texts is None
-        and _is_number(row.get("windows"))
+        and is_number(row.get("windows"))
         and row["windows"] > 1
         and not row.get("no_speech")
     ):
@@ -156,7 +156,7 @@ def _window_text(w) -> bool:
     """Whether `w` is a window_texts entry pseudo-labels can read."""
     return (
         isinstance(w, dict)
-        and all(_is_number(w.get(k)) for k in ("start", "end"))
+        and all(is_number(w.get(k)) for k in ("start", "end"))
         and w["end"] > w["start"] >= 0
         and (w.get("hyp") is None or isinstance(w["hyp"], str))
     )
