@@ -471,7 +471,7 @@ def test_a_section_enabled_with_settings_that_change_no_clip_is_named(section, w
 
 @pytest.mark.parametrize(("masks", "width", "named"), [(1, 30, False), (2, 39, False), (2, 40, True), (1, 100, True)])
 def test_frequency_masks_that_can_cover_every_mel_bin_are_named(masks, width, named):
-    """Two masks of up to 80 bins on 80 mels blanked a clip whole in about 3% of draws, with no word at start-up: the
+    """Two masks of up to 80 bins on 80 mels blanked some clips whole, with no word at start-up: the
     time masks are capped by max_time_fraction, the frequency masks are not."""
     section = {"spec_augment": {"enable": True, "num_freq_masks": masks, "max_freq_width": width}}
     cfg = from_dict(AugmentConfig, section, "augment")
