@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--records", type=int, default=200_000)
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from llmasr.data.audio import resample
     from llmasr.data.features import FeatureExtractor
     from llmasr.data.frontend import FrontendConfig
     from llmasr.data.manifest import Manifest
+    from llmasr.data.resample import resample
 
     rng = np.random.default_rng(0)
     secs = args.seconds

@@ -1,4 +1,4 @@
-"""Speed of llmasr.data.audio.resample: milliseconds per clip, and the first call's cost, per input rate.
+"""Speed of llmasr.data.resample.resample: milliseconds per clip, and the first call's cost, per input rate.
 
     python bench/resample.py [--rates 22050 44100 8000 48000 17600 22051] [--seconds 1.6 10] [--repeat 20]
                              [--torch-threads N]
@@ -30,7 +30,7 @@ def one_rate(orig: int, new: int, seconds: list[float], repeat: int, threads: in
     if threads:
         torch.set_num_threads(threads)
 
-    from llmasr.data.audio import resample
+    from llmasr.data.resample import resample
 
     rng = np.random.default_rng(0)
     clips = {s: (rng.standard_normal(int(round(orig * s))) * 0.1).astype(np.float32) for s in seconds}

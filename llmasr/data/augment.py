@@ -361,7 +361,7 @@ def apply_spec_masks(feats: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
     """Play `x` `factor` times faster (pitch shifts with it, as sox `speed`): len(out) ~ len(x) / factor."""
-    from llmasr.data.audio import resample
+    from llmasr.data.resample import resample
 
     if factor == 1.0:
         return x

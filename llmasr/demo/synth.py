@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from llmasr.data.audio import resample
+from llmasr.data.resample import resample
 from llmasr.demo.hotword_split import NAMES, hotword_texts, plant_names
 from llmasr.errors import write_error
 
