@@ -232,8 +232,8 @@ def check_data(
     LLM's tokenizer spells unk (llmasr.data.llm_unk.LLMUnk), or a str saying why that is not asked. `ctc_frames`
     (with `ctc_labels`): seconds -> the encoder frames a CTC head reads (llmasr.models.context.encoder_frames), to
     name the lines whose CTC labels outnumber them (llmasr.data.ctc_frames), with the fixes for a vocabulary of
-    `ctc_vocab_kind` (model.ctc's). `key`: the recipe key that lists
-    `manifest_paths` ("data.train"), which a manifest that cannot be opened is named by, as training names it."""
+    `ctc_vocab_kind` (model.ctc's). `key`: the recipe key that lists `manifest_paths` ("data.train"), which a
+    manifest that cannot be opened is named by, as training names it."""
     paths = [p.path if isinstance(p, ManifestSpec) else str(p) for p in manifest_paths]
     weights = [p.weight if isinstance(p, ManifestSpec) else 1.0 for p in manifest_paths]
     opened: list[tuple[Manifest, float]] = []
