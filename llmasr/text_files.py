@@ -61,6 +61,16 @@ def _reads_as_chinese(data: bytes) -> bool:
     return sum("\u4e00" <= ch <= "\u9fff" for ch in text) >= 2
 
 
+def text_line(raw: bytes, path: str | Path, n: int, error: Callable[[str], Exception] = ValueError) -> str:
+    """Line `n` of the file `path` ("-": standard input) as every line-by-line reader takes it: UTF-8, its ends
+    stripped, a BOM opening it (one that `cat` joined files saved with one) no part of it; a line that is not UTF-8
+    is `error("FILE:LINE: why")`, with the encoding it reads in (GB18030, UTF-16)."""
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff").strip()
+    except UnicodeDecodeError as err:
+        raise error(f"{path}:{n}: {not_utf8(err, None if str(path) == '-' else path)}") from None
+
+
 def json_lines(
     path: Path, error: Callable[[str], Exception] = ValueError, *, forms: str = ""
 ) -> Iterator[tuple[int, Any]]:
@@ -75,14 +85,13 @@ def json_lines(
     try:
         with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             for n, raw in enumerate(f, start=1):
+                if not (text := text_line(raw, path, n, error)):
+                    continue
                 try:
-                    text = raw.decode("utf-8").removeprefix("\ufeff").strip()
-                    if text:
-                        yield n, json.loads(text)
-                except UnicodeDecodeError as err:
-                    raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
+                    value = json.loads(text)
                 except ValueError as err:
                     raise error(f"{path}:{n}: {malformed_json(err)}{aside}") from None
+                yield n, value
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a copy cut short, a plain file named .gz
         if not gz:
             raise
@@ -92,15 +101,11 @@ def json_lines(
 
 def key_text_lines(path: Path, error: Callable[[str], Exception] = ValueError) -> Iterator[tuple[int, str, str]]:
     """(line number, key, text) of each non-blank line of a "key text" file (Kaldi's text, wav.scp, utt2dur; hyp.txt;
-    FunASR's 1best_recog/text): the key up to the first whitespace, the rest stripped ("" for a key alone). A line that
-    is not UTF-8 is `error("FILE:LINE: why")`; a BOM opening a line is no part of its key."""
+    FunASR's 1best_recog/text): the key up to the first whitespace, the rest stripped ("" for a key alone). Each line
+    is read by text_line (a BOM opening a line is no part of its key)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").removeprefix("\ufeff").strip()
-            except UnicodeDecodeError as err:  # the encoding it reads in (GB18030, UTF-16), as a manifest's is named
-                raise error(f"{path}:{n}: {not_utf8(err, path)}") from None
-            if line:
+            if line := text_line(raw, path, n, error):
                 key, *text = line.split(maxsplit=1)
                 yield n, key, text[0] if text else ""
 

@@ -35,7 +35,7 @@ from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
-from llmasr.text_files import not_utf8
+from llmasr.text_files import text_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,11 +117,7 @@ def listed_files(path: str) -> list[tuple[int, str]]:
         raise ValueError(f"{path}: {err.strerror or err}") from None
     out = []
     for n, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8").removeprefix("\ufeff").strip()
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}:{n}: {not_utf8(err, None if path == '-' else path)}") from None
-        if line:
+        if line := text_line(raw, path, n):
             out.append((n, line))
     if not out:
         raise ValueError(f"{path}: lists no audio file")
