@@ -112,3 +112,16 @@ def test_json_lines_reads_a_gzipped_file_and_names_one_cut_short(tmp_path):
     path.write_bytes(b'{"a": 1}\n')  # plain text named .gz
     with pytest.raises(KeyError, match=r"rows.jsonl.gz: not a complete gzip file"):
         list(json_lines(path, KeyError))
+
+
+def test_text_line_is_one_line_as_every_reader_takes_it(tmp_path):
+    """A BOM and the line's ends are no part of it; a line that is not UTF-8 names its file and line, and standard
+    input ("-") is no file name to give iconv."""
+    from llmasr.text_files import text_line
+
+    assert text_line("\ufeff a b \r\n".encode(), "x.txt", 1) == "a b"
+    gbk = "中文名字.wav\n".encode("gbk")
+    with pytest.raises(KeyError, match=r"x.txt:2: not UTF-8 text .*iconv -f GB18030 -t UTF-8 x.txt"):
+        text_line(gbk, tmp_path / "x.txt", 2, KeyError)
+    with pytest.raises(ValueError, match=r"^-:3: not UTF-8 text .*iconv -f GB18030 -t UTF-8 FILE > FILE.utf8$"):
+        text_line(gbk, "-", 3)
