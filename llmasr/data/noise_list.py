@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -44,8 +43,7 @@ def read_noise_list(path: str | Path, *, must_exist: bool = False) -> list[str]:
             if Path(out[-1]).is_dir():
                 missing.append(f"{path}:{lineno}: a directory, not an audio file: {out[-1]}")
             elif not Path(out[-1]).is_file():  # with what a path from the working directory would have meant
-                hint = missing_hint(SimpleNamespace(source=out[-1], manifest=str(path)))
-                missing.append(f"{path}:{lineno}: not found: {out[-1]}{hint}")
+                missing.append(f"{path}:{lineno}: not found: {out[-1]}{missing_hint(out[-1], str(path))}")
             else:
                 try:
                     probe_header(out[-1])

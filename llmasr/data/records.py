@@ -124,18 +124,18 @@ def audio_reason(err, utt) -> str:
     wording of every path that finds it (`llmasr data check`, training's start-up screen and its batches, decoding,
     CMVN), so a node's `llmasr data check` says what training's refusal said. A missing file says what its path may
     have meant."""
-    return f"audio {err.path}: {err.reason}{missing_hint(utt)}"
+    return f"audio {err.path}: {err.reason}{missing_hint(utt.source, utt.manifest)}"
 
 
-def missing_hint(utt) -> str:
-    """What a line whose audio file is not there may have meant, or "": a path that begins or ends with a space (not
-    seen in the message), or one written relative to the working directory, as FunASR opens it, which llmasr
-    resolves against the manifest's folder (lhotse's cuts excepted: those are opened from the working directory).
-    "" for a file that is there (unreadable, corrupt: no path to question)."""
-    src, hint = str(utt.source), ""
+def missing_hint(source: str, manifest: str) -> str:
+    """What a line of `manifest` whose audio file `source` (as resolved) is not there may have meant, or "": a path
+    that begins or ends with a space (not seen in the message), or one written relative to the working directory, as
+    FunASR opens it, which llmasr resolves against the manifest's folder (lhotse's cuts excepted: those are opened
+    from the working directory). "" for a file that is there (unreadable, corrupt: no path to question)."""
+    src, hint = str(source), ""
     if os.path.isfile(src):
         return hint
-    base = str(Path(utt.manifest).resolve().parent)
+    base = str(Path(manifest).resolve().parent)
     written = src[len(base) + 1 :] if src.startswith(base + "/") else src
     if written != written.strip():
         hint += f" (the path as written, {written!r}, begins or ends with white space)"

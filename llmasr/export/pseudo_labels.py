@@ -241,8 +241,9 @@ def _count_undecoded(got: PseudoLabels, lines: Manifest, rows: list[dict], bad: 
 
 def _missing_audio(missing: list) -> str:
     first, more = missing[0], len(missing) - 1
+    hint = missing_hint(first.source, first.manifest)
     return (
-        f"{first.manifest}:{first.line} (key {first.key!r}): audio {first.source} is not there{missing_hint(first)}"
+        f"{first.manifest}:{first.line} (key {first.key!r}): audio {first.source} is not there{hint}"
         + (f", nor that of {plural(more, 'more line')} kept" if more else "")
         + ": a lhotse cut's relative path is read from the working directory (run from the one the decode ran "
         "in), a manifest's from its folder (give the decoded manifest itself with --manifest); nothing written"
