@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.data.manifest import BadRecord, Manifest
-from llmasr.data.record_fields import SEGMENT_LINES, json_document
+from llmasr.data.record_fields import json_document
 from llmasr.data.records import given_hotwords, language_of
 from llmasr.export.decode_folders import RESULTS, read_summary, results_problem
 from llmasr.scoring import kaldi_key
@@ -132,8 +132,8 @@ def _jsonl(path: Path, need: tuple[str, ...]):
     if path.name.endswith(".gz"):
         raise ScoreInputError(f"{path}: compressed: give the decompressed file (only a reference manifest may be)")
     with open(path, "rb") as f:
-        if why := json_document(f.readline(4096)):  # an array, UTF-16, or an object over many lines (Whisper's)
-            raise ScoreInputError(f"{path}: {why.replace(SEGMENT_LINES, PER_LINE)}")
+        if why := json_document(f.readline(4096), PER_LINE):  # an array, UTF-16, or Whisper's object on many lines
+            raise ScoreInputError(f"{path}: {why}")
     for n, row in json_lines(path, ScoreInputError):
         where = f"{path}:{n}"
         if isinstance(row, dict) and "key" in need and "key" not in row and "segments" in row:

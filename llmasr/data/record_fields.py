@@ -126,9 +126,10 @@ SEGMENT_LINES = (
 )
 
 
-def json_document(first: bytes) -> str | None:
+def json_document(first: bytes, lines: str = SEGMENT_LINES) -> str | None:
     """Why a file whose first line is `first` is one JSON document rather than JSON Lines (a pretty-printed object
-    opening with '{' alone, or an array), or UTF-16 text, with what to write instead; None otherwise. Every line of
+    opening with '{' alone, or an array), or UTF-16 text, with what to write instead (`lines`: what the file's lines
+    are, said after an object over many lines; a manifest's by default); None otherwise. Every line of
     such a file had been a bad line of its own, none saying so (json reads bytes in UTF-16 too, so most lines of an
     English UTF-16 file had parsed, each shifted by the byte its line end left, and a Chinese line had not)."""
     if first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first:  # a BOM, or a NUL byte of each ASCII one
@@ -140,5 +141,5 @@ def json_document(first: bytes) -> str | None:
     if head.startswith(b"["):
         return f"{NOT_JSON_LINES}: it is a JSON array; write each element on a line of its own, e.g. jq -c '.[]'"
     if head == b"{":
-        return f"{NOT_JSON_LINES}: an object over many lines; {SEGMENT_LINES}"
+        return f"{NOT_JSON_LINES}: an object over many lines; {lines}"
     return None
