@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from _common import decode_bench_parser, emit, parse_decode_bench, reproduce_command
 
+from llmasr.commands.data_cmvn import fraction
+
 MAX_LEAK_RATE = 0.02
 MAX_U_WER_RISE = 0.005
 
@@ -101,12 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--boosts", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 2.5, 3.0])
     ap.add_argument(
-        "--max-bad-fraction", type=float, default=None,
+        "--max-bad-fraction", type=fraction, default=None,
         help="as llmasr decode's: fail when more lines than this are bad (default: the model's data.max_bad_fraction)",
     )  # fmt: skip
     args = parse_decode_bench(ap, argv)
-    if args.max_bad_fraction is not None and not 0 <= args.max_bad_fraction <= 1:
-        ap.error(f"--max-bad-fraction: a share in [0, 1], got {args.max_bad_fraction}")
     if any(b < 0 for b in args.boosts):
         ap.error(f"--boosts: a boost is >= 0, got {args.boosts}")
     if 0 not in args.boosts:  # the U-WER limit is set by boost 0's: without it the rule could not hold

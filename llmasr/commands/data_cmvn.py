@@ -24,7 +24,8 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """An argparse type: a share in [0, 1] (a --max-bad-fraction)."""
     try:
         value = float(text)
     except ValueError:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, help=f"without --recipe (default {FRONTEND_FLAGS['sample_rate']})")
     p.add_argument(
         "--max-bad-fraction",
-        type=_fraction,
+        type=fraction,
         help="unusable utterances allowed (default: the recipe's data.max_bad_fraction, else 0.05)",
     )
     p.add_argument("--max-utts", type=at_least_one, help="read at most this many utterances, spread over the manifests")
