@@ -245,25 +245,25 @@ class HotwordSampler:
         self._pool_keys = [self._keys(p) for p in self.pool]
         w = np.array([stats.weight(k, cfg.rarity) if cfg.distractors == "corpus" else 1.0 for k in self._pool_keys])
         self._pool_p = w / w.sum() if w.size and w.sum() > 0 else None
-        self._warn_short_pool()
 
-    def _warn_short_pool(self) -> None:
-        """A list asks for up to list_size's maximum less true_phrases' minimum distractors: a pool with fewer had
-        drawn lists shorter than list_size says (a 2-phrase file under list_size [6, 8]: lists of 3), unsaid."""
+    def short_pool(self) -> str | None:
+        """The warning for a pool too small for list_size, or None. A list asks for up to list_size's maximum less
+        true_phrases' minimum distractors: a pool with fewer had drawn lists shorter than list_size says (a 2-phrase
+        file under list_size [6, 8]: lists of 3), unsaid. Said once, by training's rank 0 (every rank builds one)."""
         (lo, hi), least = self.cfg.list_size, self.cfg.true_phrases[0]
         if len(self.pool) >= hi - least:
-            return
+            return None
         where = (
             f"data.hotwords.distractors: {self.cfg.distractors} holds {len(self.pool)} distinct phrase(s)"
             if self.cfg.distractors != "corpus"
             else f"data.hotwords: the training texts gave {len(self.pool)} distinct corpus distractor(s) (pool_size "
             f"{self.cfg.pool_size})"
         )
-        log.warning(
-            "%s, but a list may ask for %d distractors (list_size's maximum %d less true_phrases' minimum %d): lists "
-            "will hold fewer phrases than list_size [%d, %d] says; give more distractors or lower list_size",
-            where, hi - least, hi, least, lo, hi,
-        )  # fmt: skip
+        return (
+            f"{where}, but a list may ask for {hi - least} distractors (list_size's maximum {hi} less true_phrases' "
+            f"minimum {least}): lists will hold fewer phrases than list_size [{lo}, {hi}] says; give more distractors "
+            "or lower list_size"
+        )
 
     @property
     def longest_phrase_bytes(self) -> int:

@@ -136,6 +136,8 @@ def _hotword_sampler(data_cfg: DataConfig, manifest, *, train: bool, rank: int, 
             "%d units counted, distractor pool %d phrases (%s)", h.source, h.unit, h.ngram, h.true_phrases, h.list_size,
             h.empty_prob, len(sampler.stats.counts), len(sampler.pool), h.distractors,
         )  # fmt: skip
+        if short := sampler.short_pool():
+            log.warning("%s", short)
     return sampler
 
 

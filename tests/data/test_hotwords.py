@@ -314,7 +314,7 @@ def test_no_drawn_phrase_is_longer_than_longest_phrase_bytes(tmp_path, distracto
     assert max(len(p.encode()) for p in drawn) == s.longest_phrase_bytes
 
 
-def test_a_pool_too_small_for_list_size_is_named_at_start_up(tmp_path, caplog):
+def test_a_pool_too_small_for_list_size_is_named_at_start_up(tmp_path):
     """A 2-phrase distractor file under list_size [6, 8] had drawn lists of 3 phrases, and nothing said so."""
     pool = tmp_path / "pool.txt"
     pool.write_text("Kubernetes\nZanzibar\n")
@@ -323,14 +323,28 @@ def test_a_pool_too_small_for_list_size_is_named_at_start_up(tmp_path, caplog):
     assert (
         f"data.hotwords.distractors: {pool} holds 2 distinct phrase(s), but a list may ask for 7 distractors "
         "(list_size's maximum 8 less true_phrases' minimum 1): lists will hold fewer phrases than list_size [6, 8] "
-        "says" in caplog.text
+        "says" in s.short_pool()
     )
-    caplog.clear()
-    sampler(tmp_path, pool_size=3, true_phrases=[1, 1], list_size=[6, 8])
-    assert "the training texts gave 3 distinct corpus distractor(s) (pool_size 3), but a list may ask" in caplog.text
-    caplog.clear()
-    sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[2, 3])  # room enough: nothing said
-    assert "distinct" not in caplog.text
+    said = sampler(tmp_path, pool_size=3, true_phrases=[1, 1], list_size=[6, 8]).short_pool()
+    assert "the training texts gave 3 distinct corpus distractor(s) (pool_size 3), but a list may ask" in said
+    # room enough: nothing said
+    assert sampler(tmp_path, distractors=str(pool), true_phrases=[1, 1], list_size=[2, 3]).short_pool() is None
+
+
+def test_a_pool_too_small_is_said_by_rank_0_alone(tmp_path, caplog):
+    """Every rank builds its sampler: the warning had been logged once a rank (eight times on eight GPUs), where
+    the sampler's other start-up line is rank 0's."""
+    from llmasr.data.config import DataConfig
+    from llmasr.data.loader import _hotword_sampler
+
+    path = write_jsonl(tmp_path / "train.jsonl", [rec(f"u{i}", t) for i, t in enumerate(CORPUS)])
+    hotwords = {"enable": True, "pool_size": 3, "true_phrases": [1, 1], "list_size": [6, 8]}
+    data_cfg = from_dict(DataConfig, {"train": [str(path)], "hotwords": hotwords}, "data")
+    for rank, said in ((1, False), (0, True)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            _hotword_sampler(data_cfg, Manifest.open(path), train=True, rank=rank)
+        assert ("distinct corpus distractor(s) (pool_size 3), but a list may ask" in caplog.text) == said, rank
 
 
 def test_lists_mix_true_phrases_and_distractors_shuffled(tmp_path):
