@@ -51,10 +51,9 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> C
     if cfg.seg_dict is not None:
         return SegDictCTCTokenizer(spec, cfg.seg_dict, cfg.blank)
     beside = Path(spec).parent / "seg_dict"
-    if beside.is_file():  # the seg_dict is the fix for what a letter list without a separator does too
-        _NO_SEPARATOR_NOTED.add(spec)
     if beside.is_file() and spec not in _SEG_DICT_NOTED:
         _SEG_DICT_NOTED.add(spec)
+        _NO_SEPARATOR_NOTED.add(spec)  # the seg_dict is the fix for what a letter list without a separator does too
         log.warning(
             "model.ctc.vocab %s has a seg_dict beside it, which FunASR spells this token list's text through; set "
             "model.ctc.seg_dict: %s to read it so (without it an English word outside the list is spelled in letters)",
