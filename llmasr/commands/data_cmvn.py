@@ -9,10 +9,11 @@ from pathlib import Path
 
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.config_overrides import split_overrides
-from llmasr.config_paths import output_file_problem
+from llmasr.config_paths import input_paths, output_file_problem
 from llmasr.data.cmvn import CMVNError, compute_global_cmvn
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.encoder_spec import encoder_frontend
+from llmasr.models.funasr_dir import funasr_encoder_spec
 from llmasr.recipe import load_recipe
 
 
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{flags}: the frontend comes from --recipe's encoder; give one or the other")
     # refused now, not after a pass over the whole corpus
     if unwritable := output_file_problem(Path(args.out), named):
-        print(f"llmasr data cmvn: error: --out {args.out}: {unwritable}", file=sys.stderr)
-        return 2
+        return _refuse_out(args.out, unwritable)
     try:
         manifests, max_bad, weights = named, args.max_bad_fraction, None
         if args.recipe:
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             # statistics never read it.
             recipe = load_recipe(args.recipe, [*overrides, "model.encoder.frontend.cmvn_file=null"])
             frontend = encoder_frontend(recipe.model.encoder)
+            if unwritable := output_file_problem(Path(args.out), _recipe_inputs(recipe)):
+                return _refuse_out(args.out, unwritable)
             if not manifests:  # data.train's mix, weighted as training draws it
                 specs = recipe.data.train_manifests
                 manifests, weights = [s.path for s in specs], [s.weight for s in specs]
@@ -101,3 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {args.out}: {shift.size} dims (n_mels {frontend.n_mels} x lfr_m {frontend.lfr_m}){mix}")
     return 0
+
+
+def _refuse_out(out: str, why: str) -> int:
+    print(f"llmasr data cmvn: error: --out {out}: {why}", file=sys.stderr)
+    return 2
+
+
+def _recipe_inputs(recipe) -> list[str]:
+    """The files the recipe reads (its manifests, noise lists, ...) and a pretrained encoder's own CMVN: an --out
+    naming one would destroy it (a training manifest, or the am.mvn the encoder's weights were trained with)."""
+    inputs = [path for _, path in input_paths(recipe)]
+    encoder = recipe.model.encoder
+    if encoder.path is not None and encoder.type != "whisper":
+        inputs += [cmvn] if (cmvn := funasr_encoder_spec(encoder.path)[2].cmvn_file) else []
+    return inputs

@@ -280,3 +280,28 @@ def test_cmvn_takes_recipe_overrides_as_train_does(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "quiet.jsonl"), "--out", str(tmp_path / "c.mvn"), lfr_1[0]])
     assert exit_.value.code == 2 and f"{lfr_1[0]}: a recipe override needs --recipe" in capsys.readouterr().err
+
+
+def test_cmvn_refuses_an_out_the_recipe_reads(tmp_path, capsys):
+    """An --out naming a file the recipe reads is refused before any audio is read: a data.train manifest, or the
+    pretrained encoder's am.mvn, which its weights were trained with (both had been overwritten)."""
+    import yaml
+
+    from llmasr.commands.data_cmvn import main
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+    recipe = _two_level_recipe(tmp_path, [1.0, 1.0])
+    before = (tmp_path / "loud.jsonl").read_bytes()
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "loud.jsonl")]) == 2
+    assert f"one of the inputs ({tmp_path / 'loud.jsonl'}): writing it would destroy it" in capsys.readouterr().err
+    assert (tmp_path / "loud.jsonl").read_bytes() == before
+
+    enc = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    data = yaml.safe_load(recipe.read_text())
+    data["model"]["encoder"] = {"type": "paraformer", "path": str(enc)}
+    recipe.write_text(yaml.safe_dump(data))
+    pretrained = (enc / "am.mvn").read_bytes()
+    assert main(["--recipe", str(recipe), "--out", str(enc / "am.mvn")]) == 2
+    assert f"one of the inputs ({enc / 'am.mvn'}): writing it would destroy it" in capsys.readouterr().err
+    assert (enc / "am.mvn").read_bytes() == pretrained
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "new.mvn")]) == 0  # a new file: written
