@@ -33,6 +33,8 @@ VERBS = {
 }
 
 RANKED = ("train", "decode")  # the verbs whose ranks join one process group
+# one-process verbs that a launcher's ranks may start: check plans for WORLD_SIZE ranks, transcribe refuses itself
+LAUNCHER_TAKEN = ("check", "transcribe")
 ONE_PROCESS_HINTS = {"transcribe": ", or give the files to `llmasr decode` as a manifest, which splits them between "
                                    "the tasks"}  # fmt: skip
 
@@ -97,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
     if verb not in RANKED and not helps:
-        if refused := slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, "")):
-            if os.environ.get("SLURM_PROCID", "0").strip() == "0":  # one task says it, not every one
+        refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
+        if verb not in LAUNCHER_TAKEN and not refused:
+            refused = slurm_env.launcher_refusal(f"`{prog}`", "rank would run it whole, into the same files")
+        if refused:
+            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")).strip() == "0":  # one says it, not each
                 print(f"{prog}: error: {refused}", file=sys.stderr)
             return 2
 

@@ -7,11 +7,21 @@ drops, a ` #` YAML reads as a comment, a list index past the end or on no list."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmasr.config_io import ConfigError, RecipeLoader, unshared
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, unless a file of that name exists
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """A data command's positional arguments as (manifests, recipe overrides): `key.path=value` is an override
+    unless a file of that name exists (`lang=en/x.jsonl` may be a manifest)."""
+    overrides = [a for a in items if OVERRIDE.match(a) and not Path(a).exists()]
+    return [a for a in items if a not in overrides], overrides
 
 
 def _split_hint(overrides: list[str], i: int) -> str:

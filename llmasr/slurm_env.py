@@ -151,6 +151,16 @@ def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str
     )
 
 
+def launcher_refusal(command: str, each: str, hint: str = "", environ=os.environ) -> str | None:
+    """Why `command`, which runs as one process, may not start as one of a launcher's several ranks (deepspeed,
+    torchrun: WORLD_SIZE above 1), where `each` rank would run it whole; None elsewhere."""
+    ranks = environ.get("WORLD_SIZE", "1").strip()
+    if ranks in ("", "1"):
+        return None
+    return (f"started as one of a launcher's {ranks} ranks (WORLD_SIZE): {command} runs as one process, and each "
+            f"{each}. Run it once, without a launcher{hint}")  # fmt: skip
+
+
 _adopted: SlurmStep | None = None
 
 

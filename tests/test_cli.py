@@ -125,6 +125,32 @@ def test_a_one_process_verb_refuses_to_start_as_one_of_several_srun_tasks(monkey
         assert not list(tmp_path.iterdir())  # nothing ran
 
 
+@pytest.mark.parametrize("argv", [["data", "cmvn", "m.jsonl", "--out", "am.mvn"], ["data", "check", "m.jsonl"],
+                                  ["export", "--checkpoint", "run", "--output", "out"]])  # fmt: skip
+def test_a_one_process_verb_refuses_to_start_as_one_of_a_launchers_ranks(monkeypatch, capsys, tmp_path, argv):
+    """`deepspeed --num_gpus 2` (or torchrun) starting `llmasr data cmvn` ran it whole on each rank, both writing
+    am.mvn; each rank stops before the verb runs, rank 0 alone saying why. `check` plans for WORLD_SIZE ranks."""
+    monkeypatch.chdir(tmp_path)
+    for key in SRUN_TASK:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+        want = (f"{prog}: error: started as one of a launcher's 2 ranks (WORLD_SIZE): `{prog}` runs as one process, "
+                "and each rank would run it whole, into the same files. Run it once, without a launcher")  # fmt: skip
+        assert (want in err) == said and (err == "") != said, err
+        assert not list(tmp_path.iterdir())  # nothing ran
+    monkeypatch.setenv("RANK", "0")
+    assert main(["check", "--config", "missing.yaml", "--deepspeed", "zero2"]) == 2  # it ran, and refused its recipe
+    assert "started as one of" not in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: one process
+    assert main(["data", "check", "missing.jsonl"]) == 2
+    assert "started as one of" not in capsys.readouterr().err
+
+
 def test_a_one_process_verb_runs_in_a_batch_script_and_in_a_step_of_one_task(monkeypatch, capsys):
     """The batch script's own process (no SLURM_STEP_ID) and `srun -n 1` are one process: the verb runs."""
     for key in ("RANK", "WORLD_SIZE"):

@@ -9,11 +9,11 @@ transcripts its tokenizer cannot write (its unk token) are named, as training's 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from llmasr.commands.data_cmvn import at_least_one
 from llmasr.config_io import ConfigError, from_dict, to_dict
+from llmasr.config_overrides import split_overrides
 from llmasr.data.check import check_data
 from llmasr.data.check_report import format_report
 from llmasr.data.config import DataConfig
@@ -33,9 +33,6 @@ from llmasr.train.check_languages import data_check_text, per_line_recipe
 BATCHING_OPTIONS = (
     "max_seconds", "max_frames", "max_target_tokens", "num_buckets", "min_duration", "max_duration", "max_target_len"
 )  # fmt: skip
-
-
-OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a recipe override, unless a file of that name exists
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,14 +194,13 @@ def budget_rows(recipe: Recipe | None, data_cfg: DataConfig):
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_intermixed_args(argv)  # overrides may come before and after the options
-    overrides = [a for a in args.manifests if OVERRIDE.match(a) and not Path(a).exists()]  # lang=en/x.jsonl: a file
+    named, overrides = split_overrides(args.manifests)
     if overrides and not args.recipe:
         p.error(f"{overrides[0]}: a recipe override needs --recipe")
     # typed, manifest paths resolved against it; its am.mvn may not be written yet (llmasr data cmvn writes it) and
     # is not read here
     recipe = load_recipe(args.recipe, [*overrides, "model.encoder.frontend.cmvn_file=null"]) if args.recipe else None
     data_cfg, frontend = configs(args, recipe)
-    named = [a for a in args.manifests if a not in overrides]
     key = None if named else f"data.{'valid' if args.valid else 'train'}"  # the recipe's list: named by its place
     specs = named or list(data_cfg.valid_manifests if args.valid else data_cfg.train_manifests)
     if not specs:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmasr import errors
+from llmasr import errors, slurm_env
 from llmasr.commands.decode_flags import (
     check_model_args,
     model_args,
@@ -90,12 +90,8 @@ def _several_ranks(environ=os.environ) -> str | None:
     """Why this process is one of a launcher's several ranks, which would each transcribe every file (transcribe
     runs as one process and prints each transcript: N ranks, N copies); the tasks of an srun step are refused
     before any verb that runs as one process starts (llmasr.cli)."""
-    ranks = environ.get("WORLD_SIZE", "1").strip()
-    if ranks in ("", "1"):
-        return None
-    return (f"started as one of a launcher's {ranks} ranks (WORLD_SIZE): transcribe runs as one process, and each "
-            "would transcribe every file. Run it once, without a launcher, or give the files to `llmasr decode` as a "
-            "manifest, which splits them between ranks")  # fmt: skip
+    hint = ", or give the files to `llmasr decode` as a manifest, which splits them between ranks"
+    return slurm_env.launcher_refusal("transcribe", "would transcribe every file", hint, environ)
 
 
 def _one_line(path: str) -> str:

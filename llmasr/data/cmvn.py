@@ -37,12 +37,14 @@ def compute_global_cmvn(
     *,
     max_utts: int | None = None,
     max_bad_fraction: float = 0.05,
+    weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Accumulate per-dimension mean/variance of fbank+LFR features; write am.mvn; return (shift, scale).
 
     `max_utts` caps the number of utterances read (taken in manifest order, spread evenly over the manifests'
     records). Unusable records (bad manifest lines, missing/corrupt/empty audio) are counted and logged; more
-    than `max_bad_fraction` of the attempted ones raises CMVNError, as does having no usable frames.
+    than `max_bad_fraction` of the attempted ones raises CMVNError, as does having no usable frames. `weights`
+    (data.train's, w passes over a manifest per epoch) weigh each manifest's frames as training draws them.
     """
     if frontend.kind != "fbank":
         raise ValueError(f"global CMVN applies to fbank frontends, not {frontend.kind!r}")
@@ -53,24 +55,31 @@ def compute_global_cmvn(
     offsets = np.cumsum([0] + [len(m) for m in manifests])
     picks = _picks(int(offsets[-1]), max_utts)
 
+    weights = [1.0] * len(manifests) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(manifests):
+        raise ValueError(f"{len(manifests)} manifests but {len(weights)} weights")
     dim = frontend.feature_dim
-    s1 = np.zeros(dim, dtype=np.float64)
-    s2 = np.zeros(dim, dtype=np.float64)
-    frames = 0
+    s1 = np.zeros((len(manifests), dim), dtype=np.float64)
+    s2 = np.zeros((len(manifests), dim), dtype=np.float64)
+    frames = np.zeros(len(manifests), dtype=np.float64)
     bad: list[str] = []
-    for idx in picks:
-        k = int(np.searchsorted(offsets, idx, side="right") - 1)
+    owners = np.searchsorted(offsets, picks, side="right") - 1
+    for idx, k in zip(picks, owners):
         feats = _features(manifests[k], int(idx - offsets[k]), extractor)
         if isinstance(feats, str):
             bad.append(feats)
             continue
-        s1 += feats.sum(axis=0)
-        s2 += np.square(feats).sum(axis=0)
-        frames += feats.shape[0]
+        s1[k] += feats.sum(axis=0)
+        s2[k] += np.square(feats).sum(axis=0)
+        frames[k] += feats.shape[0]
 
-    _check_usable(bad, len(picks), frames, max_bad_fraction)
-    mean = s1 / frames
-    var = s2 / frames - mean * mean
+    _check_usable(bad, len(picks), int(frames.sum()), max_bad_fraction)
+    # a manifest's frames stand for its weight x its records (max_utts reads a share of them)
+    read = np.bincount(owners, minlength=len(manifests))
+    share = np.array(weights) * np.diff(offsets) / np.maximum(read, 1)
+    mean = share @ s1 / (share @ frames)
+    var = share @ s2 / (share @ frames) - mean * mean
+    frames = int(frames.sum())
     _check_varies(var, frames)
     shift = (-mean).astype(np.float32)
     scale = (1.0 / np.sqrt(var)).astype(np.float32)

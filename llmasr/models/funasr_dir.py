@@ -216,8 +216,11 @@ def funasr_encoder_spec(
     if streaming:  # FunASR never runs it otherwise; stated in the conf, so an export records it
         encoder_conf.setdefault("context", "chunked")
     if "context" in encoder_conf or "train_chunks" in encoder_conf:
-        check_context(encoder_conf.get("context", "full"), ChunkSettings.from_conf(encoder_conf) if streaming else None,
-                      "model.encoder.conf", encoder_conf.get("train_chunks"))  # fmt: skip
+        # the chunk settings are config.yaml's (_check_overrides keeps them), context and train_chunks the recipe's
+        stated = f"{cfg_path} encoder_conf"
+        chunk = ChunkSettings.from_conf(encoder_conf, f"{cfg_path}: SANMEncoderChunkOpt") if streaming else None
+        context, train_chunks = encoder_conf.get("context", "full"), encoder_conf.get("train_chunks")
+        check_context(context, chunk, "model.encoder.conf", train_chunks, chunk_where=stated)
     feature_dim = frontend.feature_dim
     for where, stated in (
         ("input_size", config.get("input_size")),

@@ -54,28 +54,27 @@ class ChunkSettings:
     decoder_att_look_back_factor: tuple[int, ...]
 
     @classmethod
-    def from_conf(cls, conf: dict[str, Any]) -> ChunkSettings:
+    def from_conf(cls, conf: dict[str, Any], where: str = "SANMEncoderChunkOpt") -> ChunkSettings:
         """From encoder_conf values; FunASR's defaults fill absent keys, and pad_left and the look-back factors
-        given for fewer configurations than chunk_size repeat their first value (as FunASR's overlap_chunk does)."""
+        given for fewer configurations than chunk_size repeat their first value (as FunASR's overlap_chunk does).
+        `where` begins a refusal (the config.yaml the values came from)."""
         defaults = {"chunk_size": (16,), "stride": (10,), "pad_left": (0,)}
         values = {k: _ints(k, conf.get(k, defaults.get(k, (1,)))) for k in CHUNK_KEYS}
         n = len(values["chunk_size"])
         if len(values["stride"]) != n:
             raise ConfigError(
-                f"SANMEncoderChunkOpt: encoder_conf.stride has {len(values['stride'])} values but chunk_size has {n} "
+                f"{where}: encoder_conf.stride has {len(values['stride'])} values but chunk_size has {n} "
                 f"(stride {list(values['stride'])}, chunk_size {list(values['chunk_size'])})"
             )
         for key in CHUNK_KEYS[2:]:
             if len(values[key]) < n:
                 values[key] = values[key][:1] * n
             elif len(values[key]) > n:
-                raise ConfigError(
-                    f"SANMEncoderChunkOpt: encoder_conf.{key} has {len(values[key])} values but chunk_size has {n}"
-                )
+                raise ConfigError(f"{where}: encoder_conf.{key} has {len(values[key])} values but chunk_size has {n}")
         for size, step, left in zip(values["chunk_size"], values["stride"], values["pad_left"]):
             if not 0 < step <= size or left < 0:
                 raise ConfigError(
-                    f"SANMEncoderChunkOpt: chunk configuration chunk_size {size}, stride {step}, pad_left {left} is "
+                    f"{where}: chunk configuration chunk_size {size}, stride {step}, pad_left {left} is "
                     "not valid (needs 0 < stride <= chunk_size and pad_left >= 0)"
                 )
         return cls(**values)
@@ -98,9 +97,12 @@ class ChunkSettings:
                 )
 
 
-def check_context(value: Any, chunk: ChunkSettings | None, where: str, train_chunks: Any = None) -> str:
+def check_context(
+    value: Any, chunk: ChunkSettings | None, where: str, train_chunks: Any = None, chunk_where: str | None = None
+) -> str:
     """`value` of model.encoder.conf.context, refused unless one of CONTEXTS and, for "chunked", chunk settings
-    whose configurations run (check_train_chunks: `train_chunks` as given, None for the default)."""
+    whose configurations run (check_train_chunks: `train_chunks` as given, None for the default); a refusal of the
+    chunk settings names `chunk_where` (the config.yaml that states them), else `where`."""
     if value not in CONTEXTS:
         raise ConfigError(f"{where}: context must be one of {', '.join(CONTEXTS)}, got {value!r}")
     if value == "chunked":
@@ -109,7 +111,7 @@ def check_context(value: Any, chunk: ChunkSettings | None, where: str, train_chu
                 f"{where}: context 'chunked' needs chunk settings (chunk_size, stride, ...: a SANMEncoderChunkOpt, "
                 "Paraformer-streaming); this encoder has none"
             )
-        chunk.check_chunked(where, every=check_train_chunks(train_chunks, value, where) == "random")
+        chunk.check_chunked(chunk_where or where, every=check_train_chunks(train_chunks, value, where) == "random")
     else:
         check_train_chunks(train_chunks, value, where)
     return value

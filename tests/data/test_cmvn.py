@@ -216,3 +216,92 @@ def test_cmvn_says_what_a_missing_files_path_may_have_meant(tmp_path, monkeypatc
         f"FunASR looks; llmasr reads a relative path from the manifest's folder, {base}: write the paths absolute, or "
         "relative to that folder)"
     ) in str(err.value)
+
+
+def _two_level_recipe(tmp_path, weights):
+    """Two manifests of one level each (quiet, loud) mixed in data.train with `weights`; returns the recipe."""
+    import yaml
+
+    rng = np.random.default_rng(5)
+    for name, amp in (("quiet", 0.01), ("loud", 0.5)):
+        lines = []
+        for i in range(3):
+            sf.write(tmp_path / f"{name}{i}.wav", (rng.standard_normal(SR // 2) * amp).astype(np.float32), SR)
+            lines.append(json.dumps({"key": f"{name}{i}", "source": f"{name}{i}.wav", "target": "w"}))
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"encoder": {"type": "paraformer", "frontend": {"lfr_m": 7, "lfr_n": 6, "cmvn_file": "am.mvn"},
+                              "conf": {"output_size": 16, "attention_heads": 2, "linear_units": 32, "num_blocks": 1}},
+                  "llm": {"path": str(tmp_path)}},
+        "data": {"train": [{"path": f"{name}.jsonl", "weight": w} for name, w in zip(("quiet", "loud"), weights)]},
+    }))  # fmt: skip
+    return recipe
+
+
+def test_cmvn_weighs_the_recipes_mix_as_training_draws_it(tmp_path, capsys):
+    """data.train's weights (w passes over a manifest per epoch) weigh its frames: a 3:1 mix is normalised as
+    training hears it, quiet three times for loud once (each manifest had counted once)."""
+    from llmasr.commands.data_cmvn import main
+
+    recipe = _two_level_recipe(tmp_path, [3.0, 1.0])
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "mix.mvn")]) == 0
+    assert "data.train's manifests weighted 3, 1" in capsys.readouterr().out
+    fe = FrontendConfig(lfr_m=7, lfr_n=6, cmvn_file=None)
+    heard = [tmp_path / "quiet.jsonl"] * 3 + [tmp_path / "loud.jsonl"]
+    shift, scale = compute_global_cmvn(heard, fe, tmp_path / "heard.mvn")
+    got_shift, got_scale = read_kaldi_cmvn(tmp_path / "mix.mvn")
+    np.testing.assert_allclose(got_shift, shift, rtol=1e-5)
+    np.testing.assert_allclose(got_scale, scale, rtol=1e-5)
+    # manifests named on the command line weigh alike, as before
+    assert main([str(tmp_path / "quiet.jsonl"), str(tmp_path / "loud.jsonl"), "--recipe", str(recipe), "--out",
+                 str(tmp_path / "named.mvn")]) == 0  # fmt: skip
+    both = compute_global_cmvn([tmp_path / "quiet.jsonl", tmp_path / "loud.jsonl"], fe, tmp_path / "both.mvn")[0]
+    np.testing.assert_allclose(read_kaldi_cmvn(tmp_path / "named.mvn")[0], both, rtol=1e-5)
+    # --max-utts reads a share of each manifest (here 2 of 3): that share stands for the whole of it, at its weight
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "capped.mvn"), "--max-utts", "4"]) == 0
+    capped = read_kaldi_cmvn(tmp_path / "capped.mvn")[0]
+    assert np.abs(capped - shift).max() < 0.2 * np.abs(both - shift).max()
+
+
+def test_cmvn_takes_recipe_overrides_as_train_does(tmp_path, capsys):
+    """`key=value` beside --recipe changes the recipe, as train and data check take it (it had been read as a
+    manifest path: "manifest not found: model.encoder.frontend.lfr_m=1")."""
+    from llmasr.commands.data_cmvn import main
+
+    recipe = _two_level_recipe(tmp_path, [1.0, 1.0])
+    lfr_1 = ["model.encoder.frontend.lfr_m=1", "model.encoder.frontend.lfr_n=1"]
+    assert main(["--recipe", str(recipe), lfr_1[0], "--out", str(tmp_path / "am.mvn"), lfr_1[1]]) == 0, (
+        capsys.readouterr()
+    )
+    assert read_kaldi_cmvn(tmp_path / "am.mvn")[0].shape == (80,)
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "b.mvn"), "model.encoder.frontend.lfr_mm=1"]) == 2
+    assert "model.encoder.frontend: unknown key(s) ['lfr_mm']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "quiet.jsonl"), "--out", str(tmp_path / "c.mvn"), lfr_1[0]])
+    assert exit_.value.code == 2 and f"{lfr_1[0]}: a recipe override needs --recipe" in capsys.readouterr().err
+
+
+def test_cmvn_refuses_an_out_the_recipe_reads(tmp_path, capsys):
+    """An --out naming a file the recipe reads is refused before any audio is read: a data.train manifest, or the
+    pretrained encoder's am.mvn, which its weights were trained with (both had been overwritten)."""
+    import yaml
+
+    from llmasr.commands.data_cmvn import main
+    from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
+
+    recipe = _two_level_recipe(tmp_path, [1.0, 1.0])
+    before = (tmp_path / "loud.jsonl").read_bytes()
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "loud.jsonl")]) == 2
+    assert f"one of the inputs ({tmp_path / 'loud.jsonl'}): writing it would destroy it" in capsys.readouterr().err
+    assert (tmp_path / "loud.jsonl").read_bytes() == before
+
+    enc = write_funasr_dir(tmp_path / "enc", encoder_conf=tiny_sanm_conf())
+    data = yaml.safe_load(recipe.read_text())
+    data["model"]["encoder"] = {"type": "paraformer", "path": str(enc)}
+    recipe.write_text(yaml.safe_dump(data))
+    pretrained = (enc / "am.mvn").read_bytes()
+    assert main(["--recipe", str(recipe), "--out", str(enc / "am.mvn")]) == 2
+    assert f"one of the inputs ({enc / 'am.mvn'}): writing it would destroy it" in capsys.readouterr().err
+    assert (enc / "am.mvn").read_bytes() == pretrained
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "new.mvn")]) == 0  # a new file: written

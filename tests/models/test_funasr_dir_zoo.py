@@ -102,6 +102,24 @@ def test_train_chunks_is_checked_against_the_directory(zoo, tmp_path):
     assert load_funasr_encoder(bad, conf_overrides={"train_chunks": "first"})[0].chunk_draw is None
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"pad_left": [5, 0]}, "encoder_conf: context 'chunked' needs stride + pad_left <= chunk_size"),
+        ({"stride": [8]}, "SANMEncoderChunkOpt: encoder_conf.stride has 1 values but chunk_size has 2"),
+        ({"encoder_att_look_back_factor": [4, 4, 4]}, "encoder_conf.encoder_att_look_back_factor has 3 values"),
+    ],
+)
+def test_a_refused_chunk_setting_names_the_config_yaml_that_states_it(zoo, tmp_path, edit, said):
+    """The chunk settings come from the directory's config.yaml (the recipe may not change them): a refusal names
+    that file, not model.encoder.conf (whose recipe line it had pointed at)."""
+    bad = _copy(zoo["ParaformerStreaming"], tmp_path / "bad")
+    _edit_config(bad, lambda c: c["encoder_conf"].update(edit))
+    with pytest.raises(ConfigError) as err:
+        load_funasr_encoder(bad)
+    assert str(err.value).startswith(f"{bad.resolve() / 'config.yaml'}") and said in str(err.value), err.value
+
+
 def test_left_out_modules_named_once(zoo, caplog):
     with caplog.at_level("INFO", logger="llmasr.models.funasr_checks"):
         load_funasr_encoder(zoo["SeacoParaformer"])
