@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from llmasr.atomic_file import write_atomic
 from llmasr.config_io import ConfigError
 from llmasr.unread_fields import changed, refuse_unread
 
@@ -231,11 +232,11 @@ def write_kaldi_cmvn(path: str | Path, add_shift: np.ndarray, rescale: np.ndarra
     def vec(v: np.ndarray) -> str:
         return " ".join(f"{float(x):.8g}" for x in np.asarray(v).ravel())
 
-    Path(path).write_text(
+    write_atomic(  # a run stopped mid-write (a full disk, a killed job) leaves the earlier am.mvn whole, not half
+        path,
         "<Nnet>\n"
         f"<Splice> {dim} {dim}\n[ 0 ]\n"
         f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {vec(add_shift)} ]\n"
         f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {vec(rescale)} ]\n"
         "</Nnet>\n",
-        encoding="utf-8",
     )

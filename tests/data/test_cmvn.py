@@ -305,3 +305,22 @@ def test_cmvn_refuses_an_out_the_recipe_reads(tmp_path, capsys):
     assert f"one of the inputs ({enc / 'am.mvn'}): writing it would destroy it" in capsys.readouterr().err
     assert (enc / "am.mvn").read_bytes() == pretrained
     assert main(["--recipe", str(recipe), "--out", str(tmp_path / "new.mvn")]) == 0  # a new file: written
+
+
+def test_an_am_mvn_write_that_fails_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    """am.mvn had been written in place: a run stopped mid-write (a full disk, a killed job) left a file FunASR and
+    llmasr cannot parse where a good one had been."""
+    from llmasr.data.frontend import write_kaldi_cmvn
+
+    path = tmp_path / "am.mvn"
+    write_kaldi_cmvn(path, np.full(4, -1.0), np.full(4, 0.5))
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("llmasr.atomic_file.os.replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_kaldi_cmvn(path, np.full(4, -2.0), np.full(4, 0.25))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["am.mvn"]
+    np.testing.assert_array_equal(read_kaldi_cmvn(path)[0], np.full(4, -1.0))
