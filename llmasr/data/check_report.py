@@ -1,18 +1,89 @@
-"""The text `llmasr data check` prints of a DataReport (llmasr.data.check): bad lines with manifest:line and reason,
-the duration histogram and hours, what the batching filters skip, keys that repeat, fields no parser reads, and the
-batching preview."""
+"""What `llmasr data check` finds (DataReport, gathered by llmasr.data.check) and the text it prints of it: bad
+lines with manifest:line and reason, the duration histogram and hours, what the batching filters skip, keys that
+repeat, fields no parser reads, and the batching preview."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmasr.data.check import DataReport
 from llmasr.data.record_fields import unread_text
 from llmasr.data.screen import ctc_unknown_text, own_prompts_said
 from llmasr.data.skipped_lines import longest_kept_text
+from llmasr.data.speech_check import SpeechFindings
 from llmasr.data.transcript_text import text_warnings
+
+
+@dataclass
+class DataReport:
+    manifests: list[str]
+    num_lines: int = 0
+    bad: list[dict] = field(default_factory=list)  # every bad line: manifest, line, key, reason
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+    duration_mismatches: list[dict] = field(default_factory=list)  # segment ends a little past the audio (trimmed)
+    durations: np.ndarray = field(default_factory=lambda: np.zeros(0))  # seconds per line, NaN for bad lines
+    lines_per_manifest: dict[str, int] = field(default_factory=dict)
+    world_size: int = 1
+    max_bad_fraction: float = 0.01
+    batching: dict = field(default_factory=dict)  # sampler stats: batches, mean batch size, padding efficiency
+    budget: str = ""
+    # the longest line batching keeps: data.batching.max_duration, or a Whisper window below it
+    max_duration: float = float("inf")
+    max_duration_set: float = float("inf")  # data.batching.max_duration as the recipe sets it
+    too_long: list[dict] = field(default_factory=list)  # lines past max_duration: manifest, line, duration
+    over_budget: list[dict] = field(default_factory=list)  # lines no batch can hold: manifest, line
+    over_budget_text: str = ""  # which budgets they pass (skipped_lines.budgets_passed)
+    errors: list[str] = field(default_factory=list)  # manifests (or a noise list) that could not be read at all
+    repeated_keys: list[dict] = field(default_factory=list)  # a key seen before: manifest, line, key, first
+    for_decoding: bool = False  # checked as manifests to decode (lines without a transcript are fine)
+    unprobed: int = 0  # lines of unknown duration left unprobed (--no-probe): training reads their headers
+    speech: SpeechFindings | None = None  # with a VAD (llmasr.data.speech_check)
+    bad_index: list[int] = field(default_factory=list)  # each bad line's index in the lines checked, in order
+    # (bad items, items) as training counts them when that is not per line: visits of a weighted mix's first epoch,
+    # or validation's subset; None: per line.
+    counted: tuple[int, int] | None = None
+    counted_items: str = ""  # what those items are
+    mix: list[str] = field(default_factory=list)  # what the weighted mix's first epoch trains of each manifest
+    mix_warnings: list[str] = field(default_factory=list)  # its manifests that epoch trains none of
+    unread_fields: dict[str, list] = field(default_factory=dict)  # field no parser reads -> [lines, first one]
+    # what the CTC vocabulary spells <unk> (a character or word of the transcripts) -> [lines, first manifest:line]
+    ctc_unknown: dict[str, list] = field(default_factory=dict)
+    ctc_cased: dict[str, str] = field(default_factory=dict)  # of those, the ones it has in another case: that form
+    # what is wrong with the text of the transcripts (llmasr.data.transcript_text) -> [lines, first manifest:line]
+    text_found: dict[str, list] = field(default_factory=dict)
+    # the transcripts the LLM's tokenizer spells unk (llmasr.data.llm_unk.gather_unk, places as manifest:line)
+    llm_unk: dict = field(default_factory=dict)
+    llm_unk_text: str = ""  # what the report says of them, or why they were not asked
+    ctc_frames_text: str = ""  # the lines whose CTC labels outnumber their encoder frames (llmasr.data.ctc_frames)
+    # the lines that give a prompt of their own: manifest -> [lines, the first's manifest:line, its prompt]
+    own_prompts: dict[str, list] = field(default_factory=dict)
+    # each manifest's lines per language: (manifest, language key or None) -> [lines, the first's manifest:line]
+    languages: dict[tuple, list] = field(default_factory=dict)
+    language_text: list[str] = field(default_factory=list)  # what SenseVoice's per-line queries make of them
+    # (sample rate, channels, averaged: read without a `channel`) -> [lines, the first one's manifest:line]
+    audio_formats: dict[tuple[int, int, bool], list] = field(default_factory=dict)
+    sample_rate: int = 16000  # the encoder frontend's: what loading resamples to
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad)
+
+    @property
+    def bad_fraction(self) -> float:
+        """The fraction data.max_bad_fraction is held to: of the items training counts."""
+        bad, total = self.counted if self.counted is not None else (self.num_bad, self.num_lines)
+        return bad / total if total else 0.0
+
+    @property
+    def total_hours(self) -> float:
+        d = self.durations[~np.isnan(self.durations)]
+        return float(d.sum()) / 3600.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.bad_fraction <= self.max_bad_fraction
 
 
 def histogram(durations: np.ndarray, *, bins: int = 20, width: int = 50) -> list[str]:
