@@ -79,7 +79,7 @@ def missing_audio(path: str | Path) -> AudioError | None:
     return AudioError(path, "is a directory, not an audio file") if stat.S_ISDIR(mode) else None
 
 
-def _text_line(path: str | Path) -> str | None:
+def _first_text_line(path: str | Path) -> str | None:
     """The first line of a file that is UTF-8 text (a file list, wav.scp, a manifest), or None: given where audio
     goes, it had been called a format wanting conversion."""
     with open(path, "rb") as f:
@@ -99,7 +99,7 @@ def _open_error(path: str | Path, err: Exception) -> AudioError:
     gone = missing_audio(path)
     if gone is None and os.path.getsize(path) == 0:  # libsndfile calls it "Format not recognised"
         gone = AudioError(path, "empty audio (a file of 0 bytes)")
-    if gone is None and (line := _text_line(path)) is not None and line.encode().startswith(LFS_POINTER):
+    if gone is None and (line := _first_text_line(path)) is not None and line.encode().startswith(LFS_POINTER):
         gone = AudioError(path, f"a Git LFS pointer, not the audio (the data set was cloned without LFS): run `git "
                           f"lfs pull` in {Path(path).parent}, or download the file itself")  # fmt: skip
     if gone is None and "Format not recognised" in str(err) and line is not None:

@@ -202,9 +202,10 @@ def build_dataloader(
     else:
         manifest = open_manifests(manifests, mix=train, fill=False, key=f"data.{name}")[0]
     n = len(manifest)
-    idle = [*data_cfg.augment.idle_settings(frontend), *data_cfg.augment.whole_masks(frontend)]
-    idle += data_cfg.hotwords.idle_settings()
-    for line in idle if train and rank == 0 else ():
+    # settings that do nothing, or that defeat their purpose (frequency masks that can blank a clip whole)
+    said = [*data_cfg.augment.idle_settings(frontend), *data_cfg.augment.whole_masks(frontend)]
+    said += data_cfg.hotwords.idle_settings()
+    for line in said if train and rank == 0 else ():
         log.warning("%s", line)
     if train and (why := noise_problem(data_cfg.augment.noise)):
         raise ConfigError(why)
