@@ -23,7 +23,7 @@ scaled, int16-like domain, with the library's own dither at 0; Kaldi draws fresh
 sample gives the same per-frame noise level (overlapping frames then share their noise). Whisper: in [-1, 1], on the
 zero-padded waveform before the STFT, as transformers' WhisperFeatureExtractor adds its `dither`
 (preprocessor_config.json's, 0 when absent); the frames after the clip stay the encoder's silence floor, not
-dithered noise as transformers' are (the start-up says so: llmasr.models.builder.whisper_dither_note). Training
+dithered noise as transformers' are (the start-up says so: llmasr.models.start_notes.whisper_dither_note). Training
 draws it from the caller's numpy Generator (a seeded run is reproducible). Validation and decoding dither too, as
 FunASR's frontend does: without it a digitally silent frame reads log(epsilon), far below anything training showed
 the model. Their noise is drawn from the audio itself (`content_rng`), so the same audio gives the same features

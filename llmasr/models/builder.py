@@ -26,7 +26,7 @@ from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
 from llmasr.models.context import llm_context
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
 from llmasr.models.ds_checkpoint import weights_in
-from llmasr.models.encoder_spec import encoder_frontend, encoder_spec
+from llmasr.models.encoder_spec import encoder_spec
 from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder
 from llmasr.models.funasr_files import missing_weights
 from llmasr.models.llm import apply_lora, embedding_shape, load_llm
@@ -45,36 +45,6 @@ from llmasr.models.state_dict import (
 from llmasr.models.whisper import load_whisper_encoder
 
 log = logging.getLogger(__name__)
-
-
-def start_notes(cfg: ModelConfig) -> list[str]:
-    """What the model's settings do that a user may not expect and that trains nonetheless: warned at start-up, in
-    train.log and `llmasr check`'s report alike."""
-    from llmasr.models.funasr_ctc import query_frames_warning
-
-    return [note for note in (whisper_dither_note(cfg.encoder), query_frames_warning(cfg)) if note]
-
-
-def whisper_dither_note(cfg: EncoderConfig) -> str | None:
-    """A Whisper frontend that dithers, said at start-up (train and check): the frames after a clip hold the encoder's
-    silence floor, where transformers' WhisperFeatureExtractor dithers the whole window (Whisper has no padding mask,
-    so the clip's own frames attend to them). Released Whisper checkpoints have dither 0; None at 0 or for fbank."""
-    if cfg.type != "whisper":
-        return None
-    frontend = encoder_frontend(cfg)
-    if frontend.dither <= 0:
-        return None
-    given = (
-        "model.encoder.frontend.dither" if "dither" in cfg.frontend else f'{cfg.path}/preprocessor_config.json "dither"'
-    )
-    return (
-        f"{given} is {frontend.dither:g}: llmasr dithers each clip and the frames its audio reaches, but the frames "
-        f"after it, to the encoder's {frontend.chunk_seconds:g} s window, hold the silence floor, where transformers' "
-        "WhisperFeatureExtractor fills them with dithered noise too; the encoder attends to them, so its features "
-        "differ from a transformers pipeline's at this dither. Set model.encoder.frontend.dither: 0 for "
-        "transformers' features (released Whisper checkpoints have dither 0), or keep it as augmentation of the "
-        "clip alone"
-    )
 
 
 def build_encoder(

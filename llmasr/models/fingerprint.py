@@ -20,7 +20,6 @@ import struct
 import zipfile
 from pathlib import Path
 
-from llmasr.config_io import ConfigError
 from llmasr.models.config import ModelConfig
 
 SCHEME = 4  # 3: a FunASR directory's weights file whatever its name; sentencepiece, tiktoken, seg_dict. 4: a peft
@@ -199,16 +198,9 @@ def base_fingerprint(model_cfg: ModelConfig) -> dict:
 def _streaming_chunked(m: ModelConfig) -> bool:
     """Whether the encoder is a FunASR SANMEncoderChunkOpt directory run chunked (model.encoder.conf.context,
     chunked unless set to full): trained tensors on top of it belong to that context."""
-    if m.encoder.type != "paraformer" or m.encoder.path is None or not Path(m.encoder.path).is_dir():
-        return False
-    from llmasr.models.encoders import funasr_class_name
-    from llmasr.models.funasr_dir import read_funasr_config
+    from llmasr.models.funasr_dir import streaming_encoder_dir
 
-    try:
-        name = funasr_class_name(read_funasr_config(Path(m.encoder.path)).get("encoder"))
-    except (ConfigError, OSError):  # an unreadable config.yaml is the builder's error to report, with its reason
-        return False
-    return name == "SANMEncoderChunkOpt" and (m.encoder.conf or {}).get("context", "chunked") == "chunked"
+    return streaming_encoder_dir(m.encoder) and (m.encoder.conf or {}).get("context", "chunked") == "chunked"
 
 
 # Entries an older llmasr did not record: a checkpoint without them is compared on the rest.

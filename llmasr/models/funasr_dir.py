@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from torch import nn
@@ -38,6 +38,9 @@ from llmasr.models.state_dict import (
     unwrap_state_dict,
 )
 from llmasr.text_files import not_utf8
+
+if TYPE_CHECKING:
+    from llmasr.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,18 @@ def read_funasr_config(model_dir: str | Path) -> dict:
             "would hear features it was not trained on"
         )
     return data
+
+
+def streaming_encoder_dir(enc: EncoderConfig) -> bool:
+    """Whether `enc` reads a FunASR directory whose config.yaml names
+    SANMEncoderChunkOpt (Paraformer-streaming). False where the directory does not read: the builder's error to
+    report, with its reason."""
+    if enc.type != "paraformer" or enc.path is None or not Path(enc.path).is_dir():
+        return False
+    try:
+        return funasr_class_name(read_funasr_config(Path(enc.path)).get("encoder")) == "SANMEncoderChunkOpt"
+    except (ConfigError, OSError):
+        return False
 
 
 def frontend_from_funasr_conf(

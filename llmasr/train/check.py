@@ -21,11 +21,12 @@ import torch
 from llmasr.data.augment import cost_text
 from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.screen import own_prompts_text
-from llmasr.models.builder import build_model, start_notes
+from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
+from llmasr.models.start_notes import start_notes
 from llmasr.models.tokenizer import one_tokenizer_load
 from llmasr.run_dir import RECIPE_FILE
 from llmasr.train.check_course import best_k_lines, early_stop_lines, key_updates

@@ -16,10 +16,10 @@ import torch
 
 from llmasr import errors, slurm_env
 from llmasr import run_dir as ck
-from llmasr.models.builder import start_notes
 from llmasr.models.fused_kernels import apply_fused_kernels, check_fused_kernels
 from llmasr.models.sanm_chunk import seed_chunk_draws
 from llmasr.models.start_from import check_start_folder
+from llmasr.models.start_notes import start_notes
 from llmasr.models.tokenizer import one_tokenizer_load
 from llmasr.rank_verdict import flat, run_together
 from llmasr.train import ds_config, resolve

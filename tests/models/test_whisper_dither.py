@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from llmasr.data.features import FeatureExtractor
-from llmasr.models.builder import build_model, whisper_dither_note
+from llmasr.models.builder import build_model
 from llmasr.models.config import EncoderConfig
+from llmasr.models.start_notes import whisper_dither_note
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.testing.tiny_recipe import tiny_model_section

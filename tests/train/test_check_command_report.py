@@ -383,6 +383,18 @@ def test_settings_for_a_frozen_branch_are_named_in_the_report(recipe_file, tmp_p
     assert code == 0 and "optim.branches" not in out, err
 
 
+def test_ctc_settings_a_weight_of_0_leaves_unread_are_named_in_the_report(recipe_file, tmp_path, capsys):
+    """model.ctc.weight 0 builds no head: a label_smoothing set beside it (or a vocabulary, an init_from) trained
+    nothing and was said nowhere."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path), "model.ctc.weight=0"]
+    code, out, err = run_check(capsys, *base, "model.ctc.label_smoothing=0.1")
+    assert code == 0, err
+    said = "  warning: model.ctc.weight is 0, so no CTC head is built and model.ctc.label_smoothing is not read; "
+    assert said in out
+    code, out, err = run_check(capsys, *base)
+    assert code == 0 and "no CTC head is built" not in out, err
+
+
 def test_many_padding_batches_are_warned_and_not_counted_in_the_mean_batch(recipe_file, tmp_path, capsys):
     """Over 8 ranks the tiny corpus's few batches are padded with repeats to a whole group: the report's mean had
     counted the repeats, and nothing warned that they are a large share of what the ranks train."""

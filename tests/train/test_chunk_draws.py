@@ -69,6 +69,10 @@ def test_check_shows_the_configurations_training_runs(tiny_llm_dir, streaming, t
     )
     code, out, err = run_check(capsys, *base, "model.encoder.freeze=true")
     assert code == 0 and "  training: configuration 0 (the encoder is frozen: it runs as in evaluation)" in out
+    assert "context is full" not in out
+    code, out, err = run_check(capsys, *base, "model.encoder.freeze=true", "model.encoder.conf.context=full")
+    said = "  warning: model.encoder.conf.context is full over the frozen Paraformer-streaming encoder of "
+    assert code == 0 and said in out and "a frozen encoder cannot learn it" in out, err
     code, out, err = run_check(capsys, *base, "model.encoder.conf.train_chunks=al")
     assert code != 0 and "model.encoder.conf: train_chunks must be one of random, first" in err + out
 
