@@ -31,6 +31,13 @@ class UnsetError(ConfigError):
     line of it can be (llmasr.recipe.located)."""
 
 
+def check_dropout(path: str, value: float) -> None:
+    """A dropout probability in [0, 1), refused by its key (torch's own error names no key, and only once the model
+    is built)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{path}: must be in [0, 1), got {value}")
+
+
 class _Int(int):
     """An integer as YAML read it, with the text it was written as (`raw`): a string field takes that text, not
     the number's (`output_dir=0755` is the folder 0755, not 493)."""

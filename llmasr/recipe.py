@@ -20,7 +20,8 @@ from llmasr.config_overrides import apply_overrides
 from llmasr.config_paths import override_not_found, resolve_paths
 from llmasr.data.augment import SpecAugmentConfig
 from llmasr.data.config import DataConfig, ValidManifestSpec
-from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, EncoderConfig, ModelConfig
+from llmasr.models.ctc_config import CTCConfig, CTCDecoderConfig
 from llmasr.models.decoding import DecodeConfig
 from llmasr.train.config import OptimConfig, SchedulerConfig, TrainConfig, refuse_untyped_branch_schedulers
 from llmasr.unread_fields import drop_unread_at

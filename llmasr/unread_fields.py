@@ -40,6 +40,17 @@ def other_types_fields(cls, section: dict, type_fields: dict[str, tuple[str, ...
     }
 
 
+NO_INIT_FROM = "selects (and strips) a key prefix of init_from's weights, and init_from is not set"
+NO_BLOCKS = "is read only by the transformer blocks, and n_layer is 0 (there are none): leave it unset"
+
+
+def blockless(cls, section: dict) -> dict[str, str]:
+    """n_head and dropout of a section whose `n_layer` transformer blocks are none."""
+    if section.get("n_layer", cls.n_layer) != 0:
+        return {}
+    return {name: NO_BLOCKS for name in changed(cls, section, ["n_head", "dropout"])}
+
+
 def as_section(obj) -> dict:
     """A config object's own fields as a section dict (nested sections stay objects)."""
     return {spec.name: getattr(obj, spec.name) for spec in fields(obj)}

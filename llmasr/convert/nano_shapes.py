@@ -15,8 +15,9 @@ from torch import nn
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.models.adaptors import build_adaptor
 from llmasr.models.builder import output_dim
-from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, EncoderConfig
+from llmasr.models.config import AdaptorConfig, EncoderConfig
 from llmasr.models.ctc import CTCHead
+from llmasr.models.ctc_config import CTCDecoderConfig
 from llmasr.models.encoder_spec import encoder_spec
 
 SHOWN = 8  # disagreements listed in one error

@@ -22,9 +22,10 @@ from llmasr.config_io import ConfigError, from_dict, load_yaml
 from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
-from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import EncoderConfig, ModelConfig
 from llmasr.models.context import llm_context
 from llmasr.models.ctc import build_ctc_head, build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.ds_checkpoint import weights_in
 from llmasr.models.encoder_spec import encoder_spec
 from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from llmasr.config_io import ConfigError
 from llmasr.models.adaptor_blocks import length_mask
 from llmasr.models.adaptors import TransformerAdaptor
-from llmasr.models.config import AdaptorConfig, CTCConfig, CTCDecoderConfig
+from llmasr.models.config import AdaptorConfig
+from llmasr.models.ctc_config import CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import (

@@ -35,7 +35,8 @@ import yaml
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
-from llmasr.models.config import AdaptorConfig, CTCDecoderConfig, ModelConfig
+from llmasr.models.config import AdaptorConfig, ModelConfig
+from llmasr.models.ctc_config import CTCDecoderConfig
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.rotary import ROTARY_DTYPES

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from llmasr.models.config import CTCConfig, EncoderConfig, ModelConfig
+from llmasr.models.config import EncoderConfig, ModelConfig
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.models.funasr_ctc import query_frames_warning
 from llmasr.models.funasr_dir import streaming_encoder_dir

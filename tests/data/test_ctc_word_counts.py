@@ -8,8 +8,8 @@ import pytest
 
 from llmasr.data.ctc_frames import CTCSpelling, WordCounts, frames_needed
 from llmasr.data.dataset import CTCRule
-from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
 from llmasr.models.ctc_vocab import LLMCTCTokenizer, SentencePieceCTCTokenizer, TokenListCTCTokenizer

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from llmasr.export.export import export_model
-from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.exported import load_exported, read_description
 from llmasr.testing.run_dirs import model_section, train_run
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir

@@ -144,8 +144,9 @@ def test_heads_and_dropout_of_no_transformer_blocks_are_refused_by_key(section, 
     import torch
 
     from llmasr.models.adaptors import TransformerAdaptor
-    from llmasr.models.config import AdaptorConfig, CTCDecoderConfig
+    from llmasr.models.config import AdaptorConfig
     from llmasr.models.ctc import CTCHead
+    from llmasr.models.ctc_config import CTCDecoderConfig
 
     x, lens, outs = torch.randn(2, 9, 24), torch.tensor([9, 6]), []
     for n_head, dropout in ((8, 0.0), (3, 0.5)):  # built as a recipe had built them

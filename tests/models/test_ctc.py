@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.config import CTCConfig, ModelConfig
+from llmasr.models.config import ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer, ctc_greedy, ctc_loss, ctc_unalignable, validate_ctc_targets
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.ctc_vocab import ctc_collapse
 
 SENTENCES = ["one two three", "four five six", "seven eight nine zero", "two four six eight", "one three five seven"]
@@ -318,8 +319,8 @@ def test_head_and_greedy_decode():
 @pytest.mark.parametrize("detach", [False, True])
 def test_detached_head_sends_no_gradient_to_the_encoder(detach):
     """model.ctc.detach_encoder (Fun-ASR-Nano's detach_ctc_decoder): the head trains, the encoder output gets none."""
-    from llmasr.models.config import CTCConfig
     from llmasr.models.ctc import build_ctc_head
+    from llmasr.models.ctc_config import CTCConfig
 
     head = build_ctc_head(CTCConfig(weight=0.3, detach_encoder=detach), encoder_dim=8, vocab_size=6)
     enc = torch.randn(2, 10, 8, requires_grad=True)
@@ -348,7 +349,7 @@ def test_unalignable_is_exactly_where_ctc_has_no_path():
 
 def test_decoder_heads_that_do_not_divide_the_encoder_width_name_their_key():
     """model.ctc.decoder's blocks work at the encoder width; the error had named the adaptor instead."""
-    from llmasr.models.config import CTCDecoderConfig
+    from llmasr.models.ctc_config import CTCDecoderConfig
 
     with pytest.raises(ConfigError, match=r"model.ctc.decoder.n_head: .* encoder width 32, which n_head=3"):
         CTCHead(32, 6, decoder=CTCDecoderConfig(n_layer=1, ffn_dim=16, n_head=3))

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from llmasr.data.window_join import join_texts, join_words
-from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_align import WORD_TAIL_S, align_words, sound_ends, unit_labels, viterbi_path
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.ctc_tiktoken import write_ranks
 from llmasr.models.ctc_vocab import ctc_collapse
 from tests.models.test_ctc import hf_tokenizer

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.config import CTCConfig, ModelConfig
+from llmasr.models.config import ModelConfig
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, write_funasr_dir
 
 # Paraformer-large's layout in small: Chinese characters are their own pieces, English words are cut into pieces

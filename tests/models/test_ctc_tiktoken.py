@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from llmasr.config_io import ConfigError, from_dict
-from llmasr.models.config import CTCConfig, CTCDecoderConfig, ModelConfig
+from llmasr.models.config import ModelConfig
 from llmasr.models.ctc import CTCHead, build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer, write_ranks
 
 

@@ -30,8 +30,8 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.data.features import FeatureExtractor
 from llmasr.models.builder import load_ctc_weights
-from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import CTCHead
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.funasr_dir import funasr_frontend, load_funasr_encoder
 from llmasr.models.sanm_chunk import ChunkSettings
 from llmasr.models.state_dict import CheckpointMismatchError, torch_load

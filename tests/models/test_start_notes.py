@@ -2,7 +2,8 @@
 seem to. Their path through `llmasr check` and train.log: tests/train (test_check_command_report, test_chunk_draws,
 test_whisper_dither)."""
 
-from llmasr.models.config import CTCConfig, EncoderConfig, LoraConfig
+from llmasr.models.config import EncoderConfig, LoraConfig
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.start_notes import ctc_off_note, frozen_full_context_note
 from llmasr.testing.tiny_funasr import tiny_sanm_conf, tiny_streaming_conf, write_funasr_dir
 
