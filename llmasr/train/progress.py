@@ -57,6 +57,27 @@ def format_pairs(values: dict) -> str:
     return " ".join(parts)
 
 
+def done_line(result: dict) -> str:
+    """The last line of a run that finished (trainer.Run.fit's result): what this run trained, or that it had
+    nothing to."""
+    metrics = result.get("metrics") or {}
+    last = result["history"][-1] if result["history"] else {}
+    summary = {k: v for k, v in rate_shown(metrics).items() if isinstance(v, float) and not math.isnan(v)}
+    here, total = len(result["history"]), result.get("updates", last.get("update", 0))
+    early = " (stopped early: train.patience)" if result.get("stopped_early") else ""
+    # a validation a stop had put off runs even where nothing is left to train; its figures as a valid line has them
+    validation = f", validation {format_pairs(summary)}" if summary else ""
+    if here == 0:  # a resume at the run's end: no loss to show
+        ends = result.get("ends_after", total)
+        at = f"had stopped at update {total}" if early else f"had reached update {total} of {ends}"
+        if not early and total > ends:
+            at = f"is at update {total}, past the {ends} it ends after now"
+        return f"done{early}: nothing to train (the run {at}){validation}"
+    # a resume's history holds its own updates, the update numbers count the run's from its start
+    updates = f"{here} update{'s' * (here != 1)}" + ("" if here == total else f" this run, {total} in all")
+    return f"done{early}: {updates}, last loss {last.get('loss', math.nan):.4f}{validation}"
+
+
 def parse_log_line(line: str) -> dict:
     """key=value pairs of a train.log line (numbers as float/int)."""
     out = {}
