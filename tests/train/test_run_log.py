@@ -1,0 +1,64 @@
+"""The loggers of a training process: the console's records beside a terminal's progress bar, and the warnings every
+rank logs alike said once."""
+
+import io
+import json
+import logging
+import re
+import string
+import sys
+
+import pytest
+
+from llmasr.models.config import CTCConfig
+from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.train.progress import Progress
+from llmasr.train.run_log import setup_logging
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def rank_0_after():
+    yield
+    setup_logging(None, 0)  # the console handler is the process's: as the other tests find it
+
+
+def test_a_record_logged_under_the_bar_has_a_line_of_its_own(tmp_path, monkeypatch, rank_0_after):
+    """On a terminal a record had been written after the bar's last character, on the bar's line ("... ctc
+    1.2026-12-07 08:57:12 INFO llmasr.train: train update=1 ..."), and the bar drawn again under it."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging(None, 0)
+    progress = Progress(tmp_path, 0, total_updates=3)
+    assert progress.bar is not None
+    progress.bar.update(1)
+    progress.bar.set_postfix_str("loss 21.463 llm 1.0e-03")
+    logging.getLogger("llmasr.train").info("train update=1 loss=21.4631")
+    progress.bar.update(1)
+    progress.close()
+    out = terminal.getvalue()
+    assert re.search(rf"(^|[\r\n]){STAMP} INFO llmasr.train: train update=1 loss=21.4631\n", out), repr(out)
+    after = out.split("train update=1 loss=21.4631\n", 1)[1]
+    assert " 1/3 " in after and " 2/3 " in after  # the bar drawn again below the record, and on from there
+
+
+def test_a_note_every_rank_logs_alike_is_said_by_rank_0_alone(tmp_path, capsys, rank_0_after):
+    """build_ctc_tokenizer does not know its rank: under a launcher its note on a letter list without a word
+    separator came once per rank. A rank's warning of its own still shows on every rank."""
+    said = {}
+    for rank in (1, 0):
+        tokens = tmp_path / f"rank{rank}" / "tokens.json"  # one list a rank: the note is said once a process
+        tokens.parent.mkdir()
+        tokens.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
+        setup_logging(None, rank)
+        build_ctc_tokenizer(CTCConfig(weight=0.3, vocab=str(tokens)))
+        logging.getLogger("llmasr.data").warning("skipping bad item train.jsonl:3 of this rank")
+        said[rank] = capsys.readouterr().err
+    assert "has no word separator" not in said[1] and "has no word separator" in said[0]
+    assert all("skipping bad item train.jsonl:3 of this rank" in err for err in said.values())
