@@ -18,10 +18,10 @@ def test_cpu_ranks_split_the_cores_of_their_node(environ, cores, want):
     assert cpu_threads_per_rank(environ, cpu_count=cores) == want
 
 
-def test_deepspeed_s_gathers_leave_no_deprecation_warning():
+def test_deepspeed_s_collectives_leave_no_deprecation_warning():
     """DeepSpeed's ZeRO collectives call torch.distributed.all_gather_into_tensor and reduce_scatter_tensor, which
-    torch deprecates: every rank
-    printed torch's FutureWarning, and again later in the run, a warning no user can act on. Others still show."""
+    torch deprecates: every rank printed torch's FutureWarning, and again later in the run, a warning no user can act
+    on. Others still show."""
     import warnings
 
     import torch
