@@ -53,7 +53,8 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-log = logging.getLogger("llmasr.export.decode")
+PACE_LOGGER = "llmasr.export.decode"
+log = logging.getLogger(PACE_LOGGER)
 PROGRESS_EVERY_S = 30.0  # how often a decode logs its progress line (training's train.progress_every_s default)
 
 

@@ -42,3 +42,17 @@ def test_pace_speaks_every_so_often_and_names_rank_0_s_share(monkeypatch, caplog
         f"{name}: batch 6 of 10 (60%), 15.0 s of audio in 60 s, about 40 s left",
         f"{name}: batch 9 of 10 (90%), 22.5 s of audio in 90 s, about 10 s left",
     ]
+
+
+def test_llmasr_transcribe_says_on_stderr_how_far_a_long_list_is(exported_dir, tmp_path, monkeypatch, capsys):
+    """`llmasr transcribe` of a long list printed nothing until every file was done; stdout keeps the texts alone."""
+    from llmasr.commands.transcribe import main as transcribe
+    from llmasr.export import transcribe as transcriber
+
+    monkeypatch.setattr(transcriber, "PROGRESS_EVERY_S", 0.0, raising=False)
+    manifest = write_corpus(tmp_path / "d", TEXTS[:4], name="dev")
+    wavs = sorted(str(p) for p in manifest.parent.rglob("*.wav"))
+    assert transcribe(["--model", str(exported_dir), "--max-new-tokens", "2", "--batch-seconds", "1", *wavs]) == 0
+    out, err = capsys.readouterr()
+    assert f"decoding {len(wavs)} clips: batch 1 of " in err and "decoding" not in out
+    assert len(out.splitlines()) == len(wavs)
