@@ -1,6 +1,6 @@
 """The llmasr loggers of a training process: records to stderr (INFO on rank 0, warnings on the others) and to
-RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists (StartupLog), and the progress bar
-a terminal shows kept clear of them.
+RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists (StartupLog), the progress bar a
+terminal shows kept clear of them, and what a resume says of the updates train.log holds past its checkpoint.
 
 A warning that every rank logs alike (made from the same recipe and files by code that does not know its rank, as
 the CTC vocabulary's notes) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it, as it alone reports an
@@ -11,8 +11,29 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+
+TAIL_BYTES = 1 << 20  # how much of train.log's end a resume reads for the updates logged before it
+
+
+def relogged(log_path: Path, update: int) -> str | None:
+    """What a resume at `update` says when train.log already holds later train lines (a run killed after its last
+    checkpoint, a resume from an earlier one): those updates are logged twice, and the later lines are the run's."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    logged = [int(n) for n in re.findall(r" INFO llmasr\.train: train update=(\d+) ", tail)]
+    last = max(logged, default=0)
+    if last <= update:
+        return None
+    return (f"train.log above holds updates {update + 1}-{last} from before this resume at update {update} (a run that "
+            "ended after its last checkpoint, or a resume from an earlier one): they are trained again below, and the "
+            "lines below are the run's; TensorBoard drops its events of them")  # fmt: skip
 
 
 def console_bar(bar, drawn=None) -> None:

@@ -12,8 +12,11 @@ import pytest
 
 from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
-from llmasr.train.progress import Progress
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.progress import Progress, parse_log_line
 from llmasr.train.run_log import setup_logging
+from llmasr.train.trainer import train
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
@@ -62,3 +65,23 @@ def test_a_note_every_rank_logs_alike_is_said_by_rank_0_alone(tmp_path, capsys, 
         said[rank] = capsys.readouterr().err
     assert "has no word separator" not in said[1] and "has no word separator" in said[0]
     assert all("skipping bad item train.jsonl:3 of this rank" in err for err in said.values())
+
+
+def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_path, caplog):
+    """A run killed after its last checkpoint had logged updates the resume trains again: train.log held them twice,
+    the stopped run's above the resume's, and said nothing of it."""
+    corpus = write_tiny_corpus(tmp_path / "train", n=16)
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, grad_accum=1, epochs=2, save_every_updates=2)
+    train(load_recipe(data=data), "zero0", stop_after_updates=5)  # as a kill would end it: no save after update 4
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        train(load_recipe(data=data), "zero0", resume="latest")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.log above holds")]
+    assert said == [
+        "train.log above holds updates 5-5 from before this resume at update 4 (a run that ended after its last "
+        "checkpoint, or a resume from an earlier one): they are trained again below, and the lines below are the "
+        "run's; TensorBoard drops its events of them"
+    ]
+    lines = (run / "train.log").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if said[0] in line)
+    assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
