@@ -31,9 +31,10 @@ def relogged(log_path: Path, update: int) -> str | None:
     last = max(logged, default=0)
     if last <= update:
         return None
-    return (f"train.log above holds updates {update + 1}-{last} from before this resume at update {update} (a run that "
-            "ended after its last checkpoint, or a resume from an earlier one): they are trained again below, and the "
-            "lines below are the run's; TensorBoard drops its events of them")  # fmt: skip
+    held = f"update {last}" if last == update + 1 else f"updates {update + 1}-{last}"
+    return (f"train.log above holds {held} from before this resume at update {update} (a run that ended after its "
+            f"last checkpoint, or a resume from an earlier one): the run trains from update {update + 1} again below, "
+            "and the lines below are its own; TensorBoard drops its events of the earlier ones")  # fmt: skip
 
 
 def console_bar(bar, drawn=None) -> None:

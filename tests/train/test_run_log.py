@@ -78,9 +78,9 @@ def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_pat
         train(load_recipe(data=data), "zero0", resume="latest")
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.log above holds")]
     assert said == [
-        "train.log above holds updates 5-5 from before this resume at update 4 (a run that ended after its last "
-        "checkpoint, or a resume from an earlier one): they are trained again below, and the lines below are the "
-        "run's; TensorBoard drops its events of them"
+        "train.log above holds update 5 from before this resume at update 4 (a run that ended after its last "
+        "checkpoint, or a resume from an earlier one): the run trains from update 5 again below, and the lines below "
+        "are its own; TensorBoard drops its events of the earlier ones"
     ]
     lines = (run / "train.log").read_text().splitlines()
     at = next(i for i, line in enumerate(lines) if said[0] in line)
