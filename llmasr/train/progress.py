@@ -192,7 +192,7 @@ class Progress:
         row = {"update": update, "epoch": epoch}
         row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
         row.update({f"lr/{k}": v for k, v in lrs.items()})
-        row.update({k: float(v) for k, v in extra.items() if v is not None})
+        row.update({k: v if isinstance(v, int) else float(v) for k, v in extra.items() if v is not None})  # a count
         row.update(figures)
         seconds, untimed = eta
         row["eta_s"] = round(seconds, 1) if seconds == seconds else -1.0

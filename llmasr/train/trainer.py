@@ -365,7 +365,7 @@ class Run(RunSetup):
 
     def _extra(self) -> dict:
         e = self.engine
-        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": float(e.skipped_steps)}
+        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": e.skipped_steps}
 
 
 def train(
