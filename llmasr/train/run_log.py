@@ -3,8 +3,8 @@ RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists 
 terminal shows kept clear of them, and what a resume says of the updates train.log holds past its checkpoint.
 
 A warning that every rank logs alike (made from the same recipe and files by code that does not know its rank, as
-the CTC vocabulary's notes) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it, as it alone reports an
-error every rank raises alike.
+the CTC vocabulary's notes and a FunASR directory's) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it,
+once a run, as it alone reports an error every rank raises alike.
 """
 
 from __future__ import annotations
@@ -46,11 +46,23 @@ def console_bar(bar, drawn=None) -> None:
         _Stderr.bar = None
 
 
-class _OwnRecords(logging.Filter):
-    """On ranks above 0: leaves out the records every rank logs alike (llmasr.errors.EVERY_RANK)."""
+class _SaidOnce(logging.Filter):
+    """A handler's records that every rank logs alike (llmasr.errors.EVERY_RANK): on rank 0, each text once a run (a
+    FunASR directory's frontend note came three times a rank: the start-up reads the directory three times); on the
+    other ranks, none."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank, self.said = rank, set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "every_rank", False)
+        if not getattr(record, "every_rank", False):
+            return True
+        key = (record.name, record.getMessage())
+        if self.rank != 0 or key in self.said:
+            return False
+        self.said.add(key)
+        return True
 
 
 class _Stderr(logging.StreamHandler):
@@ -82,9 +94,9 @@ class _Stderr(logging.StreamHandler):
         bar.refresh(nolock=True)
 
 
-def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
+def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:
     """llmasr loggers: INFO to stderr on rank 0 (on the others, warnings each rank has of its own), plus
-    RUN_DIR/train.log on rank 0."""
+    RUN_DIR/train.log on rank 0. `run_starts`: the notes said once a run may be said again (StartupLog.attach)."""
     root = logging.getLogger("llmasr")
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -96,13 +108,15 @@ def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
     for h in root.handlers:
         if getattr(h, "_llmasr_console", False):
             h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-            for old in [f for f in h.filters if isinstance(f, _OwnRecords)]:  # one handler serves every run
-                h.removeFilter(old)
-            if rank != 0:
-                h.addFilter(_OwnRecords())
+            kept = [f for f in h.filters if isinstance(f, _SaidOnce)]  # one handler serves every run of a process
+            if run_starts or [f.rank for f in kept] != [rank]:
+                for old in kept:
+                    h.removeFilter(old)
+                h.addFilter(_SaidOnce(rank))
     if rank != 0 or run_dir is None:
         return None
     handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler.addFilter(_SaidOnce(rank))
     handler.setFormatter(fmt)
     handler.setLevel(logging.INFO)
     root.addHandler(handler)
@@ -127,7 +141,7 @@ class StartupLog(logging.Handler):
 
     @classmethod
     def attach(cls, rank: int) -> StartupLog:
-        setup_logging(None, rank)  # the console now, so that these records still show as they happen
+        setup_logging(None, rank, run_starts=True)  # the console now, so that these records show as they happen
         root = logging.getLogger("llmasr")
         for old in [h for h in root.handlers if isinstance(h, cls)]:
             root.removeHandler(old)

@@ -85,3 +85,19 @@ def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_pat
     lines = (run / "train.log").read_text().splitlines()
     at = next(i for i, line in enumerate(lines) if said[0] in line)
     assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
+
+
+def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
+    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
+    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
+
+    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
+    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    corpus = write_tiny_corpus(tmp_path / "train", n=4)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
+                            dropout=None, max_updates=1)  # fmt: skip
+    for _ in range(2):  # a second run of the process says it again, in its own log
+        train(load_recipe(data=data), "zero0", overwrite=True)
+        log = (tmp_path / "run" / "train.log").read_text()
+        assert log.count("frontend_conf.filter_length_max=3000 is ignored") == 1
