@@ -361,7 +361,7 @@ class Run(RunSetup):
         else:
             saved = (f"the last checkpoint is {self.ckpt_dir / ck.tag_for(self.last_saved)} (update "
                      f"{self.last_saved}): once the cause is fixed, --resume continues from it")  # fmt: skip
-        return f"training failed after update {self.engine.global_steps} (the error follows); {saved}"
+        return f"training stopped by an error after update {self.engine.global_steps}; {saved}"
 
     def _extra(self) -> dict:
         e = self.engine

@@ -213,7 +213,7 @@ def test_a_run_an_error_ends_names_its_last_checkpoint(recipe_file, tmp_path, mo
     ]
     assert main(args) == 1
     err = capsys.readouterr().err
-    said = (f"training failed after update 2 (the error follows); the last checkpoint is {tmp_path}/run/checkpoints/"
+    said = (f"training stopped by an error after update 2; the last checkpoint is {tmp_path}/run/checkpoints/"
             "update_00000002 (update 2): once the cause is fixed, --resume continues from it")  # fmt: skip
     assert said in err and err.index(said) < err.index("llmasr train: error: ")
     log = (tmp_path / "run" / "train.log").read_text()
@@ -228,6 +228,6 @@ def test_a_run_that_fails_before_its_first_save_says_it_starts_afresh(recipe_fil
     )
     assert main(["train", "--config", str(recipe_file), "--deepspeed", "zero0"]) == 1
     assert (
-        "training failed after update 0 (the error follows); no checkpoint was saved: a rerun starts afresh"
+        "training stopped by an error after update 0; no checkpoint was saved: a rerun starts afresh"
         in (tmp_path / "run" / "train.log").read_text()
     )
