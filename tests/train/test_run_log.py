@@ -101,3 +101,31 @@ def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
         train(load_recipe(data=data), "zero0", overwrite=True)
         log = (tmp_path / "run" / "train.log").read_text()
         assert log.count("frontend_conf.filter_length_max=3000 is ignored") == 1
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
+    """The start-up output of `deepspeed --num_gpus 2 ... llmasr train` (stderr): a FunASR directory's frontend notes
+    had come six times (three reads a rank), the CTC letter list's note and torch's deprecation of the collective
+    DeepSpeed's ZeRO-2 calls once per rank."""
+    import yaml
+
+    from llmasr.testing.launcher import launch_train
+    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
+
+    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
+    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    letters = tmp_path / "tokens.json"
+    letters.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
+    corpus = write_tiny_corpus(tmp_path / "train", n=12)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
+                            dropout=None, ctc_weight=0.3, max_updates=2)  # fmt: skip
+    data["model"]["ctc"]["vocab"] = str(letters)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    err = launch_train(recipe, "zero2", tmp_path / "run").stderr
+    said = [re.sub(rf"^{STAMP} ", "", line) for line in err.splitlines() if "llmasr" in line or "Warning" in line]
+    twice = sorted({line for line in said if said.count(line) > 1})
+    assert not twice, twice
+    assert sum("frontend_conf.filter_length_max=3000 is ignored" in line for line in said) == 1
+    assert sum("has no word separator" in line for line in said) == 1
