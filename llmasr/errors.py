@@ -56,6 +56,11 @@ def traceback_to(path: str | Path | None) -> None:
     _traceback_file = Path(path) if path is not None else None
 
 
+EVERY_RANK = {"every_rank": True}
+"""`extra=` of a warning every rank logs alike (from the same recipe and files, by code that does not know its rank):
+rank 0 alone shows it, as it alone reports an error marked `every_rank` (llmasr.train.run_log)."""
+
+
 def rank_specific(err: BaseException, rank: int) -> None:
     """Mark `err` as possibly this rank's alone: every rank that has it reports it. One that says `every_rank` (the
     ranks raised it together, from what they shared) stays rank 0's to report."""

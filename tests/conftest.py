@@ -40,7 +40,7 @@ def _llmasr_logger_states() -> dict[str, tuple[int, bool, bool]]:
 
 def _silenced(old: tuple[int, bool, bool], new: tuple[int, bool, bool]) -> bool:
     """Whether a logger now drops warnings it passed (a level above WARNING, disabled, no longer propagating to the
-    root, where caplog listens). A lower level is the training process's own setting (setup_logging: INFO)."""
+    root, where caplog listens). A lower level is the training process's own setting (run_log.setup_logging: INFO)."""
     return (new[0] > logging.WARNING and new[0] != old[0]) or (new[1] and not old[1]) or (old[2] and not new[2])
 
 

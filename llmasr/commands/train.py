@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,9 +14,6 @@ from llmasr.recipe import load_recipe, located
 from llmasr.train.preemption import exit_status
 from llmasr.train.run_dir import RunDirError
 from llmasr.train.trainer import train
-from llmasr.train.validate import rate_shown
-
-log = logging.getLogger("llmasr.train")
 
 
 def run_args(p: argparse.ArgumentParser, *, checking: bool = False) -> None:
@@ -84,25 +79,4 @@ def main(argv: list[str] | None = None) -> int:
         ) from stop
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
-    log.info(done_line(result))
-    return 0
-
-
-def done_line(result: dict) -> str:
-    """The last line of a run that finished (`train`'s result): what this run trained, or that it had nothing to."""
-    metrics = result.get("metrics") or {}
-    last = result["history"][-1] if result["history"] else {}
-    summary = {k: v for k, v in rate_shown(metrics).items() if isinstance(v, float) and not math.isnan(v)}
-    here, total = len(result["history"]), result.get("updates", last.get("update", 0))
-    early = " (stopped early: train.patience)" if result.get("stopped_early") else ""
-    # a validation a stop had put off runs even where nothing is left to train
-    validation = f", validation {summary}" if summary else ""
-    if here == 0:  # a resume at the run's end: no loss to show
-        ends = result.get("ends_after", total)
-        at = f"had stopped at update {total}" if early else f"had reached update {total} of {ends}"
-        if not early and total > ends:
-            at = f"is at update {total}, past the {ends} it ends after now"
-        return f"done{early}: nothing to train (the run {at}){validation}"
-    # a resume's history holds its own updates, the update numbers count the run's from its start
-    updates = f"{here} update{'s' * (here != 1)}" + ("" if here == total else f" this run, {total} in all")
-    return f"done{early}: {updates}, last loss {last.get('loss')}, validation {summary}"
+    return 0  # the run's "done: ..." line closes train.log (trainer.done_line)

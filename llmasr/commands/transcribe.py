@@ -29,6 +29,7 @@ from llmasr.commands.decode_flags import (
 from llmasr.config_io import ConfigError
 from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
+from llmasr.export.decode_options import PACE_LOGGER
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.transcribe import TranscribeError, Transcriber, clip_problem, utf8
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(PACE_LOGGER).setLevel(logging.INFO)  # stderr says how far a long list is (stdout: the texts)
     if ranked := _several_ranks():
         print(f"llmasr transcribe: error: {ranked}", file=sys.stderr)
         return 2

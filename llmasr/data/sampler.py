@@ -127,7 +127,8 @@ class DynamicBucketSampler(Sampler):
         self.min_duration, self.max_duration = float(min_duration), float(max_duration)
         self.max_target_len, self.truncate_to_max = max_target_len, bool(truncate_to_max)
         self.epoch_indices = epoch_indices
-        self.padding_warns, self._padding_told = bool(padding_warns), None  # the last padding warning logged
+        # the last padding warning and skipped-item counts logged (the plan of every epoch had said the counts again)
+        self.padding_warns, self._padding_told, self._skips_told = bool(padding_warns), None, None
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
@@ -252,8 +253,9 @@ class DynamicBucketSampler(Sampler):
         stats["padding_warning"] = padding_warning(real, self.world_size, padding) if self.padding_warns else None
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
-            if filtered:
+            if filtered and filtered != self._skips_told:  # once, and again only where they change
                 log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), o.items.size, filtered)
+                self._skips_told = dict(filtered)
             if dropped:
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
                          "random", epoch, dropped, self.world_size)  # fmt: skip

@@ -47,7 +47,7 @@ from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
 from llmasr.export.decode_folders import clear_for_decode
-from llmasr.export.decode_options import DecodeError, DecodeOptions
+from llmasr.export.decode_options import PROGRESS_EVERY_S, DecodeError, DecodeOptions, Pace
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.merge import ExportError, as_exported
@@ -254,7 +254,8 @@ def decode_manifest(
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0
     model.eval()
-    items, mode = transcribe_loader(model, loader, cfg, device, clock)
+    pace = Pace(name or Path(manifest_path).name, PROGRESS_EVERY_S if world.leader else None, len(loader), world.size)
+    items, mode = transcribe_loader(model, loader, cfg, device, clock, progress=pace)
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
         return None
@@ -298,7 +299,7 @@ def decode_manifest(
 
 
 def transcribe_loader(
-    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None
+    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None, progress=None
 ) -> tuple[dict[int, dict], str]:
     """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, line (the manifest's), hotwords, hotwords_dropped,
     with cfg.timestamps timestamps, with cfg.confidence logprob and logprob_tokens} of every decoded item (an
@@ -306,15 +307,17 @@ def transcribe_loader(
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
     the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
     A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
-    manifest line and key)."""
+    manifest line and key). `progress`: a Pace, told of every batch."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
     choose_attention_kernels(cudnn=False)  # every decoding step is a new shape (the cache grows): cuDNN's never pays
     manifest = loader.dataset.manifest
     name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
+    said = progress or Pace("", None, len(loader))
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
+            said.batch(0.0)
             continue
         items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
         more = f" and {len(items) - 3} more" if len(items) > 3 else ""
@@ -339,8 +342,8 @@ def transcribe_loader(
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
+        said.batch(audio := float(sum(batch.durations)))
         if clock is not None:
-            audio = float(sum(batch.durations))
             clock.setdefault("first_batch", time.perf_counter() - t0)
             clock.setdefault("first_batch_share", audio)
             clock["items_audio"] = clock.get("items_audio", 0.0) + audio

@@ -1,8 +1,11 @@
 """What a decoding run needs besides its DecodeConfig (llmasr.models.decoding): DecodeOptions, checked when made,
-and DecodeError, a decode that cannot run as asked. llmasr.export.decode, which decodes with them, names both."""
+DecodeError, a decode that cannot run as asked, and Pace, the progress it logs. llmasr.export.decode, which decodes
+with them, names them."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from llmasr.config_io import ConfigError
@@ -48,3 +51,36 @@ class DecodeOptions:
 
 class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
+
+
+PACE_LOGGER = "llmasr.export.decode"
+log = logging.getLogger(PACE_LOGGER)
+PROGRESS_EVERY_S = 30.0  # how often a decode logs its progress line (training's train.progress_every_s default)
+
+
+class Pace:
+    """A decode's progress: a plain log line every `every_s` seconds (None: none), the batches done of `total`
+    (this rank's), the audio decoded and the time left at the pace so far. A long decode had said nothing
+    between its start and its scores. No line after the last batch: the scores follow."""
+
+    def __init__(self, name: str, every_s: float | None, total: int, ranks: int = 1):
+        self.name, self.every_s, self.total = name, every_s, total
+        if ranks > 1:  # rank 0 speaks: its pace stands for every rank's
+            self.name += f" (rank 0's share of {ranks} ranks)"
+        self.done, self.audio_s = 0, 0.0
+        self.t0 = time.monotonic()
+        self.next = self.t0 + (every_s or 0.0)
+
+    def batch(self, audio_s: float) -> None:
+        """One batch decoded (`audio_s`: its items' seconds of audio; 0 for a batch with none to decode)."""
+        self.done, self.audio_s = self.done + 1, self.audio_s + audio_s
+        now = time.monotonic()
+        if self.every_s is None or now < self.next or self.done >= self.total:
+            return
+        self.next = now + self.every_s
+        spent = now - self.t0
+        log.info(
+            "decoding %s: batch %d of %d (%.0f%%), %.1f s of audio in %.0f s, about %.0f s left", self.name,
+            self.done, self.total, 100 * self.done / max(self.total, 1), self.audio_s, spent,
+            spent / self.done * (self.total - self.done),
+        )  # fmt: skip

@@ -42,6 +42,7 @@ from llmasr.export.decode import (
     unguided_boost,
 )
 from llmasr.export.decode_confidence import confidence_fields
+from llmasr.export.decode_options import PROGRESS_EVERY_S, Pace
 from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
 from llmasr.models.sensevoice import asked_language
@@ -189,7 +190,9 @@ class Transcriber:
             rows = []
             if len(bad) < len(names):
                 loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
-                items, _ = transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)])
+                pace = Pace(f"{len(names) - len(bad)} clips", PROGRESS_EVERY_S, len(loader))  # INFO: logging's say
+                items, _ = transcribe_loader(self.model, loader, self.cfg, self.device,
+                                             name=lambda _, k: names[int(k)], progress=pace)  # fmt: skip
                 failed = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
                 # a clip read through a link is named as given, not by the link the loader read
                 failed = {i: why.replace(links[i], names[i]) if i in links else why for i, why in failed.items()}

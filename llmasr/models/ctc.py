@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import EVERY_RANK
 from llmasr.models.adaptor_blocks import length_mask
 from llmasr.models.adaptors import TransformerAdaptor
 from llmasr.models.config import AdaptorConfig
@@ -58,7 +59,7 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> C
         log.warning(
             "model.ctc.vocab %s has a seg_dict beside it, which FunASR spells this token list's text through; set "
             "model.ctc.seg_dict: %s to read it so (without it an English word outside the list is spelled in letters)",
-            spec, beside,
+            spec, beside, extra=EVERY_RANK,
         )  # fmt: skip
     tokenizer = TokenListCTCTokenizer(spec, cfg.blank)
     if tokenizer.sep is None and spec not in _NO_SEPARATOR_NOTED and any(_latin_letter(t) for t in tokenizer.tokens):
@@ -68,7 +69,7 @@ def build_ctc_tokenizer(cfg: CTCConfig, llm_tokenizer=None, lead: str = "") -> C
             "between two such words the CTC head has no label to learn the space by, so its text runs them together "
             "('two one' reads back 'TWOONE', two errors in the CTC WER). Add '<space>' to the list "
             "(it is then put between words) if the transcripts hold such words",
-            spec, ", ".join(SEPARATOR_NAMES),
+            spec, ", ".join(SEPARATOR_NAMES), extra=EVERY_RANK,
         )  # fmt: skip
     return tokenizer
 

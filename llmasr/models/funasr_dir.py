@@ -25,6 +25,7 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.data.frontend import FrontendConfig, check_cmvn_size
+from llmasr.errors import EVERY_RANK
 from llmasr.models.encoders import EncoderEntry, funasr_0x_advice, funasr_class_name, funasr_entry
 from llmasr.models.funasr_checks import check_vocabulary, log_left_out
 from llmasr.models.funasr_files import missing_weights, resolve_cmvn, weights_file
@@ -123,9 +124,8 @@ def frontend_from_funasr_conf(
     if frontend == "WavFrontendOnline":
         for key, fixed in _ONLINE_FIXED.items():
             if key in conf and conf[key] != fixed:
-                log.warning(
-                    "frontend_conf.%s=%r is ignored: FunASR's WavFrontendOnline always uses %r", key, conf[key], fixed
-                )
+                log.warning("frontend_conf.%s=%r is ignored: FunASR's WavFrontendOnline always uses %r", key, conf[key],
+                            fixed, extra=EVERY_RANK)  # fmt: skip
             conf[key] = fixed
     mapping = {"fs": "sample_rate", "window": "window", "n_mels": "n_mels", "frame_length": "frame_length_ms",
                "frame_shift": "frame_shift_ms", "lfr_m": "lfr_m", "lfr_n": "lfr_n", "dither": "dither",
@@ -138,9 +138,11 @@ def frontend_from_funasr_conf(
             kwargs["waveform_scale"] = 32768.0 if value else 1.0
         elif key in _FRONTEND_IGNORED:
             if value not in (-1, None):
-                log.warning("frontend_conf.%s=%r is ignored (length filtering is the data loader's job)", key, value)
+                log.warning("frontend_conf.%s=%r is ignored (length filtering is the data loader's job)", key, value,
+                            extra=EVERY_RANK)  # fmt: skip
         else:
-            log.warning("frontend_conf.%s=%r is not a WavFrontend setting llmasr knows; ignored", key, value)
+            log.warning("frontend_conf.%s=%r is not a WavFrontend setting llmasr knows; ignored", key, value,
+                        extra=EVERY_RANK)  # fmt: skip
     fe = FrontendConfig(kind="fbank", cmvn_file=None if cmvn_file is None else str(Path(cmvn_file).resolve()), **kwargs)
     fe.validate(where)
     check_cmvn_size(fe, where)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import EVERY_RANK
 from llmasr.models.ds_checkpoint import MODEL_STATES, weights_in, zero3_partitions, zero_to_fp32_advice
 from llmasr.text_files import read_json
 
@@ -125,8 +126,8 @@ def resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
             log.warning(
                 "%s: am.mvn is present but neither configuration.json nor config.yaml names a CMVN file, so (as in "
                 "FunASR) features are not normalised",
-                model_dir,
-            )
+                model_dir, extra=EVERY_RANK,
+            )  # fmt: skip
         else:
             log.info("%s: no CMVN file named; features are not normalised", model_dir)
         return None
@@ -135,7 +136,8 @@ def resolve_cmvn(model_dir: Path, frontend_conf: dict) -> Path | None:
     stated = frontend_conf.get("cmvn_file", "<absent>")
     if stated is None:
         # An explicit `cmvn_file: null`: the model was trained without CMVN.
-        log.warning("%s: no am.mvn and frontend_conf.cmvn_file is null; features are not normalised", model_dir)
+        log.warning("%s: no am.mvn and frontend_conf.cmvn_file is null; features are not normalised", model_dir,
+                    extra=EVERY_RANK)  # fmt: skip
         return None
     if stated != "<absent>":
         candidate = named_in_dir(model_dir, stated)  # an absolute path from the training machine: here, by name

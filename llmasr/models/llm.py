@@ -18,6 +18,7 @@ from torch import nn
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import nested_hint, not_found
+from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
 from llmasr.models.llm_files import (
     LLMWeightsError,
@@ -100,7 +101,7 @@ def warn_remote_code(path: str | Path, source: str) -> None:
     """trust_remote_code is only ever on because the user said so (`source`); say what it allows."""
     log.warning(
         "trust_remote_code is on (%s): transformers may import and run the Python files in %s; "
-        "use it only for a directory you trust", source, path,
+        "use it only for a directory you trust", source, path, extra=EVERY_RANK,
     )  # fmt: skip
 
 

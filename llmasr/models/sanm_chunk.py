@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import EVERY_RANK
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def load_chunk_draws(model: torch.nn.Module, states: list[dict] | None, where: s
             "%s: its run trained the streaming encoder on chunk configuration 0 alone (%s); from here training draws "
             "one of %d configurations per batch (model.encoder.conf.train_chunks: random). To go on as it trained, "
             "set model.encoder.conf.train_chunks: first",
-            where, why, draws[0].n,
+            where, why, draws[0].n, extra=EVERY_RANK,
         )  # fmt: skip
         return
     if states and not draws:
@@ -194,6 +195,7 @@ def load_chunk_draws(model: torch.nn.Module, states: list[dict] | None, where: s
             "%s: its run drew a chunk configuration per training batch; from here the streaming encoder trains on "
             "configuration 0 alone (model.encoder.conf.train_chunks: first)",
             where,
+            extra=EVERY_RANK,
         )
         return
     if states is None:

@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmasr.config_io import ConfigError
 from llmasr.data.languages import language_key
-from llmasr.errors import nearest_hint
+from llmasr.errors import EVERY_RANK, nearest_hint
 from llmasr.models.attention_kernels import key_padding_bias
 from llmasr.models.sanm import (
     EncoderLayerSANM,
@@ -291,6 +291,7 @@ def _check_ignored(ignored: dict) -> None:
                 value,
                 key,
                 usual[0],
+                extra=EVERY_RANK,
             )
 
 

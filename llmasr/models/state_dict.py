@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmasr.errors import EVERY_RANK
 from llmasr.models.ds_checkpoint import NotWholeWeights, is_model_states, module_weights
 from llmasr.safe_load import allowed_globals, refusal, unsafe_globals
 from llmasr.text_files import LFS_POINTER
@@ -248,7 +249,7 @@ def load_into(
     report.loaded = sorted(to_load)
     if report.reinitialised:
         log.warning("%s: re-initialised (per %s): %s", source, reinit_option or "reinit_keys",
-                    ", ".join(sorted(report.reinitialised)))  # fmt: skip
+                    ", ".join(sorted(report.reinitialised)), extra=EVERY_RANK)  # fmt: skip
     return report
 
 

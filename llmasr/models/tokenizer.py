@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import EVERY_RANK
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def as_written(tok, folder: Path):
         "%s: transformers' %s does not tokenize as its tokenizer.json writes (%s); llmasr reads tokenizer.json as "
         "written. Load this folder elsewhere (inference, export) with transformers.TokenizersBackend.from_pretrained "
         "to get the same ids",
-        folder, type(tok).__name__, "; ".join(differs),
+        folder, type(tok).__name__, "; ".join(differs), extra=EVERY_RANK,
     )  # fmt: skip
     return TokenizersBackend.from_pretrained(str(folder), local_files_only=True)
 

@@ -112,6 +112,6 @@ def plan_run(
         check_ranks_agree(digest, loaders and loaders[0].dataset.manifest, all_gather, failure,
                           loaders[0].screened if loaders else ())  # fmt: skip
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
-    if not resuming and tc.max_updates is not None and tc.max_updates > plan.natural:
+    if rank == 0 and not resuming and tc.max_updates is not None and tc.max_updates > plan.natural:  # every rank's
         log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)
     return plan

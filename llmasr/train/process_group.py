@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +86,11 @@ def init_distributed() -> DistInfo:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress report
+    # DeepSpeed's ZeRO collectives call torch ones that torch has deprecated: their FutureWarnings, which no user can
+    # act on, came from every rank, and again whenever a module's catch_warnings reset the warnings shown
+    warnings.filterwarnings(
+        "ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated", FutureWarning
+    )
     from llmasr.train import shm
 
     acc = get_accelerator()

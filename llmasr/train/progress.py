@@ -1,4 +1,5 @@
-"""What a run reports, on rank 0 only: a tqdm bar, TensorBoard scalars and a plain-text RUN_DIR/train.log.
+"""What a run reports, on rank 0 only: a tqdm bar, TensorBoard scalars and a plain-text RUN_DIR/train.log (whose
+logger and console handler run_log sets up).
 
 The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back:
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llmasr.atomic_file import write_atomic
+from llmasr.train import run_log
 from llmasr.train.efficiency import Interval
 from llmasr.train.validate import rate_shown
 
@@ -57,6 +59,27 @@ def format_pairs(values: dict) -> str:
     return " ".join(parts)
 
 
+def done_line(result: dict) -> str:
+    """The last line of a run that finished (trainer.Run.fit's result): what this run trained, or that it had
+    nothing to."""
+    metrics = result.get("metrics") or {}
+    last = result["history"][-1] if result["history"] else {}
+    summary = {k: v for k, v in rate_shown(metrics).items() if isinstance(v, float) and not math.isnan(v)}
+    here, total = len(result["history"]), result.get("updates", last.get("update", 0))
+    early = " (stopped early: train.patience)" if result.get("stopped_early") else ""
+    # a validation a stop had put off runs even where nothing is left to train; its figures as a valid line has them
+    validation = f", validation {format_pairs(summary)}" if summary else ""
+    if here == 0:  # a resume at the run's end: no loss to show
+        ends = result.get("ends_after", total)
+        at = f"had stopped at update {total}" if early else f"had reached update {total} of {ends}"
+        if not early and total > ends:
+            at = f"is at update {total}, past the {ends} it ends after now"
+        return f"done{early}: nothing to train (the run {at}){validation}"
+    # a resume's history holds its own updates, the update numbers count the run's from its start
+    updates = f"{here} update{'s' * (here != 1)}" + ("" if here == total else f" this run, {total} in all")
+    return f"done{early}: {updates}, last loss {last.get('loss', math.nan):.4f}{validation}"
+
+
 def parse_log_line(line: str) -> dict:
     """key=value pairs of a train.log line (numbers as float/int)."""
     out = {}
@@ -72,80 +95,6 @@ def parse_log_line(line: str) -> dict:
             except ValueError:
                 out[key] = value
     return out
-
-
-class _Stderr(logging.StreamHandler):
-    """sys.stderr as it is when a record is written: one handler serves every run in a process, and whoever
-    replaced sys.stderr in between (pytest's capture) may have closed the one it had at the start."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(run_dir: Path | None, rank: int) -> logging.Handler | None:
-    """llmasr loggers: INFO to stderr on rank 0 (warnings on the others), plus RUN_DIR/train.log on rank 0."""
-    root = logging.getLogger("llmasr")
-    root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    if not any(getattr(h, "_llmasr_console", False) for h in root.handlers):
-        console = _Stderr()
-        console._llmasr_console = True
-        console.setFormatter(fmt)
-        root.addHandler(console)
-    for h in root.handlers:
-        if getattr(h, "_llmasr_console", False):
-            h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    if rank != 0 or run_dir is None:
-        return None
-    handler = logging.FileHandler(Path(run_dir) / "train.log")
-    handler.setFormatter(fmt)
-    handler.setLevel(logging.INFO)
-    root.addHandler(handler)
-    return handler
-
-
-class StartupLog(logging.Handler):
-    """Holds the llmasr records logged before RUN_DIR/train.log exists (the data screen, the lines the batching
-    filters skip, the update count), so that train.log starts with them: `attach(rank)` first (it also sets up the
-    console), `replay(handler)` once the file handler exists. Bounded, and replaced by the next attach() if a run
-    fails before its log exists."""
-
-    CAPACITY = 10_000
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < self.CAPACITY:
-            self.records.append(record)
-
-    @classmethod
-    def attach(cls, rank: int) -> StartupLog:
-        setup_logging(None, rank)  # the console now, so that these records still show as they happen
-        root = logging.getLogger("llmasr")
-        for old in [h for h in root.handlers if isinstance(h, cls)]:
-            root.removeHandler(old)
-        handler = cls()
-        root.addHandler(handler)
-        return handler
-
-    def replay(self, handler: logging.Handler | None) -> None:
-        """Detach, and write the held records to `handler` (train.log on rank 0; None elsewhere drops them)."""
-        logging.getLogger("llmasr").removeHandler(self)
-        if handler is not None:
-            for record in self.records:
-                if record.levelno >= handler.level:
-                    handler.handle(record)
-        self.records.clear()
 
 
 class Progress:
@@ -190,6 +139,8 @@ class Progress:
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), **purge)
         if _is_terminal(self.stream):
             self.bar = tqdm(total=total_updates, initial=start_update, unit="upd", dynamic_ncols=True, file=self.stream)
+            if self.stream is sys.stderr:  # where the console handler writes the log's records
+                run_log.console_bar(self.bar)
 
     def update(self, update: int, epoch: int, stats: dict, lrs: dict, extra: dict, wait_s: float = 0.0) -> None:
         """One optimizer update: `stats` are the window's (already all-reduced) losses and counts, `wait_s` the
@@ -241,7 +192,7 @@ class Progress:
         row = {"update": update, "epoch": epoch}
         row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
         row.update({f"lr/{k}": v for k, v in lrs.items()})
-        row.update({k: float(v) for k, v in extra.items() if v is not None})
+        row.update({k: v if isinstance(v, int) else float(v) for k, v in extra.items() if v is not None})  # a count
         row.update(figures)
         seconds, untimed = eta
         row["eta_s"] = round(seconds, 1) if seconds == seconds else -1.0
@@ -338,6 +289,7 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            run_log.console_bar(None, self.bar)
             self.bar.close()
         if self.writer is not None:
             self.writer.close()

@@ -82,9 +82,8 @@ class RunCheckpoints:
             )
             with errors.context(f"saving checkpoint {tag}"):  # its meta, best.json, `latest`: a full disk, too
                 deleted = ck.finish_save(self.ckpt_dir, tag, meta, self.policy)
-            log.info(
-                "saved checkpoint %s%s", self.ckpt_dir / tag, f" (removed {', '.join(deleted)})" if deleted else ""
-            )
+            log.info("saved checkpoint %s%s%s", self.ckpt_dir / tag,
+                     f" (removed {', '.join(deleted)})" if deleted else "", self._best_said(metrics))  # fmt: skip
         barrier()
         return update
 
@@ -109,7 +108,16 @@ class RunCheckpoints:
             tag = ck.tag_for(update)
             deleted = ck.record_metrics(self.ckpt_dir, tag, metrics, self.policy)
             log.info(
-                "checkpoint %s: validation metrics recorded%s", self.ckpt_dir / tag,
-                f" (removed {', '.join(deleted)})" if deleted else "",
+                "checkpoint %s: validation metrics recorded%s%s", self.ckpt_dir / tag,
+                f" (removed {', '.join(deleted)})" if deleted else "", self._best_said(metrics),
             )  # fmt: skip
         barrier()
+
+    def _best_said(self, metrics: dict | None) -> str:
+        """After a save with validation metrics: the checkpoint best.json now ranks first, by its metric (train.log
+        had said nothing of the choice: it lay in best.json alone)."""
+        best = ck.read_best(self.ckpt_dir) if metrics and self.policy.best_k > 0 else []
+        if not best:
+            return ""
+        first = best[0]
+        return f"; best by {first.get('metric', self.policy.best_metric)}: {first['tag']} ({first['value']:.4f})"

@@ -33,9 +33,9 @@ from llmasr.train.op_builds import check_nvme_offload, check_quantizer, warn_sta
 from llmasr.train.param_groups import build_param_groups, describe_param_groups, idle_branch_settings, numel
 from llmasr.train.plan import plan_run
 from llmasr.train.process_group import all_gather_object, init_distributed
-from llmasr.train.progress import StartupLog, setup_logging
 from llmasr.train.run_checkpoints import RunCheckpoints
 from llmasr.train.run_dir import LrCourse, claim_run_dir, write_lr_files, write_run_files
+from llmasr.train.run_log import StartupLog, setup_logging
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 from llmasr.train.valid_sets import ValidSets
 
@@ -87,7 +87,7 @@ class RunSetup:
         check_quantizer(self.ds, str(ds_config_path))  # each node's own: ZeRO-3 loads the op in the LLM's load
         resolve.check_run_settings(self.recipe)
         for note in check_start_folder(self.recipe.model) + start_notes(self.recipe.model):  # allowed, but said
-            log.warning("%s", note)
+            log.warning("%s", note, extra=errors.EVERY_RANK)
         check_fused_kernels(self.recipe.model.llm, zero_stage=ds_config.zero_stage(self.ds), device=self.dist.device)
         resolve.process_settings(tc)  # deterministic algorithms, attention kernels
         asked, self.resume_key = ck.resume_asked(resume, tc.resume)

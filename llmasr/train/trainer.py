@@ -23,7 +23,7 @@ from llmasr.data.bad_data import ranks_summary, refuse_summed
 from llmasr.data.loader import say_epoch_mix
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
-from llmasr.train import resolve, universal
+from llmasr.train import resolve, run_log, universal
 from llmasr.train.check_course import Course, epoch_ends, fresh_course, validation_updates
 from llmasr.train.config import need_recipe
 from llmasr.train.ds_files import CLIENT_KEY
@@ -31,7 +31,7 @@ from llmasr.train.efficiency import WaitClock, run_peaks
 from llmasr.train.flops import FlopCounter
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.process_group import all_gather_object
-from llmasr.train.progress import Progress
+from llmasr.train.progress import Progress, done_line
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming, warn_changed
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
@@ -90,6 +90,8 @@ class Run(RunSetup):
             resolve.set_rng_state(self.pending_rng, self.engine.device)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
+        if self.rank == 0 and (note := run_log.relogged(self.run_dir / "train.log", self.engine.global_steps)):
+            log.warning(note)
         self.last_saved = self.engine.global_steps
         self.checkpoints.resumed(load_dir, tag, self.engine.global_steps)  # `latest`, later courses set aside
         epoch, loader_state = int(state.get("epoch", 0)), state.get("loader")
@@ -180,7 +182,7 @@ class Run(RunSetup):
             log.info(self.early.nothing_left())
             start_epoch, self.cut_short = tc.epochs, True
         self.engine.train(True)
-        stop = False
+        stop, result = False, None
         self.preemption = preemption = preemption or Preemption(self.rank)
         preemption.arm()
         try:
@@ -239,8 +241,13 @@ class Run(RunSetup):
                     return self._stopped(signum, epoch + 1, None, history)
                 if stop:
                     break
+            result = {"history": history, "interrupted": False, "run_dir": str(self.run_dir),
+                      "metrics": last_metrics, "stopped_early": self.cut_short, "updates": self.engine.global_steps,
+                      "ends_after": self.ends_after}  # fmt: skip
         except Exception as err:
             errors.rank_specific(err, self.rank)  # this rank's data or memory, maybe: every rank reports its own
+            if self.rank == 0:  # the error's own message follows: where the run can go on from once it is fixed
+                log.error(self._failed_line())
             raise
         finally:
             preemption.arm(False)
@@ -250,10 +257,10 @@ class Run(RunSetup):
             try:
                 self._write_lr_course()  # skips after the last save: a failed run, or stop_after_updates
             finally:
+                if result is not None and self.rank == 0:  # in train.log too: a run that ended, not one cut off
+                    log.info(done_line(result))
                 self.close()
-        return {"history": history, "interrupted": False, "run_dir": str(self.run_dir), "metrics": last_metrics,
-                "stopped_early": self.cut_short, "updates": self.engine.global_steps,
-                "ends_after": self.ends_after}  # fmt: skip
+        return result
 
     def _progress(self) -> Progress:
         """The run's reporting, with the FLOP counter and loader clock behind its efficiency figures."""
@@ -347,9 +354,18 @@ class Run(RunSetup):
         return {"history": history, "interrupted": True, "signal": signum, "checkpoint": str(where),
                 "run_dir": str(self.run_dir), "metrics": None}  # fmt: skip
 
+    def _failed_line(self) -> str:
+        """train.log's line for a run an error ended: the update it got to and the checkpoint to resume."""
+        if self.last_saved < 0:
+            saved = "no checkpoint was saved: a rerun starts afresh"
+        else:
+            saved = (f"the last checkpoint is {self.ckpt_dir / ck.tag_for(self.last_saved)} (update "
+                     f"{self.last_saved}): once the cause is fixed, --resume continues from it")  # fmt: skip
+        return f"training stopped by an error after update {self.engine.global_steps}; {saved}"
+
     def _extra(self) -> dict:
         e = self.engine
-        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": float(e.skipped_steps)}
+        return {"grad_norm": e.grad_norm(), "loss_scale": e.loss_scale(), "skipped_steps": e.skipped_steps}
 
 
 def train(

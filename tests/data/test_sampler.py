@@ -97,6 +97,18 @@ def test_filters_counted():
     assert kept == [1, 2, 6]
 
 
+def test_the_skipped_items_are_said_once_not_once_an_epoch(caplog):
+    """The start-up plans every epoch (their update counts): a line skipped every epoch had been said once an epoch
+    there, and again as each epoch began, 2E lines of the same counts. Said once, and again where the counts change."""
+    s = make(np.array([0.5, 2.0, 50.0, 3.0]), max_seconds=8.0)
+    with caplog.at_level("INFO", logger="llmasr"):
+        for epoch in [*range(5), *range(5)]:
+            s.set_epoch(epoch)
+            list(s)
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == ["epoch 0: skipped 1 of 4 items: {'over_batch_budget': 1}"]
+
+
 def test_known_bad_lines_are_skipped_first_and_listed_by_reason():
     d = np.array([0.05, 0.5, 2.0, 3.0, 50.0, np.nan, 4.0, 60.0])
     s = make(d, max_seconds=8.0, min_duration=0.1, max_duration=40.0, skip=np.array([1, 4, 5]))

@@ -41,6 +41,7 @@ def test_log_lines_hold_the_efficiency_figures_and_stderr_no_redraws(tiny_llm_di
     for row in rows:
         assert FIGURES <= set(row)
         assert row["mfu"] == "n/a"  # a CPU has no peak unless the recipe gives one
+        assert row["skipped_steps"] == 0 and isinstance(row["skipped_steps"], int)  # a count: it read 0.0000
         assert row["tok/s"] > 0 and row["tflops"] > 0 and row["audio_s/s"] > 0
         assert 0 <= row["pad_audio"] < 1 and 0 <= row["pad_llm"] < 1 and 0 <= row["data_wait"] <= 1
     # batches of several utterances of different lengths carry padding on both sides

@@ -99,3 +99,16 @@ def test_a_disk_that_fills_at_the_meta_names_it_and_keeps_the_last_checkpoint(
     assert f"while saving checkpoint {ck.tag_for(2)}:" in err
     assert f"{ckpts / ck.tag_for(2) / ck.META}: No space left on device (the disk is full)" in err
     assert ck.latest(ckpts) == ck.tag_for(1) and (ckpts / ck.tag_for(1) / ck.META).is_file()
+
+
+def test_the_log_names_the_best_checkpoint_after_each_validated_save(tiny_llm_dir, corpus, tmp_path):
+    """train.log said nothing of the best checkpoint (best.json alone held it): a save after a validation names the
+    one best.json ranks first, with its metric."""
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], valid=[corpus], output_dir=run, grad_accum=1, max_updates=2,
+                            valid_every_updates=1, best_metric="acc")  # fmt: skip
+    train(load_recipe(data=data), "zero0")
+    best = ck.read_best(run / "checkpoints")[0]
+    saved = [line for line in (run / "train.log").read_text().splitlines() if "saved checkpoint" in line]
+    assert len(saved) == 2 and all("; best by acc: update_0000000" in line for line in saved)
+    assert saved[-1].endswith(f"; best by acc: {best['tag']} ({best['value']:.4f})")

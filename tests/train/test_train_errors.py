@@ -186,3 +186,48 @@ def test_a_library_exit_inside_training_is_no_finished_run(recipe_file, tmp_path
     err = capsys.readouterr().err
     assert "a library ended the process inside training (exit(None)) before the run finished" in err, err
     assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_run_an_error_ends_names_its_last_checkpoint(recipe_file, tmp_path, monkeypatch, capsys):
+    """An error mid-run (a batch that fails, the data gone bad) had left train.log ending in the traceback alone: which
+    update the run got to and which checkpoint --resume takes up were for the reader to dig out of the folder."""
+    from llmasr.train import trainer
+
+    real, calls = trainer.run_window, []
+
+    def fails_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a batch that fails")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "run_window", fails_at_the_third)
+    args = [
+        "train",
+        "--config",
+        str(recipe_file),
+        "--deepspeed",
+        "zero0",
+        "train.epochs=3",
+        "train.save_every_updates=1",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    said = (f"training stopped by an error after update 2; the last checkpoint is {tmp_path}/run/checkpoints/"
+            "update_00000002 (update 2): once the cause is fixed, --resume continues from it")  # fmt: skip
+    assert said in err and err.index(said) < err.index("llmasr train: error: ")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"ERROR llmasr.train: {said}\n" in log and log.index(said) < log.index("Traceback")
+
+
+def test_a_run_that_fails_before_its_first_save_says_it_starts_afresh(recipe_file, tmp_path, monkeypatch, capsys):
+    from llmasr.train import trainer
+
+    monkeypatch.setattr(
+        trainer, "run_window", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a batch that fails"))
+    )
+    assert main(["train", "--config", str(recipe_file), "--deepspeed", "zero0"]) == 1
+    assert (
+        "training stopped by an error after update 0; no checkpoint was saved: a rerun starts afresh"
+        in (tmp_path / "run" / "train.log").read_text()
+    )

@@ -325,6 +325,17 @@ def test_the_last_update_is_logged_when_the_run_ends_before_its_total(tiny_llm_d
     assert len(history) > 1 and [row["update"] for row in rows] == [history[-1]["update"]]
 
 
+def test_train_log_ends_with_the_done_line(tiny_llm_dir, corpus, tmp_path):
+    """The "done: ..." line had gone to stderr alone, after the log file was closed: a finished run's train.log ended
+    at its last save, as one cut off there does; its validation figures were a Python dict of unrounded floats."""
+    run = tmp_path / "run"
+    train(recipe(tiny_llm_dir, corpus, run, grad_accum=2, max_updates=2), "zero0")
+    last = (run / "train.log").read_text().splitlines()[-1]
+    assert " INFO llmasr.train: done: 2 updates, last loss " in last
+    loss, validation = last.split(", last loss ")[1].split(", validation ")
+    assert len(loss.split(".")[1]) == 4 and {"loss", "acc", "wer"} <= set(parse_log_line(validation))
+
+
 def test_a_resume_past_the_epochs_end_says_it_has_nothing_to_train(tiny_llm_dir, corpus, tmp_path, caplog):
     """A run that trained its epochs, resumed with a max_updates past them and no more epochs: nothing trains, and
     the log says so (it had said nothing: the check counted to max_updates)."""

@@ -1,0 +1,131 @@
+"""The loggers of a training process: the console's records beside a terminal's progress bar, and the warnings every
+rank logs alike said once."""
+
+import io
+import json
+import logging
+import re
+import string
+import sys
+
+import pytest
+
+from llmasr.models.config import CTCConfig
+from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.recipe import load_recipe
+from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
+from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.run_log import setup_logging
+from llmasr.train.trainer import train
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def rank_0_after():
+    yield
+    setup_logging(None, 0)  # the console handler is the process's: as the other tests find it
+
+
+def test_a_record_logged_under_the_bar_has_a_line_of_its_own(tmp_path, monkeypatch, rank_0_after):
+    """On a terminal a record had been written after the bar's last character, on the bar's line ("... ctc
+    1.2026-12-07 08:57:12 INFO llmasr.train: train update=1 ..."), and the bar drawn again under it."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging(None, 0)
+    progress = Progress(tmp_path, 0, total_updates=3)
+    assert progress.bar is not None
+    progress.bar.update(1)
+    progress.bar.set_postfix_str("loss 21.463 llm 1.0e-03")
+    logging.getLogger("llmasr.train").info("train update=1 loss=21.4631")
+    progress.bar.update(1)
+    progress.close()
+    out = terminal.getvalue()
+    assert re.search(rf"(^|[\r\n]){STAMP} INFO llmasr.train: train update=1 loss=21.4631\n", out), repr(out)
+    after = out.split("train update=1 loss=21.4631\n", 1)[1]
+    assert " 1/3 " in after and " 2/3 " in after  # the bar drawn again below the record, and on from there
+
+
+def test_a_note_every_rank_logs_alike_is_said_by_rank_0_alone(tmp_path, capsys, rank_0_after):
+    """build_ctc_tokenizer does not know its rank: under a launcher its note on a letter list without a word
+    separator came once per rank. A rank's warning of its own still shows on every rank."""
+    said = {}
+    for rank in (1, 0):
+        tokens = tmp_path / f"rank{rank}" / "tokens.json"  # one list a rank: the note is said once a process
+        tokens.parent.mkdir()
+        tokens.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
+        setup_logging(None, rank)
+        build_ctc_tokenizer(CTCConfig(weight=0.3, vocab=str(tokens)))
+        logging.getLogger("llmasr.data").warning("skipping bad item train.jsonl:3 of this rank")
+        said[rank] = capsys.readouterr().err
+    assert "has no word separator" not in said[1] and "has no word separator" in said[0]
+    assert all("skipping bad item train.jsonl:3 of this rank" in err for err in said.values())
+
+
+def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_path, caplog):
+    """A run killed after its last checkpoint had logged updates the resume trains again: train.log held them twice,
+    the stopped run's above the resume's, and said nothing of it."""
+    corpus = write_tiny_corpus(tmp_path / "train", n=16)
+    run = tmp_path / "run"
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=run, grad_accum=1, epochs=2, save_every_updates=2)
+    train(load_recipe(data=data), "zero0", stop_after_updates=5)  # as a kill would end it: no save after update 4
+    with caplog.at_level(logging.WARNING, logger="llmasr"):
+        train(load_recipe(data=data), "zero0", resume="latest")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.log above holds")]
+    assert said == [
+        "train.log above holds update 5 from before this resume at update 4 (a run that ended after its last "
+        "checkpoint, or a resume from an earlier one): the run trains from update 5 again below, and the lines below "
+        "are its own; TensorBoard drops its events of the earlier ones"
+    ]
+    lines = (run / "train.log").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if said[0] in line)
+    assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
+
+
+def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
+    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
+    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
+
+    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
+    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    corpus = write_tiny_corpus(tmp_path / "train", n=4)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
+                            dropout=None, max_updates=1)  # fmt: skip
+    for _ in range(2):  # a second run of the process says it again, in its own log
+        train(load_recipe(data=data), "zero0", overwrite=True)
+        log = (tmp_path / "run" / "train.log").read_text()
+        assert log.count("frontend_conf.filter_length_max=3000 is ignored") == 1
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
+    """The start-up output of `deepspeed --num_gpus 2 ... llmasr train` (stderr): a FunASR directory's frontend notes
+    had come six times (three reads a rank), the CTC letter list's note and torch's deprecation of the collective
+    DeepSpeed's ZeRO-2 calls once per rank."""
+    import yaml
+
+    from llmasr.testing.launcher import launch_train
+    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
+
+    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
+    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    letters = tmp_path / "tokens.json"
+    letters.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
+    corpus = write_tiny_corpus(tmp_path / "train", n=12)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
+                            dropout=None, ctc_weight=0.3, max_updates=2)  # fmt: skip
+    data["model"]["ctc"]["vocab"] = str(letters)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    err = launch_train(recipe, "zero2", tmp_path / "run").stderr
+    said = [re.sub(rf"^{STAMP} ", "", line) for line in err.splitlines() if "llmasr" in line or "Warning" in line]
+    twice = sorted({line for line in said if said.count(line) > 1})
+    assert not twice, twice
+    assert sum("frontend_conf.filter_length_max=3000 is ignored" in line for line in said) == 1
+    assert sum("has no word separator" in line for line in said) == 1
