@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from llmasr.errors import command
 from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.train.check import check
+from llmasr.train.run_log import command_logging
 
 
 @command("llmasr check")
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for lr_schedule.csv/png (default: train.output_dir, or its check/ once it holds a run)",
     )
     args = parse_run_args(p, list(sys.argv[1:] if argv is None else argv))
+    command_logging(logging.WARNING)  # a FunASR directory the check reads three times: its notes once
     if args.world_size is None:
         env = os.environ.get("WORLD_SIZE", "1")
         if not env.strip().isdigit():

@@ -8,6 +8,7 @@ import logging
 from llmasr import errors
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.convert.nano_recipe import RECIPE_NAME
+from llmasr.train.run_log import command_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 @errors.command("llmasr convert")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command_logging(logging.INFO)
     out = convert_funasr(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
     recipe = out / RECIPE_NAME
     print(f"converted {args.src} to {out}; decode with: llmasr decode --model {out} ...; fine-tune with: "

@@ -46,6 +46,7 @@ from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
+from llmasr.train.run_log import command_logging
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_model_args(parser, args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command_logging(logging.INFO)
     try:
         world = DecodeWorld.from_env()
     except ValueError as err:

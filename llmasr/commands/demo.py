@@ -29,6 +29,7 @@ from llmasr.demo.run import (
 )
 from llmasr.demo.synth import SynthError
 from llmasr.errors import Interrupted, signal_name, signal_status, sigterm_raises
+from llmasr.train.run_log import command_logging
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +62,7 @@ def _voice_list(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command_logging(logging.INFO)
     workdir = Path(args.workdir).resolve()
     if workdir.exists() and not workdir.is_dir():
         print(f"llmasr demo: error: --workdir {args.workdir}: a file, not a folder; choose another --workdir",

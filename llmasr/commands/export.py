@@ -10,6 +10,7 @@ from llmasr import errors
 from llmasr.export.export import ExportError, export_model
 from llmasr.export.finetune_recipe import FINETUNE_NAME
 from llmasr.run_dir import CheckpointError
+from llmasr.train.run_log import command_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command_logging(logging.INFO)
     try:
         out = export_model(
             args.checkpoint,

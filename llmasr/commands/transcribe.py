@@ -37,6 +37,7 @@ from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
 from llmasr.text_files import text_line
+from llmasr.train.run_log import command_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # files after an option too
     check_model_args(parser, args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command_logging(logging.WARNING)
     logging.getLogger(PACE_LOGGER).setLevel(logging.INFO)  # stderr says how far a long list is (stdout: the texts)
     if ranked := _several_ranks():
         print(f"llmasr transcribe: error: {ranked}", file=sys.stderr)

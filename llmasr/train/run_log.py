@@ -1,6 +1,7 @@
 """The llmasr loggers of a training process: records to stderr (INFO on rank 0, warnings on the others) and to
 RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists (StartupLog), the progress bar a
-terminal shows kept clear of them, and what a resume says of the updates train.log holds past its checkpoint.
+terminal shows kept clear of them, and what a resume says of the updates train.log holds past its checkpoint. The
+other commands log through command_logging.
 
 A warning that every rank logs alike (made from the same recipe and files by code that does not know its rank, as
 the CTC vocabulary's notes and a FunASR directory's) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it,
@@ -46,7 +47,7 @@ def console_bar(bar, drawn=None) -> None:
         _Stderr.bar = None
 
 
-class _SaidOnce(logging.Filter):
+class SaidOnce(logging.Filter):
     """A handler's records that every rank logs alike (llmasr.errors.EVERY_RANK): on rank 0, each text once a run (a
     FunASR directory's frontend note came three times a rank: the start-up reads the directory three times); on the
     other ranks, none."""
@@ -94,6 +95,23 @@ class _Stderr(logging.StreamHandler):
         bar.refresh(nolock=True)
 
 
+COMMAND_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def command_logging(level: int = logging.INFO) -> None:
+    """The logging of a command other than train (decode, export, check, ...): records at `level` and above to stderr,
+    and a warning every rank logs alike said once a process (a command's start-up may read a FunASR directory two or
+    three times), by rank 0 alone under a launcher. A process whose logging is set up already (an application that
+    calls a command's main, pytest) keeps its own, as logging.basicConfig leaves it."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    logging.basicConfig(level=level, format=COMMAND_FORMAT)
+    rank = int(os.environ.get("RANK") or 0)
+    for handler in root.handlers:
+        handler.addFilter(SaidOnce(rank))
+
+
 def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:
     """llmasr loggers: INFO to stderr on rank 0 (on the others, warnings each rank has of its own), plus
     RUN_DIR/train.log on rank 0. `run_starts`: the notes said once a run may be said again (StartupLog.attach)."""
@@ -108,15 +126,15 @@ def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) 
     for h in root.handlers:
         if getattr(h, "_llmasr_console", False):
             h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-            kept = [f for f in h.filters if isinstance(f, _SaidOnce)]  # one handler serves every run of a process
+            kept = [f for f in h.filters if isinstance(f, SaidOnce)]  # one handler serves every run of a process
             if run_starts or [f.rank for f in kept] != [rank]:
                 for old in kept:
                     h.removeFilter(old)
-                h.addFilter(_SaidOnce(rank))
+                h.addFilter(SaidOnce(rank))
     if rank != 0 or run_dir is None:
         return None
     handler = logging.FileHandler(Path(run_dir) / "train.log")
-    handler.addFilter(_SaidOnce(rank))
+    handler.addFilter(SaidOnce(rank))
     handler.setFormatter(fmt)
     handler.setLevel(logging.INFO)
     root.addHandler(handler)

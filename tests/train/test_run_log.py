@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from llmasr.models.config import CTCConfig
 from llmasr.models.ctc import build_ctc_tokenizer
+from llmasr.models.ctc_config import CTCConfig
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.progress import Progress, parse_log_line
@@ -129,3 +129,27 @@ def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
     assert not twice, twice
     assert sum("frontend_conf.filter_length_max=3000 is ignored" in line for line in said) == 1
     assert sum("has no word separator" in line for line in said) == 1
+
+
+def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_path):
+    """`llmasr check` (as export and decode, one process) reads an encoder's FunASR directory three times: each note
+    on its frontend_conf had come three times on stderr (run as a user runs it: pytest's own log capture would
+    hold them otherwise)."""
+    import subprocess
+
+    import yaml
+
+    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
+
+    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
+    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    corpus = write_tiny_corpus(tmp_path / "train", n=4)
+    data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
+                            dropout=None, max_updates=1)  # fmt: skip
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "llmasr", "check", "--config", str(recipe), "--deepspeed", "zero2", "--out",
+           str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("frontend_conf.filter_length_max=3000 is ignored") == 1, done.stderr
