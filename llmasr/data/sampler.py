@@ -129,6 +129,7 @@ class DynamicBucketSampler(Sampler):
         self.epoch_indices = epoch_indices
         # the last padding warning and skipped-item counts logged (the plan of every epoch had said the counts again)
         self.padding_warns, self._padding_told, self._skips_told = bool(padding_warns), None, None
+        self._drops_told = 0
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
@@ -254,11 +255,13 @@ class DynamicBucketSampler(Sampler):
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if filtered and filtered != self._skips_told:  # once, and again only where they change
-                log.info("epoch %d: skipped %d of %d items: %s", epoch, sum(filtered.values()), o.items.size, filtered)
+                counts = ", ".join(f"{why} {n}" for why, n in filtered.items())
+                log.info("epoch %d: skipped %d of %d items (%s)", epoch, sum(filtered.values()), o.items.size, counts)
                 self._skips_told = dict(filtered)
-            if dropped:
+            if dropped and dropped != self._drops_told:  # the same: once, and again where the count changes
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
                          "random", epoch, dropped, self.world_size)  # fmt: skip
+                self._drops_told = dropped
         if self.rank == 0 and stats["padding_warning"] and stats["padding_warning"] != self._padding_told:
             log.warning("epoch %d: %s", epoch, stats["padding_warning"])  # once, and again only where it changes
             self._padding_told = stats["padding_warning"]

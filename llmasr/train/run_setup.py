@@ -136,7 +136,8 @@ class RunSetup:
 
     def _log_batches(self) -> None:
         device = self.dist.device
-        where = f"{torch.get_num_threads()} CPU threads per rank" if device.type == "cpu" else device
+        threads = torch.get_num_threads()
+        where = f"{threads} CPU thread{'s' * (threads != 1)} per rank" if device.type == "cpu" else device
         stage = int((self.ds.get("zero_optimization") or {}).get("stage", 0))
         precision = self.recipe.train.precision
         log.info("batches: %s (ZeRO stage %d, %s, %s)", self.plan.batch_line(), stage, precision, where)

@@ -106,7 +106,7 @@ def test_the_skipped_items_are_said_once_not_once_an_epoch(caplog):
             s.set_epoch(epoch)
             list(s)
     said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert said == ["epoch 0: skipped 1 of 4 items: {'over_batch_budget': 1}"]
+    assert said == ["epoch 0: skipped 1 of 4 items (over_batch_budget 1)"]
 
 
 def test_known_bad_lines_are_skipped_first_and_listed_by_reason():
@@ -443,6 +443,21 @@ def test_drop_last_leaves_out_other_batches_each_epoch():
         assert len(seen) < len(d)
         trained |= seen
     assert longest <= trained and len(trained) == len(d)
+
+
+def test_drop_last_s_left_out_batches_are_said_once_and_again_where_their_count_changes(caplog):
+    """The start-up plans every epoch: drop_last's line had been said once an epoch there and again as each began."""
+    d = librispeech_like(600)
+    sampler = rank_samplers(d, 8, drop_last=True, max_seconds=60.0)[0]
+    with caplog.at_level("INFO", logger="llmasr"):
+        for epoch in [*range(4), *range(4)]:
+            sampler.set_epoch(epoch)
+            list(sampler)
+    said = [r.getMessage() for r in caplog.records if "drop_last left out" in r.getMessage()]
+    dropped = sampler.stats(0)["dropped_batches"]
+    assert dropped > 0 and said == [
+        f"epoch 0: data.batching.drop_last left out {dropped} batch(es) over the world size 8, drawn at random"
+    ]
 
 
 def test_an_epoch_resumed_from_a_plan_that_dropped_the_last_batches_keeps_it():
