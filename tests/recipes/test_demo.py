@@ -71,7 +71,8 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     batches = next(line for line in log_lines if " batches: " in line)
     assert "world 2" in batches
     if "OMP_NUM_THREADS" not in os.environ:  # the two CPU ranks split the cores instead of each taking all
-        assert f"{max(1, (os.cpu_count() or 1) // 2)} CPU threads per rank" in batches, batches
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        assert f"{threads} CPU thread{'s' * (threads != 1)} per rank" in batches, batches
     summary = json.loads((workdir / "summary.json").read_text())
     dev = workdir / "decode_dev"
     rows = [json.loads(line) for line in open(dev / "results.jsonl")]

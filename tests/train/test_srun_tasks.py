@@ -64,7 +64,7 @@ def test_the_tasks_of_an_srun_step_train_as_one_run(tiny_llm_dir, tmp_path):
     assert [code for code, _ in tasks] == [0, 0], tasks[0][1][-3000:] + tasks[1][1][-3000:]
     log = (run / ck.TRAIN_LOG).read_text(encoding="utf-8")
     assert "ranks from SLURM (job 4242, srun step 0): rank 0 of 2 tasks on 1 node(s)" in log
-    assert "(world size 2)" in log and "x world 2 = train_batch_size 2" in log and "1 CPU threads per rank" in log
+    assert "(world size 2)" in log and "x world 2 = train_batch_size 2" in log and "1 CPU thread per rank" in log
     assert log.count(" train update=") == 2  # 8 lines, 4 per rank: 1 update an epoch
     assert "train update=" not in tasks[1][1]  # rank 1 reports nothing of its own
 
