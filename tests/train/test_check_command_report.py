@@ -355,6 +355,20 @@ def test_world_size_from_the_environment_is_read_only_when_not_given(recipe_file
     assert code == 0 and "world size: 2" in out
 
 
+def test_under_a_launcher_rank_0_alone_reports_and_writes_the_curves(recipe_file, tmp_path, monkeypatch, capsys):
+    """`deepspeed --num_gpus 2 --module llmasr check ...` had run the whole check on each rank: the report printed
+    once a rank (8 times, interleaved, on a node of 8) and every rank writing lr_schedule.csv/png into one folder.
+    Rank 0 checks for the launcher's world size; the others stop at once, silent."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert (code, out, err) == (0, "", "") and not list(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "world size: 2" in out and (tmp_path / "lr_schedule.csv").is_file()
+
+
 def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
     """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
     each (they had been counted at 4, the LLM's memory doubled)."""
