@@ -27,7 +27,7 @@ from llmasr.models.fused_kernels import check_fused_kernels
 from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
 from llmasr.models.tokenizer import one_tokenizer_load
-from llmasr.run_dir import RECIPE_FILE
+from llmasr.run_dir import LR_CSV, RECIPE_FILE
 from llmasr.train.check_course import best_k_lines, early_stop_lines, key_updates
 from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_languages import language_query_lines
@@ -44,8 +44,8 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
-from llmasr.train.run_dir import RunDirError
-from llmasr.train.schedulers import lr_curve
+from llmasr.train.run_dir import RunDirError, lr_rows
+from llmasr.train.schedulers import build_group_schedules, lr_curve
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 # what torch's DataLoader warns at its construction when data.num_workers is more than this machine's CPUs
@@ -218,6 +218,16 @@ def _decode_lines(recipe, model, valid_loader) -> list[str]:
     return lines
 
 
+def _lr_rows(recipe, groups: list[dict], course, total: int) -> dict:
+    """Each group's lr at every update, as `llmasr train` writes lr_schedule.csv: a resume's rows before its
+    checkpoint as that run's updates used them (the run folder's file and the checkpoint's course; where the resume
+    resizes the schedules, the rows after it can jump), the others from this recipe's schedules sized by `total`."""
+    if not course.done:
+        return lr_curve(recipe.optim, [g["name"] for g in groups], total)
+    schedules = build_group_schedules(groups, recipe.optim, total)
+    return lr_rows(Path(recipe.train.output_dir) / LR_CSV, schedules, course.done, total, course.applied, course.lrs)
+
+
 @one_tokenizer_load()  # the checks, data plan and model build share the LLM's tokenizer, as train's start-up does
 def check(
     recipe,
@@ -257,7 +267,7 @@ def check(
     start, total, stop, course = run_start(
         recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite
     )
-    curves = lr_curve(recipe.optim, names, total)
+    curves = _lr_rows(recipe, groups, course, total)
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",
