@@ -162,13 +162,23 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
-        f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        f"padding batches (world-size remainder): {st['num_padding_batches']}{_dropped_text(st)}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),
         *(f"    {line}" for line in mix),
         *(f"  warning: {line}" for line in gone),
         f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
     ]
+
+
+def _dropped_text(st: dict) -> str:
+    """What data.batching.drop_last leaves out of the epoch (its items kept, but not trained in it): had gone unsaid,
+    "items kept 20 of 20" read as every one of them trained."""
+    if not st["dropped_batches"]:
+        return ""
+    trained = round(st["mean_batch_size"] * st["num_real_batches"])
+    return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
+            "utterance(s) of this epoch (drawn anew each epoch)")  # fmt: skip
 
 
 def _llm_lines(sampler, st: dict) -> list[str]:

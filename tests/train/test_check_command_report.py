@@ -369,6 +369,26 @@ def test_under_a_launcher_rank_0_alone_reports_and_writes_the_curves(recipe_file
     assert "world size: 2" in out and (tmp_path / "lr_schedule.csv").is_file()
 
 
+def test_what_drop_last_leaves_out_is_said(recipe_file, tmp_path, capsys):
+    """data.batching.drop_last at a world size that does not divide the batches leaves some out of each epoch: check
+    had said "items kept 20 of 20; skipped: none" and nothing of them. The count is the trainer's sampler's."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    argv = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "2", "--out", str(tmp_path),
+            "data.batching.drop_last=true"]  # fmt: skip
+    code, out, err = run_check(capsys, *argv)
+    assert code == 0, err
+    recipe = load_recipe(recipe_file, ["data.batching.drop_last=true"])
+    st = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=2)[1].stats()
+    trained = round(st["mean_batch_size"] * st["num_real_batches"])
+    assert st["dropped_batches"] and trained < st["kept_items"]  # the case: some are left out
+    assert (
+        f"left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
+        "utterance(s) of this epoch (drawn anew each epoch)" in out
+    )
+
+
 def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
     """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
     each (they had been counted at 4, the LLM's memory doubled)."""
