@@ -167,7 +167,9 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),
         *(f"    {line}" for line in mix),
         *(f"  warning: {line}" for line in gone),
-        f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+        # data.valid_max_utts' subset named, as train.log names it: "2 batches" had not said 8 of 16 lines left out
+        "  validation: "
+        + ("none" if valid_loader is None else f"{len(valid_loader)} batches per rank, {valid_loader.items_text}"),
     ]
 
 

@@ -389,6 +389,18 @@ def test_what_drop_last_leaves_out_is_said(recipe_file, tmp_path, capsys):
     )
 
 
+def test_the_validation_subset_of_valid_max_utts_is_said(recipe_file, tmp_path, capsys):
+    """data.valid_max_utts validates on an evenly spaced subset: train.log said "3 of 4 items (... 1 left out)",
+    check only "validation: 1 batches per rank", the lines left out unsaid."""
+    argv = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *argv, "data.valid_max_utts=3")
+    assert code == 0, err
+    assert "batches per rank, 3 of 4 items (data.valid_max_utts 3, evenly spaced: 1 left out)\n" in out
+    code, out, err = run_check(capsys, *argv)
+    assert code == 0, err
+    assert re.search(r"  validation: \d+ batches per rank, 4 items\n", out)
+
+
 def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
     """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
     each (they had been counted at 4, the LLM's memory doubled)."""
