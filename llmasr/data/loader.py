@@ -271,6 +271,7 @@ def build_dataloader(
         items = (
             f"{indices.size} of {items} (data.valid_max_utts {data_cfg.valid_max_utts}, evenly spaced: {left} left out)"
         )
+    loader.items_text = items  # llmasr check says it of validation too
     log.info(
         "%s data: %s, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
         name, items, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"],

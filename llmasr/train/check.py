@@ -28,7 +28,7 @@ from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
 from llmasr.models.start_notes import start_notes
 from llmasr.models.tokenizer import one_tokenizer_load
-from llmasr.run_dir import RECIPE_FILE
+from llmasr.run_dir import LR_CSV, RECIPE_FILE
 from llmasr.train.check_course import best_k_lines, early_stop_lines, key_updates
 from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_languages import language_query_lines
@@ -45,8 +45,8 @@ from llmasr.train.param_groups import build_param_groups, describe_param_groups,
 from llmasr.train.plan import plan_run
 from llmasr.train.progress import plot_lr, write_lr_csv
 from llmasr.train.resolve import check_run_settings
-from llmasr.train.run_dir import RunDirError
-from llmasr.train.schedulers import lr_curve
+from llmasr.train.run_dir import RunDirError, lr_rows
+from llmasr.train.schedulers import build_group_schedules, lr_curve
 from llmasr.train.zero_memory import estimate_zero_memory, optimizer_state_bytes
 
 # what torch's DataLoader warns at its construction when data.num_workers is more than this machine's CPUs
@@ -163,13 +163,25 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
         f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
-        f"padding batches (world-size remainder): {st['num_padding_batches']}",
+        f"padding batches (world-size remainder): {st['num_padding_batches']}{_dropped_text(st)}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),
         *(f"    {line}" for line in mix),
         *(f"  warning: {line}" for line in gone),
-        f"  validation: {'none' if valid_loader is None else f'{len(valid_loader)} batches per rank'}",
+        # data.valid_max_utts' subset named, as train.log names it: "2 batches" had not said 8 of 16 lines left out
+        "  validation: "
+        + ("none" if valid_loader is None else f"{len(valid_loader)} batches per rank, {valid_loader.items_text}"),
     ]
+
+
+def _dropped_text(st: dict) -> str:
+    """What data.batching.drop_last leaves out of the epoch (its items kept, but not trained in it): had gone unsaid,
+    "items kept 20 of 20" read as every one of them trained."""
+    if not st["dropped_batches"]:
+        return ""
+    trained = round(st["mean_batch_size"] * st["num_real_batches"])
+    return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
+            "utterance(s) of this epoch (drawn anew each epoch)")  # fmt: skip
 
 
 def _llm_lines(sampler, st: dict) -> list[str]:
@@ -219,6 +231,16 @@ def _decode_lines(recipe, model, valid_loader) -> list[str]:
     return lines
 
 
+def _lr_rows(recipe, groups: list[dict], course, total: int) -> dict:
+    """Each group's lr at every update, as `llmasr train` writes lr_schedule.csv: a resume's rows before its
+    checkpoint as that run's updates used them (the run folder's file and the checkpoint's course; where the resume
+    resizes the schedules, the rows after it can jump), the others from this recipe's schedules sized by `total`."""
+    if not course.done:
+        return lr_curve(recipe.optim, [g["name"] for g in groups], total)
+    schedules = build_group_schedules(groups, recipe.optim, total)
+    return lr_rows(Path(recipe.train.output_dir) / LR_CSV, schedules, course.done, total, course.applied, course.lrs)
+
+
 @one_tokenizer_load()  # the checks, data plan and model build share the LLM's tokenizer, as train's start-up does
 def check(
     recipe,
@@ -258,7 +280,7 @@ def check(
     start, total, stop, course = run_start(
         recipe, model, plan, folder, stage=stage, world_size=world_size, overwrite=overwrite
     )
-    curves = lr_curve(recipe.optim, names, total)
+    curves = _lr_rows(recipe, groups, course, total)
     lines = [
         "batch arithmetic",
         f"  micro batch per rank (nominal, batches are dynamic): {ds['train_micro_batch_size_per_gpu']}",

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.schedulers import branch_of_group, peak_update
+
+if TYPE_CHECKING:
+    from llmasr.train.run_dir import LrCourse
 
 
 class Course(NamedTuple):
@@ -19,6 +22,10 @@ class Course(NamedTuple):
     early: EarlyStop  # the early-stopping count it starts with
     owed: bool = False  # a stop put off the validation due at `done`: the resume runs it first
     epoch: int = 0  # the epoch it starts in: a resume's, from its checkpoint
+    # a resume's schedules: the update they stand at (`done` less the updates skipped, each of which held them), and
+    # the lrs its checkpoint's updates used (llmasr.train.run_dir.LrCourse; None: lr_schedule.csv's rows say them)
+    applied: int = 0
+    lrs: LrCourse | None = None
 
 
 def fresh_course(tc, updates_per_epoch: list[int]) -> Course:

@@ -14,7 +14,8 @@ from llmasr.train.check_course import Course, epoch_ends, fresh_course
 from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming, warn_changed
-from llmasr.train.run_dir import check_lock, check_run_start
+from llmasr.train.run_dir import LrCourse, check_lock, check_run_start
+from llmasr.train.schedulers import GroupSchedule
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, older_saves, resumed_counts
 
 
@@ -66,13 +67,16 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     resized = "" if meta.world_size == world_size else f"; saved on {ranks}, resized to {world_size}"
     converted = "" if meta.zero_stage == stage else f"; saved at ZeRO stage {meta.zero_stage}, converted to {stage}"
     head = f"  resumes {where} (update {meta.update}, epoch {meta.epoch}{resized}{converted}) into {run_dir}"
-    client, saved_ds = read_client_state(where, meta)
+    client, saved_ds, scheduler = read_client_state(where, meta)
     total, stop, ends = resumed_total(recipe, plan, where, meta, world_size, client, changed, explain)
     epoch = int(client.get("epoch", meta.epoch))  # the one it resumes in
     warn_changed(where, changed)  # as training warns, once the position counts into the files as they are now
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
-    course = Course(meta.update, ends, early, owed=bool(client.get("validation_owed")), epoch=epoch)
+    held = [GroupSchedule.from_state(s) for s in scheduler.get("schedules", [])]  # as the trainer restores them
+    lrs = LrCourse.of(client.get("lr_course"), held)
+    applied = int(scheduler.get("last_update", meta.update))
+    course = Course(meta.update, ends, early, bool(client.get("validation_owed")), epoch, applied, lrs)
     done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None
     if done is None and early.exhausted and epoch < recipe.train.epochs:

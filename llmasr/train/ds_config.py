@@ -42,6 +42,9 @@ PRESETS: tuple[str, ...] = ("zero0", "zero1", "zero2", "zero2_offload", "zero3",
 PRESET_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
 AUTO = "auto"
+# the keys whose "auto" llmasr fills from the recipe (one left "auto" is refused by the check that fills it)
+FILLED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
+          "bf16.enabled", "bfloat16.enabled", "fp16.enabled")  # fmt: skip
 # ZeRO keys HF's Trainer fills from the model's hidden size h where its configs say "auto"
 _HF_FROM_HIDDEN = {"reduce_bucket_size": "h*h", "stage3_prefetch_bucket_size": "0.9*h*h",
                    "stage3_param_persistence_threshold": "10*h"}  # fmt: skip
@@ -204,7 +207,7 @@ def resolve_ds(
 
 def _check_autos(ds: dict, source: str) -> None:
     """Refuse an "auto" llmasr does not fill (HF's Trainer fills some of ZeRO's from the model's hidden size)."""
-    left = [key for key in _find_autos(ds) if key.split(".")[0] not in BLOCKS]
+    left = [key for key in _find_autos(ds) if key.split(".")[0] not in BLOCKS and key not in FILLED]
     if left:
         hf = [f"{key} with {_HF_FROM_HIDDEN[key.rpartition('.')[2]]}" for key in left
               if key.rpartition(".")[2] in _HF_FROM_HIDDEN]  # fmt: skip

@@ -63,15 +63,16 @@ def check_shards(tag_dir: Path, meta: CheckpointMeta) -> tuple[list[Path], list[
     return model_files, optim_files
 
 
-def read_client_state(tag_dir: str | Path, meta: CheckpointMeta) -> tuple[dict, dict]:
-    """llmasr's entry of a checkpoint's client state (epoch, loader position, rng) and the DeepSpeed config it was
-    saved under, read weights-only and memory mapped from its first model-states file (no tensor is read into
-    memory); {} for either where it has none."""
+def read_client_state(tag_dir: str | Path, meta: CheckpointMeta) -> tuple[dict, dict, dict]:
+    """llmasr's entry of a checkpoint's client state (epoch, loader position, rng), the DeepSpeed config it was
+    saved under and its lr scheduler's state (BranchLRScheduler.state_dict), read weights-only and memory mapped from
+    its first model-states file (no tensor is read into memory); {} for each where it has none."""
     model_files, _ = check_shards(Path(tag_dir), meta)
     state = load_weights_only(model_files[0], mmap=True)
     state = state if isinstance(state, dict) else {}
-    client, ds = state.get(CLIENT_KEY), state.get("ds_config")
-    return client if isinstance(client, dict) else {}, ds if isinstance(ds, dict) else {}
+    found = [state.get(CLIENT_KEY), state.get("ds_config"), state.get("lr_scheduler")]
+    client, ds, scheduler = (x if isinstance(x, dict) else {} for x in found)
+    return client, ds, scheduler
 
 
 def read_trained_state(tag_dir: str | Path, meta: CheckpointMeta) -> dict[str, torch.Tensor]:

@@ -160,7 +160,7 @@ def schedule_changes(saved: list, new: list) -> list[str]:
         if o.peak_lr != s.peak_lr:
             parts.append(f"peak lr {o.peak_lr:.3e} -> {s.peak_lr:.3e}")
         cfg_a, cfg_b = to_dict(o.cfg), to_dict(s.cfg)
-        parts += [f"scheduler.{k} {shown(cfg_a[k])} -> {shown(cfg_b[k])}" for k in cfg_a if cfg_a[k] != cfg_b[k]]
+        parts += [f"scheduler.{k} {shown(cfg_a[k], cfg_b[k])}" for k in cfg_a if cfg_a[k] != cfg_b[k]]
         if not parts:
             continue
         text = ", ".join(parts)

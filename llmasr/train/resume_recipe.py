@@ -153,14 +153,26 @@ def _unread_by(key: str, flat: dict) -> bool:
     return name in TYPE_FIELDS and kind not in TYPE_FIELDS[name]
 
 
-def shown(value: Any) -> str:
-    """A value as a change names it: its JSON, cut at 80 characters."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+def shown(before: Any, after: Any) -> str:
+    """A change's two values as it names them, `BEFORE -> AFTER`: their JSON, each cut at 80 characters around the
+    first character where they differ (a long list cut at its start had read the same on both sides: data.train's
+    entries with another weight at the end)."""
+    texts = [json.dumps(v, default=str) for v in (before, after)]
+    first = next((i for i, (x, y) in enumerate(zip(*texts)) if x != y), min(map(len, texts)))
+    start = max(0, first - 30)  # some of what comes before the difference, to say where it is
+
+    def cut(text: str) -> str:
+        if len(text) <= 80:
+            return text
+        if start == 0:
+            return text[:77] + "..."
+        return "..." + text[start : start + 74] + ("..." if start + 74 < len(text) else "")
+
+    return " -> ".join(map(cut, texts))
 
 
 def describe(changes: list[tuple[str, Any, Any]]) -> str:
-    return "; ".join(f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in changes)
+    return "; ".join(f"{k}: {shown(a, b)}" for k, a, b in changes)
 
 
 def saved_recipe_dict(path: Path, recipe_type: type) -> dict:
@@ -209,7 +221,7 @@ def check_resume_recipe(recipe, load_dir: Path) -> list[str]:
     changes = recipe_changes(saved_recipe_dict(saved_path, type(recipe)), _plain(recipe))
     refused = [c for c in changes if key_kind(c[0]) == "refused"]
     if refused:
-        lines = [f"  {k}: {shown(a)} -> {shown(b)} ({_why_refused(k)})" for k, a, b in refused]
+        lines = [f"  {k}: {shown(a, b)} ({_why_refused(k)})" for k, a, b in refused]
         raise ConfigError(
             f"--resume: the recipe differs from {saved_path} (the run being resumed) in keys that cannot change "
             "on resume:\n" + "\n".join(lines) + "\nResume with the run's values, or start a new run (another "

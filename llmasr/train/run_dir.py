@@ -349,7 +349,7 @@ class LrCourse:
         return next(s for s in self.held if s.name == name).lr(max(done, 0))
 
 
-def _lr_rows(
+def lr_rows(
     csv_path: Path, schedules: list, start: int, total: int, applied: int, course: LrCourse | None = None
 ) -> dict[str, list[float]]:
     """The lr of every update of a resumed run, for lr_schedule.csv: rows up to the checkpoint's `course.since` as
@@ -382,7 +382,7 @@ def write_run_files(
 ) -> None:  # fmt: skip
     """RUN_DIR/recipe.yaml, ds_config.json and lr_schedule.csv/png: rows from update `start` on from `schedules`
     (a fresh run: 0), which stand at update `applied` there (`start` less the skipped updates; default `start`),
-    the rows before it as the checkpoint's `course` used them (_lr_rows). Rank 0 only; a resumed run calls it once
+    the rows before it as the checkpoint's `course` used them (lr_rows). Rank 0 only; a resumed run calls it once
     it has loaded, so a failed resume leaves them as they were."""
     dump_yaml(recipe, run_dir / ck.RECIPE_FILE)
     ck.write_atomic(run_dir / ck.DS_CONFIG_FILE, json.dumps(ds_config, indent=2))
@@ -390,8 +390,8 @@ def write_run_files(
 
 
 def write_lr_files(run_dir: Path, schedules: list, start: int, total: int, applied: int, course=None) -> None:
-    """lr_schedule.csv/png as _lr_rows makes them (rank 0): at the run's start and resume, and at a save or the run's
+    """lr_schedule.csv/png as lr_rows makes them (rank 0): at the run's start and resume, and at a save or the run's
     end after updates skipped on a non-finite gradient, whose held schedules move every later row one update on."""
-    curves = _lr_rows(run_dir / ck.LR_CSV, schedules, start, total, applied, course)
+    curves = lr_rows(run_dir / ck.LR_CSV, schedules, start, total, applied, course)
     write_lr_csv(run_dir / ck.LR_CSV, curves)
     plot_lr(curves, run_dir / ck.LR_PNG)

@@ -355,6 +355,52 @@ def test_world_size_from_the_environment_is_read_only_when_not_given(recipe_file
     assert code == 0 and "world size: 2" in out
 
 
+def test_under_a_launcher_rank_0_alone_reports_and_writes_the_curves(recipe_file, tmp_path, monkeypatch, capsys):
+    """`deepspeed --num_gpus 2 --module llmasr check ...` had run the whole check on each rank: the report printed
+    once a rank (8 times, interleaved, on a node of 8) and every rank writing lr_schedule.csv/png into one folder.
+    Rank 0 checks for the launcher's world size; the others stop at once, silent."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert (code, out, err) == (0, "", "") and not list(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "world size: 2" in out and (tmp_path / "lr_schedule.csv").is_file()
+
+
+def test_what_drop_last_leaves_out_is_said(recipe_file, tmp_path, capsys):
+    """data.batching.drop_last at a world size that does not divide the batches leaves some out of each epoch: check
+    had said "items kept 20 of 20; skipped: none" and nothing of them. The count is the trainer's sampler's."""
+    from llmasr.recipe import load_recipe
+    from llmasr.train.resolve import build_loaders, text_side
+
+    argv = ["--config", str(recipe_file), "--deepspeed", "zero2", "--world-size", "2", "--out", str(tmp_path),
+            "data.batching.drop_last=true"]  # fmt: skip
+    code, out, err = run_check(capsys, *argv)
+    assert code == 0, err
+    recipe = load_recipe(recipe_file, ["data.batching.drop_last=true"])
+    st = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=2)[1].stats()
+    trained = round(st["mean_batch_size"] * st["num_real_batches"])
+    assert st["dropped_batches"] and trained < st["kept_items"]  # the case: some are left out
+    assert (
+        f"left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
+        "utterance(s) of this epoch (drawn anew each epoch)" in out
+    )
+
+
+def test_the_validation_subset_of_valid_max_utts_is_said(recipe_file, tmp_path, capsys):
+    """data.valid_max_utts validates on an evenly spaced subset: train.log said "3 of 4 items (... 1 left out)",
+    check only "validation: 1 batches per rank", the lines left out unsaid."""
+    argv = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    code, out, err = run_check(capsys, *argv, "data.valid_max_utts=3")
+    assert code == 0, err
+    assert "batches per rank, 3 of 4 items (data.valid_max_utts 3, evenly spaced: 1 left out)\n" in out
+    code, out, err = run_check(capsys, *argv)
+    assert code == 0, err
+    assert re.search(r"  validation: \d+ batches per rank, 4 items\n", out)
+
+
 def test_memory_counts_a_frozen_bf16_llm_at_two_bytes_a_weight_under_fp32(recipe_file, tmp_path, capsys):
     """train.precision fp32 keeps each weight in the dtype it was built in: a frozen bf16 LLM's weights take 2 bytes
     each (they had been counted at 4, the LLM's memory doubled)."""

@@ -325,3 +325,27 @@ def test_a_resume_s_lr_points_and_validations_are_counted_from_its_checkpoint(tr
         f"{len(validated)} more time(s)\n  warning: train.patience 8 needs 9 more validations and the run holds "
         f"{len(validated)}: it never stops early" in out
     ), out
+
+
+def test_a_resume_s_lr_schedule_csv_is_the_one_train_writes(trained, tmp_path, capsys):
+    """A resume that resizes the schedules (here more epochs, another shape) had its lr_schedule.csv/png drawn from
+    the new schedules alone, from update 1: a smooth curve where the run's own file keeps the lrs its first updates
+    used and jumps at the resume. Check writes the rows train writes."""
+    import shutil
+
+    from llmasr.recipe import load_recipe
+    from llmasr.train.trainer import train
+
+    run_dir, recipe = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [f"train.output_dir={copy}", "train.max_updates=null", "train.epochs=2",
+                 "optim.scheduler={type: warmup_linear, warmup_ratio: 0.5}"]  # fmt: skip
+    base = ["--config", str(recipe), "--deepspeed", "zero2", "--out", str(tmp_path / "o"), "--resume"]
+    code, out, err = run_check(capsys, *base, *overrides)
+    assert code == 0, err
+    before = (copy / "lr_schedule.csv").read_text(encoding="utf-8").splitlines()
+    train(load_recipe(recipe, overrides), "zero2", resume="latest")
+    written = (copy / "lr_schedule.csv").read_text(encoding="utf-8").splitlines()
+    assert written[1] == before[1]  # the update the run had trained keeps its row
+    assert (tmp_path / "o" / "lr_schedule.csv").read_text(encoding="utf-8").splitlines() == written

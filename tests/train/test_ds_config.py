@@ -123,6 +123,16 @@ def test_batch_arithmetic_error_shows_the_product():
         resolve_ds_config({"train_batch_size": 64}, train_cfg(micro_batch_per_gpu=2), world_size=2)
 
 
+def test_a_missing_grad_accum_is_refused_once_not_as_an_auto_left_too():
+    """A recipe without train.grad_accum under a preset ("auto" there) had its refusal followed by a second group
+    that named the same keys as "auto" left unfilled, saying in one breath that llmasr fills them."""
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config("zero2", from_dict(TrainConfig, {}, "train"), world_size=1, source="zero2")
+    assert str(err.value).startswith("zero2: gradient_accumulation_steps is not set") and "left at" not in str(
+        err.value
+    )
+
+
 def test_missing_grad_accum_is_an_error_never_one():
     recipe = from_dict(TrainConfig, {}, "train")
     for raw in ({}, {"gradient_accumulation_steps": "auto"}):

@@ -62,3 +62,19 @@ def test_recipe_changes_read_absent_as_none():
     saved = {"optim": {"branches": {}}, "train": {"epochs": 1}}
     new = {"optim": {"branches": {"llm": {"lr": 2e-5, "eps": None}}}, "train": {"epochs": 1}}
     assert rr.recipe_changes(saved, new) == [("optim.branches.llm.lr", None, 2e-5)]
+
+
+def test_a_long_value_is_shown_where_it_changed():
+    """data.train's second entry given another weight had read the same on both sides (each cut at its start), so
+    the refusal named the key but not what changed in it."""
+    entries = [{"path": "/data/corpora/aishell/train.jsonl", "weight": 1.0}, {"path": "/data/dialect.jsonl"}]
+    saved = {"data": {"train": [*entries[:1], {**entries[1], "weight": 0.5}]}}
+    new = {"data": {"train": [*entries[:1], {**entries[1], "weight": 3.0}]}}
+    text = rr.describe(rr.recipe_changes(saved, new))
+    assert text.startswith("data.train: ...")
+    before, after = text.removeprefix("data.train: ").split(" -> ")
+    assert before.endswith('"weight": 0.5}]') and after.endswith('"weight": 3.0}]') and len(before) <= 80
+    # short values, and long ones that differ early, read as before
+    assert rr.describe([("train.epochs", 3, 5)]) == "train.epochs: 3 -> 5"
+    early = rr.describe([("k", "a" * 100, "b" * 100)])
+    assert early == f'k: "{"a" * 76}... -> "{"b" * 76}...'
