@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmasr.data.item_filters import counts_text
 from llmasr.data.record_fields import unread_text
 from llmasr.data.screen import ctc_unknown_text, own_prompts_said
 from llmasr.data.skipped_lines import longest_kept_text
@@ -253,7 +254,7 @@ def format_report(report: DataReport, *, max_examples: int = 50) -> str:
         s = report.batching
         lines += ["", f"## batching ({report.budget}, world size {report.world_size})"]
         filtered = s["filtered"]
-        lines.append("skipped by filters: " + (", ".join(f"{k}: {v}" for k, v in filtered.items()) or "none"))
+        lines.append(f"skipped by filters: {counts_text(filtered)}")
         lines += _too_long_lines(report, max_examples) + _over_budget_lines(report, max_examples)
         if report.mix:
             lines += ["the weighted mix's first epoch, as training batches it:", *(f"  {m}" for m in report.mix)]

@@ -61,6 +61,12 @@ def filter_counts(codes: np.ndarray) -> dict[str, int]:
     return {name: int(c) for name, c in zip(FILTER_REASONS, counts) if c}
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """filter_counts in words ("too_long 3, over_batch_budget 1", "none"): one wording for train.log, `llmasr check`
+    and `llmasr data check`."""
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
 def unusable_signature(codes: np.ndarray) -> list:
     """[count, sha1 of the indices] of the lines screened unusable before loading: what a saved position names, so a
     resume whose data now plans other batches (a line's audio gone since, or back) says so."""

@@ -29,6 +29,7 @@ from llmasr.data.dataset import CTCRule, SpeechDataset
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
+from llmasr.data.item_filters import counts_text
 from llmasr.data.llm_unk import unk_of_prompt
 from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.noise_list import noise_problem
@@ -275,7 +276,7 @@ def build_dataloader(
     log.info(
         "%s data: %s, %d batches per rank (world size %d), mean batch %.1f, padding efficiency %.3f, skipped %s",
         name, items, len(sampler), world_size, st["mean_batch_size"], st["padding_efficiency"],
-        st["filtered"] or "none",
+        counts_text(st["filtered"]),
     )  # fmt: skip
     return loader, sampler
 

@@ -43,7 +43,7 @@ from torch.utils.data import Sampler
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, at_limit, per_batch, quantile_buckets
-from llmasr.data.item_filters import FILTER_REASONS, filter_counts, filter_items, unusable_signature
+from llmasr.data.item_filters import FILTER_REASONS, counts_text, filter_counts, filter_items, unusable_signature
 from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
 
@@ -255,8 +255,8 @@ class DynamicBucketSampler(Sampler):
         filtered = o.filtered
         if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
             if filtered and filtered != self._skips_told:  # once, and again only where they change
-                counts = ", ".join(f"{why} {n}" for why, n in filtered.items())
-                log.info("epoch %d: skipped %d of %d items (%s)", epoch, sum(filtered.values()), o.items.size, counts)
+                log.info("epoch %d: skipped %d of %d items (%s)", epoch, sum(filtered.values()), o.items.size,
+                         counts_text(filtered))  # fmt: skip
                 self._skips_told = dict(filtered)
             if dropped and dropped != self._drops_told:  # the same: once, and again where the count changes
                 log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llmasr.data.augment import cost_text
+from llmasr.data.item_filters import counts_text
 from llmasr.data.mixed_manifest import epoch_mix
 from llmasr.data.screen import own_prompts_text
 from llmasr.models.builder import build_model
@@ -162,7 +163,7 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         f"efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
-        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {st['filtered'] or 'none'}; "
+        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {counts_text(st['filtered'])}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}{_dropped_text(st)}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),

@@ -16,6 +16,7 @@ import torch
 from llmasr.config_io import ConfigError, UnsetError, to_dict
 from llmasr.config_paths import not_found
 from llmasr.data.frontend import FrontendConfig
+from llmasr.data.item_filters import counts_text
 from llmasr.data.manifest import manifest_file_problem
 from llmasr.models.attention_kernels import choose_attention_kernels
 from llmasr.models.config import ModelConfig
@@ -186,7 +187,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
             f"data.batching.drop_last left out all {dropped} batch(es), fewer than the ranks: set it false, or "
             "train on fewer ranks"
             if dropped
-            else f"every item filtered? {sampler.filtered or ''}"
+            else f"every item filtered? {counts_text(sampler.filtered)}"
         )
         raise ConfigError(f"data.train: no batch for rank {rank} of {world_size} ({why})")
     valid_loader = None
@@ -198,7 +199,7 @@ def build_loaders(recipe, side: TextSide, *, rank: int, world_size: int, device=
         if len(valid_sampler) == 0:  # its metrics would be those of nothing: a loss of 0 ranked best
             raise ConfigError(
                 f"data.valid: no batch for rank {rank} of {world_size} (every item filtered? "
-                f"{valid_sampler.filtered or ''})"
+                f"{counts_text(valid_sampler.filtered)})"
             )
     loaders = train_loader, sampler, valid_loader
     for said in query_warnings(recipe, loaders) if rank == 0 else ():  # lines a per-line SenseVoice asks "auto" of

@@ -81,7 +81,7 @@ def test_format_report(manifest):
         "batches per rank",
         "mean batch size",
         "padding efficiency",
-        "too_long: 1",
+        "skipped by filters: too_long 1",
         "TOO MUCH BAD DATA",
         "total:",
         "liar",
