@@ -66,6 +66,9 @@ def timed(model, manifest: Path, cfg, confidence: bool) -> float:
         def __iter__(self):
             return iter(batches)
 
+        def __len__(self):  # the decode's progress counts the batches
+            return len(batches)
+
     t0 = time.perf_counter()
     transcribe_loader(model, Ready(), replace(cfg, confidence=confidence), "cpu")
     return time.perf_counter() - t0
