@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from llmasr.errors import process_rank
+
 TAIL_BYTES = 1 << 20  # how much of train.log's end a resume reads for the updates logged before it
 
 
@@ -107,9 +109,8 @@ def command_logging(level: int = logging.INFO) -> None:
     if root.handlers:
         return
     logging.basicConfig(level=level, format=COMMAND_FORMAT)
-    rank = int(os.environ.get("RANK") or 0)
     for handler in root.handlers:
-        handler.addFilter(SaidOnce(rank))
+        handler.addFilter(SaidOnce(process_rank()))
 
 
 def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:
