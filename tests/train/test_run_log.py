@@ -14,7 +14,7 @@ from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_config import CTCConfig
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.progress import Progress, logged_updates, parse_log_line
 from llmasr.train.run_log import setup_logging
 from llmasr.train.trainer import train
 
@@ -65,6 +65,22 @@ def test_a_note_every_rank_logs_alike_is_said_by_rank_0_alone(tmp_path, capsys, 
         said[rank] = capsys.readouterr().err
     assert "has no word separator" not in said[1] and "has no word separator" in said[0]
     assert all("skipping bad item train.jsonl:3 of this rank" in err for err in said.values())
+
+
+def test_train_log_s_update_lines_read_back_as_progress_writes_them(tmp_path, rank_0_after):
+    """A resume reads train.log's train lines back (progress.relogged): the reader follows the writer's label and
+    run_log's record format, so that a change to either cannot leave it finding none; the valid lines are not read."""
+    handler = setup_logging(tmp_path, 0)
+    try:
+        progress = Progress(tmp_path, 0, 3, log_every=1, stream=io.StringIO())
+        for update in (1, 2, 3):
+            progress.update(update, 0, {"loss": 1.0, "n_utts": 2, "audio_seconds": 3.0}, {"llm": 1e-4}, {})
+        progress.validation(3, {"loss": 1.0})
+        progress.close()
+    finally:
+        logging.getLogger("llmasr").removeHandler(handler)
+        handler.close()
+    assert logged_updates((tmp_path / "train.log").read_text()) == [1, 2, 3]
 
 
 def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_path, caplog):
