@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from llmasr.config_io import ConfigError
 from llmasr.data.config import DataConfig
+from llmasr.train.config import TrainConfig
+from llmasr.unread_fields import default_of
 
 
 @dataclass
@@ -55,7 +57,7 @@ class DecodeError(RuntimeError):
 
 PACE_LOGGER = "llmasr.export.decode"
 log = logging.getLogger(PACE_LOGGER)
-PROGRESS_EVERY_S = 30.0  # how often a decode logs its progress line (training's train.progress_every_s default)
+PROGRESS_EVERY_S = default_of(TrainConfig, "progress_every_s")  # a decode's progress line as often as training's
 
 
 class Pace:
