@@ -55,7 +55,8 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-PACE_LOGGER = "llmasr.export.decode"
+# its own logger, a child of the decode's: transcribe shows it at INFO and the decode's other INFO lines not
+PACE_LOGGER = "llmasr.export.decode.progress"
 log = logging.getLogger(PACE_LOGGER)
 PROGRESS_EVERY_S = default_of(TrainConfig, "progress_every_s")  # a decode's progress line as often as training's
 
