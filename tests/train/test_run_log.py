@@ -103,20 +103,28 @@ def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_pat
     assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
 
 
-def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
-    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
-    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+def noted_encoder(tmp_path):
+    """A FunASR encoder directory whose frontend_conf gives a note (NOTE) each time it is read."""
     from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
 
     frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    return write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+
+
+NOTE = "frontend_conf.filter_length_max=3000 is ignored"
+
+
+def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
+    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
+    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+    encoder = noted_encoder(tmp_path)
     corpus = write_tiny_corpus(tmp_path / "train", n=4)
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
                             dropout=None, max_updates=1)  # fmt: skip
     for _ in range(2):  # a second run of the process says it again, in its own log
         train(load_recipe(data=data), "zero0", overwrite=True)
         log = (tmp_path / "run" / "train.log").read_text()
-        assert log.count("frontend_conf.filter_length_max=3000 is ignored") == 1
+        assert log.count(NOTE) == 1
 
 
 @pytest.mark.slow
@@ -127,10 +135,8 @@ def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
     import yaml
 
     from llmasr.testing.launcher import launch_train
-    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
 
-    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    encoder = noted_encoder(tmp_path)
     letters = tmp_path / "tokens.json"
     letters.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
     corpus = write_tiny_corpus(tmp_path / "train", n=12)
@@ -143,7 +149,7 @@ def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
     said = [re.sub(rf"^{STAMP} ", "", line) for line in err.splitlines() if "llmasr" in line or "Warning" in line]
     twice = sorted({line for line in said if said.count(line) > 1})
     assert not twice, twice
-    assert sum("frontend_conf.filter_length_max=3000 is ignored" in line for line in said) == 1
+    assert sum(NOTE in line for line in said) == 1
     assert sum("has no word separator" in line for line in said) == 1
 
 
@@ -155,10 +161,7 @@ def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_pat
 
     import yaml
 
-    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
-
-    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    encoder = noted_encoder(tmp_path)
     corpus = write_tiny_corpus(tmp_path / "train", n=4)
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
                             dropout=None, max_updates=1)  # fmt: skip
@@ -168,4 +171,4 @@ def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_pat
            str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("frontend_conf.filter_length_max=3000 is ignored") == 1, done.stderr
+    assert done.stderr.count(NOTE) == 1, done.stderr
