@@ -1,9 +1,10 @@
 """What a run reports, on rank 0 only: a tqdm bar, TensorBoard scalars and a plain-text RUN_DIR/train.log (whose
 logger and console handler run_log sets up).
 
-The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back:
+The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back (parse_log_line;
+a resume reads the train lines back by logged_updates):
 
-    update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2 ...
+    train update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2 ...
 
 The rates and shares after grad_norm are over the interval since the previous logged line (efficiency.Interval).
 """
