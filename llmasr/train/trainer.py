@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 from llmasr import errors
@@ -385,7 +384,7 @@ def train(
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     need_recipe(recipe, "llmasr.train.trainer.train")
-    with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
+    with Preemption(errors.process_rank()) as preemption:
         run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
         try:
             return run.fit(stop_after_updates, preemption)
