@@ -1,6 +1,7 @@
 """The llmasr loggers of a training process: records to stderr (INFO on rank 0, warnings on the others) and to
 RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists (StartupLog), the progress bar a
-terminal shows kept clear of them. The other commands log through command_logging.
+terminal shows kept clear of them. The other commands log through command_logging. A record's text after its time
+stamp is RECORD_FORMAT's in both; logged_messages reads it back.
 
 A warning that every rank logs alike (made from the same recipe and files by code that does not know its rank, as
 the CTC vocabulary's notes and a FunASR directory's) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it,
