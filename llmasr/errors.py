@@ -229,7 +229,8 @@ def signal_status(signum: int) -> int:
 
 
 # -- running a command --------------------------------------------------------------------------------------------
-def _rank() -> int:
+def process_rank() -> int:
+    """This process's rank under a launcher (RANK; 0 without one)."""
     return int(os.environ.get("RANK", "0") or 0)
 
 
@@ -278,7 +279,7 @@ def report(prog: str, err: BaseException) -> None:
     """The one message for `err` (rank 0, or the rank that alone has it); traceback to the log. A rank whose
     collective failed because another rank left says only that, not as the run's error: the other rank's message
     (if it could give one) is the cause."""
-    rank = _rank()
+    rank = process_rank()
     own = getattr(err, "llmasr_rank", None)
     tb = "".join(traceback.format_exception(err))
     store = _store()
@@ -325,7 +326,7 @@ def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[st
         return int(main(argv) or 0)
     except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGINT) or a plain Ctrl-C where none was installed
         signum = err.signum if isinstance(err, Interrupted) else 2
-        if _rank() == 0:
+        if process_rank() == 0:
             when = f" {err.when} (nothing to save)" if isinstance(err, Interrupted) else ""
             print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
         return signal_status(signum)

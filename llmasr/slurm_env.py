@@ -151,11 +151,25 @@ def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str
     )
 
 
+def launcher_ranks(environ=os.environ) -> str | None:
+    """A launcher's WORLD_SIZE as it is written, where it is not one process's (deepspeed, torchrun); None for one."""
+    ranks = environ.get("WORLD_SIZE", "1").strip()
+    return None if ranks in ("", "1") else ranks
+
+
+def other_launcher_rank(environ=os.environ) -> bool:
+    """Whether this process is one of a launcher's several ranks other than rank 0: a one-process command that rank 0
+    runs for the world size (llmasr check) ends at once on the others, which would print and write the same."""
+    ranks = launcher_ranks(environ)
+    rank = environ.get("RANK", "0").strip()
+    return ranks is not None and ranks.isdigit() and int(ranks) > 1 and rank not in ("", "0")
+
+
 def launcher_refusal(command: str, each: str, hint: str = "", environ=os.environ) -> str | None:
     """Why `command`, which runs as one process, may not start as one of a launcher's several ranks (deepspeed,
     torchrun: WORLD_SIZE above 1), where `each` rank would run it whole; None elsewhere."""
-    ranks = environ.get("WORLD_SIZE", "1").strip()
-    if ranks in ("", "1"):
+    ranks = launcher_ranks(environ)
+    if ranks is None:
         return None
     return (f"started as one of a launcher's {ranks} ranks (WORLD_SIZE): {command} runs as one process, and each "
             f"{each}. Run it once, without a launcher{hint}")  # fmt: skip

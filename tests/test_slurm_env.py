@@ -159,3 +159,18 @@ def test_an_srun_task_bound_to_one_gpu_is_local_rank_0_of_1(monkeypatch, gpus, l
     assert step.bound == (gpus == 1)
     assert ("the task sees one GPU, its own: device 0, local rank 0 of 1 to DeepSpeed" in step.describe(environ)) == (
         gpus == 1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "environ, other",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "1"}, True),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, False),  # rank 0 runs it, for the world size
+        ({"WORLD_SIZE": "1", "RANK": "0"}, False),
+        ({"WORLD_SIZE": "abc", "RANK": "1"}, False),  # no count of ranks: rank 0's check refuses it by name
+        ({}, False),
+    ],
+)
+def test_other_launcher_rank_is_a_launched_rank_past_rank_0(environ, other):
+    assert slurm_env.other_launcher_rank(environ) is other
+    assert (slurm_env.launcher_ranks(environ) is None) is (environ.get("WORLD_SIZE", "1") == "1")

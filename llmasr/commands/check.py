@@ -15,20 +15,14 @@ from llmasr.config_paths import output_problem
 from llmasr.errors import command
 from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
+from llmasr.slurm_env import other_launcher_rank
 from llmasr.train.check import check
 from llmasr.train.run_log import command_logging
 
 
-def _other_launcher_rank(environ=os.environ) -> bool:
-    """Whether this process is one of a launcher's ranks other than rank 0 (deepspeed, torchrun: WORLD_SIZE above
-    1): rank 0 checks for the world size, and each other rank would print the same report and write the same files."""
-    ranks, rank = environ.get("WORLD_SIZE", "1").strip(), environ.get("RANK", "0").strip()
-    return ranks.isdigit() and int(ranks) > 1 and rank not in ("", "0")
-
-
 @command("llmasr check")
 def main(argv: list[str] | None = None) -> int:
-    if _other_launcher_rank():  # before parsing: a typo is said once, by rank 0
+    if other_launcher_rank():  # before parsing: a typo is said once, by rank 0
         return 0
     p = argparse.ArgumentParser(prog="llmasr check", description="resolve a recipe + DeepSpeed JSON without training")
     # train's, so that the same command line is checked (--resume, --overwrite: what they would do)

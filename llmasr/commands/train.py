@@ -79,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
         ) from stop
     if result.get("signal"):
         return exit_status(result["signal"])  # stopped with a checkpoint: the job did not finish
-    return 0  # the run's "done: ..." line closes train.log (trainer.done_line)
+    return 0  # the run's "done: ..." line closes train.log (progress.done_line, logged by the trainer)

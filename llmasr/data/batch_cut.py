@@ -147,17 +147,20 @@ class OrderedBatches:
         return self.offsets.size - 1
 
     def dealt_stats(self, positions: np.ndarray) -> dict:
-        """Of the batches `positions` deals: how many are real and their mean batch size (a padding duplicate repeats
-        a batch: it adds no utterance), and the share of the padded budget that is real audio over all of them; with
-        LLM rows, the padded LLM positions (B x the longest row) of those batches and the longest row batched."""
+        """Of the batches `positions` deals: how many are real, the utterances they hold and their mean batch size (a
+        padding duplicate repeats a batch: it adds no utterance), and the share of the padded budget that is real audio
+        over all of them; with LLM rows, the padded LLM positions (B x the longest row) of those batches and the
+        longest row batched."""
         dealt = positions.ravel()
         sizes = np.diff(self.offsets)
         lens, real_batches = sizes[dealt], np.unique(dealt)
         real = float((self.cost if self.heard is None else self.heard)[dealt].sum())
         padded = float((lens * self.longest[dealt]).sum())
+        items = int(sizes[real_batches].sum())
         out = {
             "num_real_batches": int(real_batches.size),
-            "mean_batch_size": int(sizes[real_batches].sum()) / max(1, real_batches.size),
+            "num_real_items": items,  # the utterances the batches train (drop_last's left-over batches are not dealt)
+            "mean_batch_size": items / max(1, real_batches.size),
             "padding_efficiency": real / padded if padded else 1.0,
         }
         if self.llm_longest is not None:

@@ -314,10 +314,10 @@ def transcribe_loader(
     manifest = loader.dataset.manifest
     name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
-    said = progress or Pace("", None, len(loader))
+    pace = progress or Pace("", None, len(loader))
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
-            said.batch(0.0)
+            pace.batch(0.0)
             continue
         items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
         more = f" and {len(items) - 3} more" if len(items) > 3 else ""
@@ -342,7 +342,7 @@ def transcribe_loader(
             if got.timestamps is not None:  # ends where the sound ends; in the item's time (its trimmed lead back)
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
-        said.batch(audio := float(sum(batch.durations)))
+        pace.batch(audio := float(sum(batch.durations)))
         if clock is not None:
             clock.setdefault("first_batch", time.perf_counter() - t0)
             clock.setdefault("first_batch_share", audio)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from llmasr.config_io import ConfigError
 from llmasr.data.config import DataConfig
+from llmasr.train.config import TrainConfig
+from llmasr.unread_fields import default_of
 
 
 @dataclass
@@ -53,9 +55,10 @@ class DecodeError(RuntimeError):
     """Decoding cannot run as asked."""
 
 
-PACE_LOGGER = "llmasr.export.decode"
+# its own logger, a child of the decode's: transcribe shows it at INFO and the decode's other INFO lines not
+PACE_LOGGER = "llmasr.export.decode.progress"
 log = logging.getLogger(PACE_LOGGER)
-PROGRESS_EVERY_S = 30.0  # how often a decode logs its progress line (training's train.progress_every_s default)
+PROGRESS_EVERY_S = default_of(TrainConfig, "progress_every_s")  # a decode's progress line as often as training's
 
 
 class Pace:

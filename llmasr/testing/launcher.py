@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from llmasr.train.process_group import free_port
+from llmasr.train.progress import logged_updates
 from llmasr.train.shm import run_buffers
 
 
@@ -131,7 +132,7 @@ class Started:
         log = self.run_dir / "train.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if log.is_file() and f" train update={update} " in log.read_text(encoding="utf-8"):
+            if log.is_file() and update in logged_updates(log.read_text(encoding="utf-8")):
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the run ended (status {self.proc.returncode}):\n{self.text()[-4000:]}")

@@ -180,8 +180,8 @@ def _dropped_text(st: dict) -> str:
     "items kept 20 of 20" read as every one of them trained."""
     if not st["dropped_batches"]:
         return ""
-    trained = round(st["mean_batch_size"] * st["num_real_batches"])
-    return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
+    left = st["kept_items"] - st["num_real_items"]
+    return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {left} "
             "utterance(s) of this epoch (drawn anew each epoch)")  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from llmasr.train.ds_files import read_client_state
 from llmasr.train.early_stop import EarlyStop
 from llmasr.train.resume import check_checkpoint, manifest_contents, resuming, warn_changed
 from llmasr.train.run_dir import LrCourse, check_lock, check_run_start
-from llmasr.train.schedulers import GroupSchedule
+from llmasr.train.schedulers import BranchLRScheduler
 from llmasr.train.universal import batches_left, global_batch_change, nothing_left, older_saves, resumed_counts
 
 
@@ -73,9 +73,8 @@ def run_start(recipe, model, plan, folder: RunFolder, *, stage: int, world_size:
     warn_changed(where, changed)  # as training warns, once the position counts into the files as they are now
     early = EarlyStop.of(recipe.train)
     early.load_state_dict(client.get("early_stop"))
-    held = [GroupSchedule.from_state(s) for s in scheduler.get("schedules", [])]  # as the trainer restores them
+    held, applied = BranchLRScheduler.saved(scheduler) if scheduler else ([], meta.update)  # as train restores them
     lrs = LrCourse.of(client.get("lr_course"), held)
-    applied = int(scheduler.get("last_update", meta.update))
     course = Course(meta.update, ends, early, bool(client.get("validation_owed")), epoch, applied, lrs)
     done = nothing_left(meta.update, stop)  # the epochs' end, where it comes before max_updates
     batch = global_batch_change(saved_ds, plan.ds, world_size) if resized else None

@@ -211,10 +211,10 @@ def _check_autos(ds: dict, source: str) -> None:
     if left:
         hf = [f"{key} with {_HF_FROM_HIDDEN[key.rpartition('.')[2]]}" for key in left
               if key.rpartition(".")[2] in _HF_FROM_HIDDEN]  # fmt: skip
+        named = [key for key in FILLED if key != "bfloat16.enabled"]  # bf16's alias: named as bf16
         raise ConfigError(
-            f'{source}: "auto" left at {left}; llmasr fills only train_batch_size, train_micro_batch_size_per_gpu, '
-            "gradient_accumulation_steps, gradient_clipping, bf16.enabled and fp16.enabled: remove each of those keys "
-            "for DeepSpeed's default, or set a number there"
+            f'{source}: "auto" left at {left}; llmasr fills only {", ".join(named[:-1])} and {named[-1]}: remove each '
+            "of those keys for DeepSpeed's default, or set a number there"
             + (f" (HF's Trainer fills {', '.join(hf)}, h the LLM's hidden_size)" if hf else "")
         )
 

@@ -1,9 +1,10 @@
 """What a run reports, on rank 0 only: a tqdm bar, TensorBoard scalars and a plain-text RUN_DIR/train.log (whose
 logger and console handler run_log sets up).
 
-The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back:
+The log lines are `key=value` pairs after a fixed prefix, so they can be grepped and parsed back (parse_log_line;
+a resume reads the train lines back by logged_updates):
 
-    update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2 ...
+    train update=120 epoch=1 loss=2.3141 llm_loss=2.3141 acc=0.4120 lr/llm=1.00e-05 ... grad_norm=0.88 utt/s=31.2 ...
 
 The rates and shares after grad_norm are over the interval since the previous logged line (efficiency.Interval).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -26,6 +28,9 @@ from llmasr.train.efficiency import Interval
 from llmasr.train.validate import rate_shown
 
 log = logging.getLogger("llmasr.train")
+
+TRAIN_LINE = "train"  # the label of an update's line (`train update=120 ...`), which a resume reads back
+TAIL_BYTES = 1 << 20  # how much of train.log's end a resume reads for the updates logged before it
 
 # TensorBoard names of the logged efficiency figures (tags cannot hold "/s" readably).
 TB_NAMES = {"utt/s": "utt_per_s", "audio_s/s": "audio_s_per_s", "tok/s": "llm_tokens_per_s"}
@@ -95,6 +100,30 @@ def parse_log_line(line: str) -> dict:
             except ValueError:
                 out[key] = value
     return out
+
+
+def logged_updates(text: str) -> list[int]:
+    """The update of each train line in `text` (train.log's), as Progress writes them."""
+    lines = [m for m in run_log.logged_messages(text, log.name) if m.startswith(f"{TRAIN_LINE} update=")]
+    return [parse_log_line(m)["update"] for m in lines]
+
+
+def relogged(log_path: Path, update: int) -> str | None:
+    """What a resume at `update` says when train.log already holds later train lines (a run killed after its last
+    checkpoint, a resume from an earlier one): those updates are logged twice, and the later lines are the run's."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    last = max(logged_updates(tail), default=0)
+    if last <= update:
+        return None
+    held = f"update {last}" if last == update + 1 else f"updates {update + 1}-{last}"
+    return (f"train.log above holds {held} from before this resume at update {update} (a run that ended after its "
+            f"last checkpoint, or a resume from an earlier one): the run trains from update {update + 1} again below, "
+            "and the lines below are its own; TensorBoard drops its events of the earlier ones")  # fmt: skip
 
 
 class Progress:
@@ -199,7 +228,7 @@ class Progress:
         if untimed:  # validations ahead and none timed yet: eta_s holds the training alone
             row["eta_untimed_valid"] = untimed
         row.update(mem)
-        log.info("train %s", format_pairs(row))
+        log.info("%s %s", TRAIN_LINE, format_pairs(row))
 
     def _note_unaligned(self, update: int, stats: dict) -> None:
         """Once a run: the first utterances whose CTC labels outnumber their encoder frames (each logged line counts

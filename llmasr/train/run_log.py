@@ -1,7 +1,7 @@
 """The llmasr loggers of a training process: records to stderr (INFO on rank 0, warnings on the others) and to
 RUN_DIR/train.log on rank 0, the start-up's records held until train.log exists (StartupLog), the progress bar a
-terminal shows kept clear of them, and what a resume says of the updates train.log holds past its checkpoint. The
-other commands log through command_logging.
+terminal shows kept clear of them. The other commands log through command_logging. A record's text after its time
+stamp is RECORD_FORMAT's in both; logged_messages reads it back.
 
 A warning that every rank logs alike (made from the same recipe and files by code that does not know its rank, as
 the CTC vocabulary's notes and a FunASR directory's) carries `extra=llmasr.errors.EVERY_RANK`: rank 0 alone shows it,
@@ -12,30 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
-TAIL_BYTES = 1 << 20  # how much of train.log's end a resume reads for the updates logged before it
-
-
-def relogged(log_path: Path, update: int) -> str | None:
-    """What a resume at `update` says when train.log already holds later train lines (a run killed after its last
-    checkpoint, a resume from an earlier one): those updates are logged twice, and the later lines are the run's."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    logged = [int(n) for n in re.findall(r" INFO llmasr\.train: train update=(\d+) ", tail)]
-    last = max(logged, default=0)
-    if last <= update:
-        return None
-    held = f"update {last}" if last == update + 1 else f"updates {update + 1}-{last}"
-    return (f"train.log above holds {held} from before this resume at update {update} (a run that ended after its "
-            f"last checkpoint, or a resume from an earlier one): the run trains from update {update + 1} again below, "
-            "and the lines below are its own; TensorBoard drops its events of the earlier ones")  # fmt: skip
+from llmasr.errors import process_rank
 
 
 def console_bar(bar, drawn=None) -> None:
@@ -95,7 +75,14 @@ class _Stderr(logging.StreamHandler):
         bar.refresh(nolock=True)
 
 
-COMMAND_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# a record as a command's stderr writes it, and as train.log and a run's stderr do after their time stamp
+RECORD_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def logged_messages(text: str, logger: str, level: str = "INFO") -> list[str]:
+    """The messages `logger` wrote at `level` in `text` (train.log's lines, as setup_logging's format writes them)."""
+    head = RECORD_FORMAT.split("%(message)s")[0] % {"levelname": level, "name": logger}
+    return [line.partition(head)[2] for line in text.splitlines() if head in line]
 
 
 def command_logging(level: int = logging.INFO) -> None:
@@ -106,10 +93,9 @@ def command_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if root.handlers:
         return
-    logging.basicConfig(level=level, format=COMMAND_FORMAT)
-    rank = int(os.environ.get("RANK") or 0)
+    logging.basicConfig(level=level, format=RECORD_FORMAT)
     for handler in root.handlers:
-        handler.addFilter(SaidOnce(rank))
+        handler.addFilter(SaidOnce(process_rank()))
 
 
 def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:
@@ -117,7 +103,7 @@ def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) 
     RUN_DIR/train.log on rank 0. `run_starts`: the notes said once a run may be said again (StartupLog.attach)."""
     root = logging.getLogger("llmasr")
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = logging.Formatter(f"%(asctime)s {RECORD_FORMAT}", "%Y-%m-%d %H:%M:%S")
     if not any(getattr(h, "_llmasr_console", False) for h in root.handlers):
         console = _Stderr()
         console._llmasr_console = True

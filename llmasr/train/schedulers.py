@@ -219,12 +219,17 @@ class BranchLRScheduler:
                 "changed since the checkpoint"
             )
 
+    @staticmethod
+    def saved(state: dict) -> tuple[list[GroupSchedule], int]:
+        """The schedules and update count a state_dict (a checkpoint's) holds, as load_state_dict restores them."""
+        return [GroupSchedule.from_state(s) for s in state["schedules"]], int(state["last_update"])
+
     def load_state_dict(self, state: dict) -> None:
         """Restore the update count and the schedules exactly as saved, and write their lrs into the optimizer."""
-        schedules = [GroupSchedule.from_state(s) for s in state["schedules"]]
+        schedules, last_update = self.saved(state)
         self._check_same_groups(schedules, "checkpoint schedules")
         self.schedules = schedules
-        self.last_update = int(state["last_update"])
+        self.last_update = last_update
         self._apply()
 
     def replace_schedules(self, schedules: Sequence[GroupSchedule]) -> None:

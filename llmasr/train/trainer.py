@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 from llmasr import errors
@@ -23,7 +22,7 @@ from llmasr.data.bad_data import ranks_summary, refuse_summed
 from llmasr.data.loader import say_epoch_mix
 from llmasr.models.sanm_chunk import load_chunk_draws
 from llmasr.run_dir.files import verify_ranks
-from llmasr.train import resolve, run_log, universal
+from llmasr.train import resolve, universal
 from llmasr.train.check_course import Course, epoch_ends, fresh_course, validation_updates
 from llmasr.train.config import need_recipe
 from llmasr.train.ds_files import CLIENT_KEY
@@ -31,7 +30,7 @@ from llmasr.train.efficiency import WaitClock, run_peaks
 from llmasr.train.flops import FlopCounter
 from llmasr.train.preemption import Preemption, signal_name
 from llmasr.train.process_group import all_gather_object
-from llmasr.train.progress import Progress, done_line
+from llmasr.train.progress import Progress, done_line, relogged
 from llmasr.train.resume import check_checkpoint, continue_schedules, resuming, warn_changed
 from llmasr.train.run_dir import LrCourse
 from llmasr.train.run_setup import RunSetup
@@ -90,7 +89,7 @@ class Run(RunSetup):
             resolve.set_rng_state(self.pending_rng, self.engine.device)
             self.pending_rng = None
         log.info("resumed from %s at update %d, epoch %d", where, self.engine.global_steps, state.get("epoch", 0))
-        if self.rank == 0 and (note := run_log.relogged(self.run_dir / "train.log", self.engine.global_steps)):
+        if self.rank == 0 and (note := relogged(self.run_dir / "train.log", self.engine.global_steps)):
             log.warning(note)
         self.last_saved = self.engine.global_steps
         self.checkpoints.resumed(load_dir, tag, self.engine.global_steps)  # `latest`, later courses set aside
@@ -385,7 +384,7 @@ def train(
     SIGTERM/SIGINT/SIGUSR1 during training stop every rank after the same update with a checkpoint ("interrupted": True,
     "signal": its number); during start-up they raise preemption.Interrupted (llmasr.train.preemption)."""
     need_recipe(recipe, "llmasr.train.trainer.train")
-    with Preemption(int(os.environ.get("RANK", "0"))) as preemption:
+    with Preemption(errors.process_rank()) as preemption:
         run = Run(recipe, ds_config_path, resume=resume, overwrite=overwrite)
         try:
             return run.fit(stop_after_updates, preemption)

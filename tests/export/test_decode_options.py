@@ -56,3 +56,22 @@ def test_llmasr_transcribe_says_on_stderr_how_far_a_long_list_is(exported_dir, t
     out, err = capsys.readouterr()
     assert f"decoding {len(wavs)} clips: batch 1 of " in err and "decoding" not in out
     assert len(out.splitlines()) == len(wavs)
+
+
+def test_llmasr_transcribe_s_stderr_shows_the_progress_alone_of_the_decode_s_info(exported_dir, tmp_path):
+    """transcribe shows warnings, and the decode's progress lines at INFO: raising the decode's whole logger to INFO
+    for them had also shown its other INFO lines (an export without training.longest_seconds said so on every
+    transcribe). Run as a user runs it: in pytest's process a training run's handlers show INFO anyway."""
+    import shutil
+    import subprocess
+    import sys
+
+    model = shutil.copytree(exported_dir, tmp_path / "model")
+    desc = model / "llmasr_model.yaml"
+    desc.write_text("".join(line for line in desc.read_text().splitlines(True) if "longest_seconds:" not in line))
+    manifest = write_corpus(tmp_path / "d", TEXTS[:2], name="dev")
+    wavs = sorted(str(p) for p in manifest.parent.rglob("*.wav"))
+    cmd = [sys.executable, "-m", "llmasr", "transcribe", "--model", str(model), "--max-new-tokens", "2", *wavs]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "no training.longest_seconds" not in done.stderr, done.stderr

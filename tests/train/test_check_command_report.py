@@ -383,6 +383,7 @@ def test_what_drop_last_leaves_out_is_said(recipe_file, tmp_path, capsys):
     st = build_loaders(recipe, text_side(recipe.model), rank=0, world_size=2)[1].stats()
     trained = round(st["mean_batch_size"] * st["num_real_batches"])
     assert st["dropped_batches"] and trained < st["kept_items"]  # the case: some are left out
+    assert st["num_real_items"] == trained  # the sampler's own count of the utterances its batches train
     assert (
         f"left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {st['kept_items'] - trained} "
         "utterance(s) of this epoch (drawn anew each epoch)" in out

@@ -14,7 +14,7 @@ from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_config import CTCConfig
 from llmasr.recipe import load_recipe
 from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
-from llmasr.train.progress import Progress, parse_log_line
+from llmasr.train.progress import Progress, logged_updates, parse_log_line
 from llmasr.train.run_log import setup_logging
 from llmasr.train.trainer import train
 
@@ -67,6 +67,22 @@ def test_a_note_every_rank_logs_alike_is_said_by_rank_0_alone(tmp_path, capsys, 
     assert all("skipping bad item train.jsonl:3 of this rank" in err for err in said.values())
 
 
+def test_train_log_s_update_lines_read_back_as_progress_writes_them(tmp_path, rank_0_after):
+    """A resume reads train.log's train lines back (progress.relogged): the reader follows the writer's label and
+    run_log's record format, so that a change to either cannot leave it finding none; the valid lines are not read."""
+    handler = setup_logging(tmp_path, 0)
+    try:
+        progress = Progress(tmp_path, 0, 3, log_every=1, stream=io.StringIO())
+        for update in (1, 2, 3):
+            progress.update(update, 0, {"loss": 1.0, "n_utts": 2, "audio_seconds": 3.0}, {"llm": 1e-4}, {})
+        progress.validation(3, {"loss": 1.0})
+        progress.close()
+    finally:
+        logging.getLogger("llmasr").removeHandler(handler)
+        handler.close()
+    assert logged_updates((tmp_path / "train.log").read_text()) == [1, 2, 3]
+
+
 def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_path, caplog):
     """A run killed after its last checkpoint had logged updates the resume trains again: train.log held them twice,
     the stopped run's above the resume's, and said nothing of it."""
@@ -87,20 +103,28 @@ def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_pat
     assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
 
 
-def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
-    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
-    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+def noted_encoder(tmp_path):
+    """A FunASR encoder directory whose frontend_conf gives a note (NOTE) each time it is read."""
     from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
 
     frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    return write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+
+
+NOTE = "frontend_conf.filter_length_max=3000 is ignored"
+
+
+def test_a_funasr_directory_s_notes_come_once_a_run(tiny_llm_dir, tmp_path):
+    """The start-up reads an encoder's FunASR directory three times (the text side, the model, the start checks): each
+    note on its frontend_conf came three times a rank, in train.log as on stderr."""
+    encoder = noted_encoder(tmp_path)
     corpus = write_tiny_corpus(tmp_path / "train", n=4)
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
                             dropout=None, max_updates=1)  # fmt: skip
     for _ in range(2):  # a second run of the process says it again, in its own log
         train(load_recipe(data=data), "zero0", overwrite=True)
         log = (tmp_path / "run" / "train.log").read_text()
-        assert log.count("frontend_conf.filter_length_max=3000 is ignored") == 1
+        assert log.count(NOTE) == 1
 
 
 @pytest.mark.slow
@@ -111,10 +135,8 @@ def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
     import yaml
 
     from llmasr.testing.launcher import launch_train
-    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
 
-    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    encoder = noted_encoder(tmp_path)
     letters = tmp_path / "tokens.json"
     letters.write_text(json.dumps(["<blank>", *string.ascii_lowercase, "<unk>"]))
     corpus = write_tiny_corpus(tmp_path / "train", n=12)
@@ -127,7 +149,7 @@ def test_a_two_rank_run_says_each_start_up_line_once(tiny_llm_dir, tmp_path):
     said = [re.sub(rf"^{STAMP} ", "", line) for line in err.splitlines() if "llmasr" in line or "Warning" in line]
     twice = sorted({line for line in said if said.count(line) > 1})
     assert not twice, twice
-    assert sum("frontend_conf.filter_length_max=3000 is ignored" in line for line in said) == 1
+    assert sum(NOTE in line for line in said) == 1
     assert sum("has no word separator" in line for line in said) == 1
 
 
@@ -139,10 +161,7 @@ def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_pat
 
     import yaml
 
-    from llmasr.testing.tiny_funasr import paraformer_frontend_conf, tiny_sanm_conf, write_funasr_dir
-
-    frontend = {**paraformer_frontend_conf(), "filter_length_max": 3000}
-    encoder = write_funasr_dir(tmp_path / "paraformer", encoder_conf=tiny_sanm_conf(), frontend_conf=frontend)
+    encoder = noted_encoder(tmp_path)
     corpus = write_tiny_corpus(tmp_path / "train", n=4)
     data = tiny_recipe_dict(tiny_llm_dir, train=[corpus], output_dir=tmp_path / "run", encoder_dir=encoder,
                             dropout=None, max_updates=1)  # fmt: skip
@@ -152,4 +171,4 @@ def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_pat
            str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("frontend_conf.filter_length_max=3000 is ignored") == 1, done.stderr
+    assert done.stderr.count(NOTE) == 1, done.stderr
