@@ -200,7 +200,10 @@ def _streaming_chunked(m: ModelConfig) -> bool:
     chunked unless set to full): trained tensors on top of it belong to that context."""
     from llmasr.models.funasr_dir import streaming_encoder_dir
 
-    return streaming_encoder_dir(m.encoder) and (m.encoder.conf or {}).get("context", "chunked") == "chunked"
+    return (
+        streaming_encoder_dir(m.encoder.type, m.encoder.path)
+        and (m.encoder.conf or {}).get("context", "chunked") == "chunked"
+    )
 
 
 # Entries an older llmasr did not record: a checkpoint without them is compared on the rest.

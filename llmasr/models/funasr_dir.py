@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from torch import nn
@@ -39,9 +39,6 @@ from llmasr.models.state_dict import (
     unwrap_state_dict,
 )
 from llmasr.text_files import not_utf8
-
-if TYPE_CHECKING:
-    from llmasr.models.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +99,14 @@ def read_funasr_config(model_dir: str | Path) -> dict:
     return data
 
 
-def streaming_encoder_dir(enc: EncoderConfig) -> bool:
-    """Whether `enc` reads a FunASR directory whose config.yaml names
+def streaming_encoder_dir(kind: str, path: str | None) -> bool:
+    """Whether an encoder of `kind` (model.encoder.type) at `path` reads a FunASR directory whose config.yaml names
     SANMEncoderChunkOpt (Paraformer-streaming). False where the directory does not read: the builder's error to
     report, with its reason."""
-    if enc.type != "paraformer" or enc.path is None or not Path(enc.path).is_dir():
+    if kind != "paraformer" or path is None or not Path(path).is_dir():
         return False
     try:
-        return funasr_class_name(read_funasr_config(Path(enc.path)).get("encoder")) == "SANMEncoderChunkOpt"
+        return funasr_class_name(read_funasr_config(Path(path)).get("encoder")) == "SANMEncoderChunkOpt"
     except (ConfigError, OSError):
         return False
 

@@ -46,7 +46,12 @@ def frozen_full_context_note(cfg: EncoderConfig) -> str | None:
     """A frozen Paraformer-streaming encoder run over whole utterances (context: full): FunASR trains and runs it over
     chunks only, so it hears context it was not trained with, and nothing of it can adapt. Allowed: runs trained
     before the setting existed ran so, and resume so."""
-    if cfg.conf.get("context") != "full" or not cfg.freeze or cfg.lora is not None or not streaming_encoder_dir(cfg):
+    if (
+        cfg.conf.get("context") != "full"
+        or not cfg.freeze
+        or cfg.lora is not None
+        or not streaming_encoder_dir(cfg.type, cfg.path)
+    ):
         return None
     return (
         f"model.encoder.conf.context is full over the frozen Paraformer-streaming encoder of {cfg.path} "
