@@ -26,7 +26,9 @@ owner of edit operations: the substitution/deletion/insertion counts are read of
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -67,7 +69,7 @@ def is_no_space_char(ch: str) -> bool:
 
 def uses_characters(text: str) -> bool:
     """True when `text` holds characters of a script written without spaces (score it in characters)."""
-    return any(is_no_space_char(ch) for ch in text)
+    return _NO_SPACE_CHAR.search(text) is not None  # one C-level scan: called on every scored reference
 
 
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
@@ -124,27 +126,72 @@ def normalize(text: str) -> str:
     text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     text = _TAGS.sub(" ", text)
-    out = []
-    n = len(text)
-    for i, ch in enumerate(text):
-        cat = unicodedata.category(ch)
-        if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
-            inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
-            out.append("'" if inside else " ")
-        elif ch in _DECIMAL_POINTS + _GROUP_SEPARATORS and 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
-            if ch in _DECIMAL_POINTS:
-                out.append(ch)
-        elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
-            out.append(" ")
-        elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
-            continue
-        elif cat[0] == "M" and (not out or out[-1].isspace()):
-            # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark
-            # on punctuation that went; alone it had been a word (or a character) of its own
-            continue
+    # Most characters are kept, spaced or dropped whatever stands beside them: one str.translate (a character's
+    # rule computed once a process), not a Python step a character, which had been most of `llmasr score`'s time.
+    # Apostrophes and number separators are decided on their neighbours in `text`, before anything is dropped.
+    out = text.translate(_CHAR_RULE)
+    if _CONTEXT_CHAR.search(out):
+        n = len(text)
+        kept = iter([_in_context(text, m.start(), n) for m in _CONTEXT_CHAR.finditer(text)])
+        out = _CONTEXT_CHAR.sub(lambda _: next(kept), out)
+    # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark on
+    # punctuation that went; alone it had been a word (or a character) of its own
+    out = _lone_marks().sub("", out)
+    return re.sub(r"\s+", " ", out).strip()
+
+
+_CONTEXT_CHAR = re.compile(f"[{re.escape(_APOSTROPHES + _DECIMAL_POINTS + _GROUP_SEPARATORS)}]")
+
+
+def _alone(ch: str) -> str:
+    """What normalize makes of a character whatever its neighbours: itself, a space, or nothing."""
+    cat = unicodedata.category(ch)
+    if cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
+        return " "
+    if cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
+        return ""
+    return ch  # combining marks too: _lone_marks drops those on no letter
+
+
+def _in_context(text: str, i: int, n: int) -> str:
+    """What normalize makes of the apostrophe or number separator text[i], by the characters beside it."""
+    ch = text[i]
+    if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
+        inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
+        return "'" if inside else " "
+    if 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
+        return ch if ch in _DECIMAL_POINTS else ""
+    return _alone(ch)
+
+
+class _CharRules(dict):
+    """str.translate's table for normalize: code point -> _alone's answer (the apostrophes and number separators
+    stay, for _in_context), filled as characters are first met."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        self[code] = rule = ch if _CONTEXT_CHAR.match(ch) else _alone(ch)
+        return rule
+
+
+_CHAR_RULE = _CharRules()
+
+
+@functools.cache
+def _lone_marks() -> re.Pattern:
+    """Runs of combining marks at the start of a text or after a space (variation selectors and enclosing marks are
+    dropped before). Built on first use: it reads the category of every code point."""
+    marks = [
+        c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M" and _alone(chr(c)) == chr(c)
+    ]
+    ranges = []
+    for c in marks:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
         else:
-            out.append(ch)
-    return re.sub(r"\s+", " ", "".join(out)).strip()
+            ranges.append([c, c])
+    members = "".join(re.escape(chr(lo)) + (f"-{re.escape(chr(hi))}" if hi > lo else "") for lo, hi in ranges)
+    return re.compile(f"(?:^|(?<=\\s))[{members}]+")
 
 
 def tokens(text: str, metric: str) -> list[str]:
