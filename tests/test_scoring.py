@@ -291,3 +291,32 @@ def test_a_full_width_comma_or_full_stop_between_digits_scores_as_the_half_width
         assert normalize(full) == normalize(half), full
         assert score_utterance(half, full).errors == 0 and score_utterance(full, half, "wer").errors == 0
     assert normalize("1，000") == "1000" and normalize("3．5") == "3.5" and normalize("1、000") == "1 000"
+
+
+def test_the_collector_is_paused_while_scoring_and_left_as_it_was():
+    import gc
+
+    from llmasr.scoring import collector_paused
+
+    seen = []
+
+    class Pairs:
+        def __iter__(self):
+            seen.append(gc.isenabled())
+            yield ("a b", "a c")
+
+    assert gc.isenabled()
+    score_corpus(Pairs())
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause leaves the outer's
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        score_corpus([("a", "a")])
+        assert not gc.isenabled()  # a caller's own choice stands
+    finally:
+        gc.enable()
