@@ -6,8 +6,9 @@ full-width punctuation, each hypothesis a few percent of its words substituted, 
     python bench/score_speed.py --lines 100000 --kind chinese
 
 Reported: the seconds of the whole command (reading, scoring both systems, their comparison and bootstrap intervals,
-the report; in this process, the faster of --repeats) and its CPU seconds (steadier on a shared machine), the seconds of scoring.normalize over every reference line,
-and the report's first rate line (the same before and after a speed-up).
+the report; in this process, the faster of --repeats) and its CPU seconds (steadier on a shared machine), the seconds
+of scoring.normalize over every reference line, and the report's first rate line (the same before and after a
+speed-up).
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def main() -> None:
         "normalize_s": norm_s,
         "first_rate": rate,
     }
-    emit(res, [f"{args.lines} {args.kind} lines, 2 systems: llmasr score {took:.2f} s ({cpu:.2f} s of CPU); normalize of the references "
-               f"{norm_s:.2f} s; {rate}"], args.json_out)  # fmt: skip
+    line = f"{args.lines} {args.kind} lines, 2 systems: llmasr score {took:.2f} s ({cpu:.2f} s of CPU); "
+    emit(res, [line + f"normalize of the references {norm_s:.2f} s; {rate}"], args.json_out)
 
 
 if __name__ == "__main__":
