@@ -26,14 +26,14 @@ from _common import emit  # noqa: E402
 from manifest_scale import write_corpus  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--wavs", type=int, default=8)
     ap.add_argument("--no-probe", action="store_true", help="pass --no-probe: durations from the lines alone")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json-out")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from llmasr.commands.data_check import main as check_main
 

@@ -56,13 +56,13 @@ def noisy(units: list[str], p: float, rng, pool: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--kind", choices=("english", "chinese"), default="english")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json-out")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from llmasr.commands.score import main as score_main
     from llmasr.scoring import normalize
