@@ -4,6 +4,7 @@ full-width punctuation, each hypothesis a few percent of its words substituted, 
 
     python bench/score_speed.py                        # 100,000 lines, English
     python bench/score_speed.py --lines 100000 --kind chinese
+    python bench/score_speed.py --hotwords 1000         # B-/U-WER under one biasing list of 1,000 phrases
 
 Reported: the seconds of the whole command (reading, scoring both systems, their comparison and bootstrap intervals,
 the report; in this process, the faster of --repeats) and its CPU seconds (steadier on a shared machine), the seconds
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--kind", choices=("english", "chinese"), default="english")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--hotwords", type=int, default=0, help="a biasing list of N phrases of 1-2 units (--hotwords)")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
 
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> None:
             lines = (f"utt{i:07d} {sep.join(noisy(s, p, rng, pool) if p else s)}\n" for i, s in enumerate(refs))
             files[-1].write_text("".join(lines), encoding="utf-8")
         texts = [sep.join(s) for s in refs]
+        flags = []
+        if args.hotwords:
+            units = sorted({u.strip(",.?!;，。？") for s in refs[:2000] for u in s} - {""})
+            picks = rng.choice(len(units), size=(args.hotwords, 2))
+            listed = dict.fromkeys(sep.join(units[i] for i in row[: 1 + k % 2]) for k, row in enumerate(picks))
+            (Path(tmp) / "hotwords.txt").write_text("".join(f"{p}\n" for p in listed), encoding="utf-8")
+            flags = ["--hotwords", str(Path(tmp) / "hotwords.txt")]
         t0 = time.perf_counter()
         for t in texts:
             normalize(t)
@@ -87,12 +96,14 @@ def main(argv: list[str] | None = None) -> None:
             buf = io.StringIO()
             t0, c0 = time.perf_counter(), time.process_time()
             with contextlib.redirect_stdout(buf):
-                rc = score_main([str(f) for f in files])
+                rc = score_main([str(f) for f in files] + flags)
             took, cpu = min(took, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
             report = buf.getvalue()
             if rc:
                 raise SystemExit(f"llmasr score exited {rc}")
     rate = next((line.strip() for line in report.splitlines() if "%" in line), "")
+    biased = next((line.strip() for line in report.splitlines() if "B-WER" in line or "B-CER" in line), None)
+    rate += f"; {biased}" if biased else ""
     res = {
         "lines": args.lines,
         "kind": args.kind,
@@ -100,8 +111,10 @@ def main(argv: list[str] | None = None) -> None:
         "score_cpu_s": cpu,
         "normalize_s": norm_s,
         "first_rate": rate,
+        "hotwords": args.hotwords,
     }
-    line = f"{args.lines} {args.kind} lines, 2 systems: llmasr score {took:.2f} s ({cpu:.2f} s of CPU); "
+    listed = f", a list of {args.hotwords} phrases" if args.hotwords else ""
+    line = f"{args.lines} {args.kind} lines{listed}, 2 systems: llmasr score {took:.2f} s ({cpu:.2f} s of CPU); "
     emit(res, [line + f"normalize of the references {norm_s:.2f} s; {rate}"], args.json_out)
 
 
