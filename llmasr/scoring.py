@@ -130,18 +130,15 @@ def normalize(text: str) -> str:
         text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     text = _TAGS.sub(" ", text)
-    # Most characters are kept, spaced or dropped whatever stands beside them: one str.translate (a character's
-    # rule computed once a process), not a Python step a character: scoring normalises every line of a test set.
-    # Apostrophes and number separators are decided on their neighbours in `text`, before anything is dropped.
+    # One str.translate for the characters whose fate their neighbours do not decide, not a Python step a character
+    # (scoring normalises every line); apostrophes and number separators are decided on theirs in `text`
     out = text.translate(_CHAR_RULE)
     if _CONTEXT_CHAR.search(out):
-        n = len(text)
         pieces = _CONTEXT_CHAR.split(out)  # the text between them, in order, as in `text`
-        decided = [_in_context(text, m.start(), n) for m in _CONTEXT_CHAR.finditer(text)]
+        decided = [_in_context(text, m.start()) for m in _CONTEXT_CHAR.finditer(text)]
         out = "".join([p for pair in zip(pieces, [*decided, ""]) for p in pair])
-    if not out.isascii():  # (a constant-time test) every combining mark is outside ASCII
-        # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark on
-        # punctuation that went; alone it had been a word (or a character) of its own
+    if not out.isascii():  # a combining mark on no letter (NFKC's "¨" -> space + U+0308; a mark on punctuation that
+        # went) goes: alone it had been a word (or a character) of its own. No mark is ASCII
         out = _lone_marks().sub("", out)
     return " ".join(out.split())  # str.split's whitespace is the regex's \s
 
@@ -159,9 +156,9 @@ def _alone(ch: str) -> str:
     return ch  # combining marks too: _lone_marks drops those on no letter
 
 
-def _in_context(text: str, i: int, n: int) -> str:
+def _in_context(text: str, i: int) -> str:
     """What normalize makes of the apostrophe or number separator text[i], by the characters beside it."""
-    ch = text[i]
+    ch, n = text[i], len(text)
     if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
         inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
         return "'" if inside else " "
@@ -171,8 +168,7 @@ def _in_context(text: str, i: int, n: int) -> str:
 
 
 class _CharRules(dict):
-    """str.translate's table for normalize: code point -> _alone's answer (the apostrophes and number separators
-    stay, for _in_context), filled as characters are first met."""
+    """normalize's str.translate table, filled as characters are met: _alone's rule, _in_context's characters kept"""
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
@@ -187,17 +183,9 @@ _CHAR_RULE = _CharRules()
 def _lone_marks() -> re.Pattern:
     """Runs of combining marks at the start of a text or after a space (variation selectors and enclosing marks are
     dropped before). Built on first use: it reads the category of every code point."""
-    marks = [
-        c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M" and _alone(chr(c)) == chr(c)
-    ]
-    ranges = []
-    for c in marks:
-        if ranges and ranges[-1][1] == c - 1:
-            ranges[-1][1] = c
-        else:
-            ranges.append([c, c])
-    members = "".join(re.escape(chr(lo)) + (f"-{re.escape(chr(hi))}" if hi > lo else "") for lo, hi in ranges)
-    return re.compile(f"(?:^|(?<=\\s))[{members}]+")
+    kept = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M")
+    marks = "".join(ch for ch in kept if _alone(ch))  # none is special in a character class
+    return re.compile(f"(?:^|(?<=\\s))[{marks}]+")
 
 
 def tokens(text: str, metric: str) -> list[str]:
@@ -401,9 +389,8 @@ def score_corpus(pairs, metric: str = "auto") -> tuple[CorpusScore, list[UttScor
 
 @contextlib.contextmanager
 def collector_paused():
-    """Python's cyclic garbage collector off for a while, where many objects are made that live on and hold no cycle
-    (every utterance's score, its alignment a tuple a unit: millions on a large test set). The collector's passes
-    walked them again and again as they grew, for nothing to free."""
+    """Python's cyclic collector off while many objects are made that live on and hold no cycle (each utterance's
+    score, its alignment a tuple a unit): its passes walked them again and again as they grew, for nothing to free."""
     was_on = gc.isenabled()
     gc.disable()
     try:
