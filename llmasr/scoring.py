@@ -26,9 +26,14 @@ owner of edit operations: the substitution/deletion/insertion counts are read of
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 from rapidfuzz.distance import Levenshtein
@@ -67,7 +72,7 @@ def is_no_space_char(ch: str) -> bool:
 
 def uses_characters(text: str) -> bool:
     """True when `text` holds characters of a script written without spaces (score it in characters)."""
-    return any(is_no_space_char(ch) for ch in text)
+    return _NO_SPACE_CHAR.search(text) is not None  # one C-level scan: called on every scored reference
 
 
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
@@ -121,30 +126,66 @@ def normalize(text: str) -> str:
     # casefold turns the capital dotted I (Turkish "İ") into "i" and a combining dot: without the dot the two cases
     # meet. casefold can leave a letter decomposed ("ΐ" -> "ι" + two marks) that its other case keeps composed ("Ϊ́"
     # -> "ϊ" + a mark): NFKC again so that the two cases of a letter are one string
-    text = _ACCENT_APOSTROPHE.sub("'", text)
+    if "`" in text or "\u00b4" in text:  # two substring tests, cheaper than the scan
+        text = _ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
     text = _TAGS.sub(" ", text)
-    out = []
-    n = len(text)
-    for i, ch in enumerate(text):
-        cat = unicodedata.category(ch)
-        if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
-            inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
-            out.append("'" if inside else " ")
-        elif ch in _DECIMAL_POINTS + _GROUP_SEPARATORS and 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
-            if ch in _DECIMAL_POINTS:
-                out.append(ch)
-        elif cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
-            out.append(" ")
-        elif cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
-            continue
-        elif cat[0] == "M" and (not out or out[-1].isspace()):
-            # a combining mark on no letter: what NFKC leaves of a spacing accent ("¨" -> space + U+0308), or a mark
-            # on punctuation that went; alone it had been a word (or a character) of its own
-            continue
-        else:
-            out.append(ch)
-    return re.sub(r"\s+", " ", "".join(out)).strip()
+    # One str.translate for the characters whose fate their neighbours do not decide, not a Python step a character
+    # (scoring normalises every line); apostrophes and number separators are decided on theirs in `text`
+    out = text.translate(_CHAR_RULE)
+    if _CONTEXT_CHAR.search(out):
+        pieces = _CONTEXT_CHAR.split(out)  # the text between them, in order, as in `text`
+        decided = [_in_context(text, m.start()) for m in _CONTEXT_CHAR.finditer(text)]
+        out = "".join([p for pair in zip(pieces, [*decided, ""]) for p in pair])
+    if not out.isascii():  # a combining mark on no letter (NFKC's "¨" -> space + U+0308; a mark on punctuation that
+        # went) goes: alone it had been a word (or a character) of its own. No mark is ASCII
+        out = _lone_marks().sub("", out)
+    return " ".join(out.split())  # str.split's whitespace is the regex's \s
+
+
+_CONTEXT_CHAR = re.compile(f"[{re.escape(_APOSTROPHES + _DECIMAL_POINTS + _GROUP_SEPARATORS)}]")
+
+
+def _alone(ch: str) -> str:
+    """What normalize makes of a character whatever its neighbours: itself, a space, or nothing."""
+    cat = unicodedata.category(ch)
+    if cat[0] in ("P", "S") or cat == "Cc" or ch in _WORD_BREAKS:
+        return " "
+    if cat in ("Cf", "Me") or _is_variation_selector(ch):  # invisible, or drawn around a symbol (keycap)
+        return ""
+    return ch  # combining marks too: _lone_marks drops those on no letter
+
+
+def _in_context(text: str, i: int) -> str:
+    """What normalize makes of the apostrophe or number separator text[i], by the characters beside it."""
+    ch, n = text[i], len(text)
+    if ch in _APOSTROPHES:  # beside a character of a script written without spaces it is a quotation mark
+        inside = 0 < i < n - 1 and all(c.isalnum() and not is_no_space_char(c) for c in text[i - 1 : i + 2 : 2])
+        return "'" if inside else " "
+    if 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
+        return ch if ch in _DECIMAL_POINTS else ""
+    return _alone(ch)
+
+
+class _CharRules(dict):
+    """normalize's str.translate table, filled as characters are met: _alone's rule, _in_context's characters kept"""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        self[code] = rule = ch if _CONTEXT_CHAR.match(ch) else _alone(ch)
+        return rule
+
+
+_CHAR_RULE = _CharRules()
+
+
+@functools.cache
+def _lone_marks() -> re.Pattern:
+    """Runs of combining marks at the start of a text or after a space (variation selectors and enclosing marks are
+    dropped before). Built on first use: it reads the category of every code point."""
+    kept = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M")
+    marks = "".join(ch for ch in kept if _alone(ch))  # none is special in a character class
+    return re.compile(f"(?:^|(?<=\\s))[{marks}]+")
 
 
 def tokens(text: str, metric: str) -> list[str]:
@@ -210,12 +251,16 @@ def align(ref: list[str], hyp: list[str]) -> list[EditOp]:
             if i2 - i1 != j2 - j1:  # rapidfuzz pairs replaced units one to one; anything else is a bug there
                 raise RuntimeError(f"alignment block {tag} {i1}:{i2} vs {j1}:{j2} has unequal lengths")
             kind = "equal" if tag == "equal" else "sub"
-            ops.extend(EditOp(kind, i, j) for i, j in zip(range(i1, i2), range(j1, j2)))
+            ops.extend(map(_new_op, zip(repeat(kind), range(i1, i2), range(j1, j2))))
         elif tag == "delete":
-            ops.extend(EditOp("del", i, None) for i in range(i1, i2))
+            ops.extend(map(_new_op, zip(repeat("del"), range(i1, i2), repeat(None))))
         else:
-            ops.extend(EditOp("ins", None, j) for j in range(j1, j2))
+            ops.extend(map(_new_op, zip(repeat("ins"), repeat(None), range(j1, j2))))
     return ops
+
+
+# EditOp((kind, ref, hyp)) made in C, as its own __new__ makes it: align makes one a unit, without a Python call each
+_new_op = functools.partial(tuple.__new__, EditOp)
 
 
 def edit_counts(ops: list[EditOp]) -> tuple[int, int, int]:
@@ -334,8 +379,22 @@ def score_corpus(pairs, metric: str = "auto") -> tuple[CorpusScore, list[UttScor
     """pairs: iterable of (reference, hypothesis). Returns the corpus totals and the per-utterance scores."""
     corpus = CorpusScore(metric)
     scores = []
-    for ref, hyp in pairs:
-        s = score_utterance(ref, hyp, metric)
-        corpus.add(s)
-        scores.append(s)
+    with collector_paused():
+        for ref, hyp in pairs:
+            s = score_utterance(ref, hyp, metric)
+            corpus.add(s)
+            scores.append(s)
     return corpus, scores
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic collector off while many objects are made that live on and hold no cycle (each utterance's
+    score, its alignment a tuple a unit): its passes walked them again and again as they grew, for nothing to free."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()

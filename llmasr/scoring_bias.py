@@ -150,6 +150,24 @@ def phrase_units(phrases, unit: str) -> tuple[dict[tuple[str, ...], str], int]:
     return out, empty
 
 
+@lru_cache(maxsize=1 << 10)
+def _phrase_table(phrases: tuple[str, ...], unit: str) -> tuple[dict, int, dict[str, list[tuple[str, ...]]]]:
+    """phrase_units' answer for a list, and its phrases by their first unit: a list shared by many utterances (one
+    --hotwords file for all) is read once."""
+    units, empty = phrase_units(phrases, unit)
+    by_first: dict[str, list[tuple[str, ...]]] = {}
+    for k, phrase in enumerate(units):
+        by_first.setdefault(phrase[0], []).append((k, phrase))
+    return units, empty, by_first
+
+
+def _present(by_first: dict, *seqs: Units) -> list[tuple[str, ...]]:
+    """The phrases, in their list's order, whose first unit one of `seqs` holds: no other occurs in them. Each
+    phrase is looked for five times an utterance: with a long list, trying only these is what keeps it cheap."""
+    found = {kp for seq in seqs for u in seq.at if u in by_first for kp in by_first[u]}
+    return [phrase for _, phrase in sorted(found)]
+
+
 def _spans(seq: Units, phrases) -> tuple[list[bool], list[bool]]:
     """(inside[k]: unit k lies in an occurrence of a phrase, interior[k]: units k and k+1 lie in the same one)."""
     inside, interior = [False] * len(seq), [False] * len(seq)
@@ -257,11 +275,16 @@ def split_errors(score: UttScore, ref: Units, hyp: Units, phrases) -> tuple[Side
     return b, u
 
 
-def count_phrases(score: UttScore, ref: Units, hyp: Units, phrases: dict) -> tuple[PhraseCounts, list, list]:
-    """Occurrences, recalled occurrences and leaks of the phrases ({units: text}); the missed and leaked texts."""
+def count_phrases(
+    score: UttScore, ref: Units, hyp: Units, phrases: dict, present: list | None = None
+) -> tuple[PhraseCounts, list, list]:
+    """Occurrences, recalled occurrences and leaks of the phrases ({units: text}); the missed and leaked texts.
+    `present`: the phrases that may occur in `ref` or `hyp` (_present's), in the list's order; None: any."""
     hyp_of_ref = {op.ref: op.hyp for op in score.alignment if op.kind == "equal"}
     counts, missed, leaked = PhraseCounts(), [], []
-    for units, text in phrases.items():
+    counts.distractors = len(phrases) - len(phrases if present is None else present)  # in neither: no more to count
+    for units in phrases if present is None else present:
+        text = phrases[units]
         in_ref, in_hyp = ref.find(units, overlapping=False), hyp.find(units, overlapping=False)
         counts.ref_occurrences += len(in_ref)
         counts.hyp_occurrences += len(in_hyp)
@@ -284,11 +307,12 @@ def count_phrases(score: UttScore, ref: Units, hyp: Units, phrases: dict) -> tup
 
 def score_biased(score: UttScore, phrases) -> BiasedUttScore:
     """B/U split and phrase counts of one scored utterance under its biasing list (strings; may be empty)."""
-    units, empty = phrase_units(phrases, score.metric)
+    units, empty, by_first = _phrase_table(tuple(phrases), score.metric)
     ref, hyp = Units(tokens(score.ref_norm, score.metric)), Units(tokens(score.hyp_norm, score.metric))
-    score = replace(score, alignment=whole_phrases(score.alignment, ref.seq, hyp.seq, *_spans(ref, units)))
-    biased, unbiased = split_errors(score, ref, hyp, units)
-    counts, missed, leaked = count_phrases(score, ref, hyp, units)
+    present = _present(by_first, ref, hyp)
+    score = replace(score, alignment=whole_phrases(score.alignment, ref.seq, hyp.seq, *_spans(ref, present)))
+    biased, unbiased = split_errors(score, ref, hyp, present)
+    counts, missed, leaked = count_phrases(score, ref, hyp, units, present)
     return BiasedUttScore(biased, unbiased, counts, len(units), empty, missed, leaked)
 
 

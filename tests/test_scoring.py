@@ -72,6 +72,51 @@ def test_a_spacing_accent_leaves_no_unit_and_one_typed_for_an_apostrophe_is_one(
     assert normalize("cafe\u0301") == "café" and normalize("नमस्ते") == "नमस्ते"  # marks on a letter stay
 
 
+def _normalize_char_by_char(text: str) -> str:
+    """normalize's rules read one character at a time, as it had run them: the oracle its one-pass form must equal."""
+    import re
+
+    from llmasr import scoring
+
+    text = scoring._ACCENT_APOSTROPHE.sub("'", text)
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
+    text = scoring._TAGS.sub(" ", text)
+    out, n = [], len(text)
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if ch in scoring._APOSTROPHES:
+            inside = 0 < i < n - 1 and all(
+                c.isalnum() and not scoring.is_no_space_char(c) for c in text[i - 1 : i + 2 : 2]
+            )
+            out.append("'" if inside else " ")
+        elif ch in ".,\u066b\u066c" and 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():
+            if ch in ".\u066b":
+                out.append(ch)
+        elif cat[0] in ("P", "S") or cat == "Cc" or ch == "\u200b":
+            out.append(" ")
+        elif cat in ("Cf", "Me") or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef":
+            continue
+        elif cat[0] == "M" and (not out or out[-1].isspace()):
+            continue
+        else:
+            out.append(ch)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def test_normalize_equals_its_rules_read_one_character_at_a_time():
+    # the characters whose fate hangs on their neighbours (apostrophes, number separators, combining marks) beside
+    # letters, digits, spaces, punctuation, tags and the characters normalize drops
+    pool = list(
+        "aZ1\u0663 \u3000\t'\u2019\u02bc.,\u066b\u066c\uff0c\uff0e\ufe50\u00b4`-!?\u0130\u0390\u03aa\u6211\u0e01"
+    )
+    pool += list("\u0e48\u093e\u094d\u0301\u0308\u20e3\ufe0f\u200b\u200c\u200d\u00ad\ufeff\u00a8\u1680\u2028[]<>")
+    pool += ["[noise]", "<unk>", "\U000e0100", "x", "don't", "3.5"]
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(20000)]
+    texts += [f"a{chr(cp)}b \u0301{chr(cp)}\u0301 1{chr(cp)}2" for cp in range(0x3000) if not 0xD800 <= cp <= 0xDFFF]
+    assert [normalize(t) for t in texts] == [_normalize_char_by_char(t) for t in texts]
+
+
 def test_every_code_point_is_a_no_space_character_exactly_when_a_range_holds_it():
     from llmasr.scoring import NO_SPACE_RANGES, is_no_space_char
 
@@ -246,3 +291,32 @@ def test_a_full_width_comma_or_full_stop_between_digits_scores_as_the_half_width
         assert normalize(full) == normalize(half), full
         assert score_utterance(half, full).errors == 0 and score_utterance(full, half, "wer").errors == 0
     assert normalize("1，000") == "1000" and normalize("3．5") == "3.5" and normalize("1、000") == "1 000"
+
+
+def test_the_collector_is_paused_while_scoring_and_left_as_it_was():
+    import gc
+
+    from llmasr.scoring import collector_paused
+
+    seen = []
+
+    class Pairs:
+        def __iter__(self):
+            seen.append(gc.isenabled())
+            yield ("a b", "a c")
+
+    assert gc.isenabled()
+    score_corpus(Pairs())
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause leaves the outer's
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        score_corpus([("a", "a")])
+        assert not gc.isenabled()  # a caller's own choice stands
+    finally:
+        gc.enable()

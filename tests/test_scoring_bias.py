@@ -212,3 +212,27 @@ def test_readme_worked_example():
     assert (hot.biased.units, hot.biased.errors, hot.unbiased.units, hot.unbiased.errors) == (4, 2, 6, 2)
     assert hot.rates() == pytest.approx({"recall": 2 / 3, "precision": 2 / 3, "leak_rate": 0.5})
     assert utts[0].missed == ["anna karenina"] and utts[0].leaked == ["zanzibar"]
+
+
+def test_phrases_are_looked_for_only_where_their_first_unit_is_and_score_as_if_looked_for_everywhere():
+    """score_biased tries the phrases whose first unit the reference or hypothesis holds: it scores as the list's
+    every phrase looked for in both (distractors counted, missed and leaked texts in the list's order)."""
+    from dataclasses import replace
+
+    from llmasr.scoring import tokens
+    from llmasr.scoring_bias import BiasedUttScore, _spans, count_phrases, split_errors, whole_phrases
+
+    rng = random.Random(0)
+    vocab = ["new", "york", "bora", "anna", "的", "北京", "x", "y"]
+    for metric in ("wer", "auto"):
+        for _ in range(400):
+            ref = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 9)))
+            hyp = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 9)))
+            phrases = [" ".join(rng.choice(vocab + ["zzz"]) for _ in range(rng.randint(1, 3))) for _ in range(12)]
+            score = score_utterance(ref, hyp, metric)
+            units, empty = phrase_units(phrases, metric)
+            r, h = Units(tokens(score.ref_norm, metric)), Units(tokens(score.hyp_norm, metric))
+            aligned = replace(score, alignment=whole_phrases(score.alignment, r.seq, h.seq, *_spans(r, units)))
+            counts, missed, leaked = count_phrases(aligned, r, h, units)
+            want = BiasedUttScore(*split_errors(aligned, r, h, units), counts, len(units), empty, missed, leaked)
+            assert score_biased(score, phrases) == want, (ref, hyp, phrases)

@@ -11,7 +11,7 @@ from llmasr.atomic_file import write_atomic
 from llmasr.config_paths import output_file_problem
 from llmasr.data.hotwords import read_phrase_file
 from llmasr.errors import command
-from llmasr.scoring import METRICS
+from llmasr.scoring import METRICS, collector_paused
 from llmasr.scoring_inputs import EXAMPLES, MISSING, pair, read_hypotheses, read_references
 from llmasr.scoring_report import SystemScore, compare
 from llmasr.written_by import KEY, written_by
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else [_letter(i) for i in range(len(args.hyps))]
     if len(names) != len(args.hyps) or len(set(names)) != len(names) or not all(names):
         p.error(f"--names {args.names}: one name for each of the {len(args.hyps)} systems, each its own")
+    with collector_paused():  # what it reads and scores lives to the end and holds no cycle
+        return _score(args, names)
+
+
+def _score(args: argparse.Namespace, names: list[str]) -> int:
     refs, unscored = read_references(args.ref, read_phrase_file(args.hotwords) if args.hotwords else None)
     hyps = {name: read_hypotheses(name) for name in args.hyps}
     kept, texts, left = pair(refs, hyps, args.missing, tuple(key for key, _ in unscored))

@@ -17,6 +17,7 @@ import dataclasses
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from llmasr.data.transcript_text import gather_text
 
 DURATION_TOLERANCE_S = 0.1  # a segment end past the header's duration before a line is noted
 CHUNK_LINES = 8192  # lines parsed and probed together
+PROBE_LINES = 64  # lines a probing thread takes at a time
 
 
 def _parse_line(m, i: int, spell=None, unread: dict | None = None, unknown: tuple | None = None, text=None,
@@ -225,7 +227,10 @@ def check_data(
                     for i in range(lo, min(n, lo + CHUNK_LINES))
                 ]  # here: not across threads
                 good = [utt for utt, _, _ in parsed if utt is not None]
-                probed = pool.map(lambda u: _probe_line(u, probe, cap), good, chunksize=32)
+                # a task of PROBE_LINES lines each: a thread pool's map takes no chunksize, and a task a line had cost
+                # more than most probes (a Future, its lock and condition each)
+                tasks = [good[k : k + PROBE_LINES] for k in range(0, len(good), PROBE_LINES)]
+                probed = chain.from_iterable(pool.map(lambda us: [_probe_line(u, probe, cap) for u in us], tasks))
                 for i, (utt, tl, bad) in enumerate(parsed, start=lo):
                     dur, note = math.nan, None
                     if utt is not None:

@@ -67,3 +67,20 @@ def test_transcript_text_finds_what_the_plain_pass_finds(tmp_path):
     assert rows["english"]["found"]["whitespace"] > 0
     # timed, not judged: 400 lines can screen in under the 10 ms the table rounds to (0.0 on a quiet machine)
     assert all(rows["screen"][k] >= 0 for k in ("with_text_pass_s", "without_s"))
+
+
+def test_score_speed_and_data_check_speed_print_their_line(capsys):
+    """bench/score_speed.py (llmasr score on generated English and Chinese transcripts) and data_check_speed.py
+    (llmasr data check on a generated manifest) in small runs: one line of numbers each, the command's own figures
+    in it."""
+    import data_check_speed
+    import score_speed
+
+    for kind in ("english", "chinese"):
+        score_speed.main(["--lines", "300", "--kind", kind])
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith(f"300 {kind} lines, 2 systems: llmasr score ") and "over 300 utterances" in out[0]
+        assert ("WER" if kind == "english" else "CER") in out[0] and out[-1].startswith("Commit: ")
+    data_check_speed.main(["--lines", "300", "--wavs", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("300 lines: llmasr data check ") and "exit 0; batches per rank: " in out[0], out

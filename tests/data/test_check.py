@@ -723,3 +723,21 @@ def test_lines_no_batch_can_hold_are_listed_with_the_budget_they_pass(tmp_path):
         "too large for a batch of one: 2 lines, skipped by training (2 past data.batching.max_target_tokens = 40 (its "
         f"target_len))\n  {m}:2\n  {m}:5\n" in text
     )
+
+
+def test_probes_across_many_lines_keep_each_line_its_own_duration_and_fault(tmp_path):
+    # lines probed a task of several at a time, on threads: each line's header, and each fault, is still its own
+    lengths = (1.0, 1.5, 2.0)
+    for i, seconds in enumerate(lengths):
+        write_wav(tmp_path / f"w{i}.wav", seconds)
+    gone = {5, 64, 65, 130, 199, 250}
+    lines = [
+        json.dumps({"key": f"u{i}", "source": "gone.wav" if i in gone else f"w{i % 3}.wav", "target": "hello"})
+        for i in range(260)
+    ]
+    path = write_manifest(tmp_path / "m.jsonl", lines)
+    report = check_data([path], data_cfg(), FrontendConfig(), threads=3)
+    assert [b["line"] for b in report.bad] == [i + 1 for i in sorted(gone)]
+    assert [b["key"] for b in report.bad] == [f"u{i}" for i in sorted(gone)]
+    want = [np.nan if i in gone else lengths[i % 3] for i in range(260)]
+    np.testing.assert_allclose(report.durations, want, rtol=0, atol=1e-6)
