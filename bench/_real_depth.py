@@ -95,7 +95,7 @@ def build(size, tmp: Path, ctc_vocab: int):
     from llmasr.models.adaptors import build_adaptor
     from llmasr.models.config import AdaptorConfig
     from llmasr.models.ctc import CTCHead
-    from llmasr.models.ctc_vocab import TokenListCTCTokenizer
+    from llmasr.models.ctc_token_list import TokenListCTCTokenizer
     from llmasr.models.speech_llm import SpeechLLM
 
     plain = sm.build_model(size)

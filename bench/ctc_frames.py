@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmasr.data.frontend import FrontendConfig
     from llmasr.data.manifest import Manifest
     from llmasr.models.context import encoder_frames
-    from llmasr.models.ctc_vocab import LLMCTCTokenizer, TokenListCTCTokenizer
+    from llmasr.models.ctc_token_list import TokenListCTCTokenizer
+    from llmasr.models.ctc_vocab import LLMCTCTokenizer
     from llmasr.models.subsampling import subsampled_lengths
     from llmasr.testing.tiny_llm import train_bpe_tokenizer
 

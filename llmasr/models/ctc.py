@@ -18,12 +18,12 @@ from llmasr.models.config import AdaptorConfig
 from llmasr.models.ctc_config import CTCConfig, CTCDecoderConfig
 from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
+from llmasr.models.ctc_token_list import TokenListCTCTokenizer
 from llmasr.models.ctc_vocab import (
     SEPARATOR_NAMES,
     CTCTokenizer,
     LLMCTCTokenizer,
     SentencePieceCTCTokenizer,
-    TokenListCTCTokenizer,
     ctc_collapse,
 )
 

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
-from llmasr.models.ctc_vocab import TokenListCTCTokenizer, WordSpelling
+from llmasr.models.ctc_token_list import TokenListCTCTokenizer
+from llmasr.models.ctc_vocab import WordSpelling
 
 # FunASR's pattern: the word starts with a Chinese character, a Latin letter or a digit
 _LOOKED_UP_BY_CHARACTER = re.compile(r"[\u4E00-\u9FA5A-Za-z0-9]")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmasr.config_io import ConfigError
-from llmasr.models.ctc_vocab import read_token_list
+from llmasr.models.ctc_token_list import read_token_list
 from llmasr.models.funasr_dir import read_funasr_config
 from llmasr.models.funasr_files import file_path_metas, missing_weights, named_in_dir, weights_file
 

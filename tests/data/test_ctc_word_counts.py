@@ -12,7 +12,8 @@ from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.ctc_seg_dict import SegDictCTCTokenizer
 from llmasr.models.ctc_tiktoken import TiktokenCTCTokenizer
-from llmasr.models.ctc_vocab import LLMCTCTokenizer, SentencePieceCTCTokenizer, TokenListCTCTokenizer
+from llmasr.models.ctc_token_list import TokenListCTCTokenizer
+from llmasr.models.ctc_vocab import LLMCTCTokenizer, SentencePieceCTCTokenizer
 from llmasr.testing.tiny_llm import (
     train_bpe_tokenizer,
     train_char_bpe_tokenizer,

@@ -11,7 +11,7 @@ from speech_fakes import FRONTEND, build, cfg, good_corpus, with_lines, write_ma
 from llmasr.config_io import from_dict
 from llmasr.data.bad_data import TooMuchBadData, ranks_summary, refuse_summed
 from llmasr.data.loader import build_dataloader
-from llmasr.models.ctc_vocab import TokenListCTCTokenizer
+from llmasr.models.ctc_token_list import TokenListCTCTokenizer
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from llmasr.models import ctc_guidance
 from llmasr.models.adaptors import ADAPTOR_TYPES
 from llmasr.models.ctc_guidance import rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer, PrefixState
-from llmasr.models.ctc_vocab import SentencePieceCTCTokenizer, TokenListCTCTokenizer, ctc_collapse
+from llmasr.models.ctc_token_list import TokenListCTCTokenizer
+from llmasr.models.ctc_vocab import SentencePieceCTCTokenizer, ctc_collapse
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION, repeated_tail
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.scripted_llm import ScriptedLLM, chain_script
