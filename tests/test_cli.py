@@ -104,6 +104,19 @@ SRUN_TASK = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASK
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
 
 
+def refused_on_each(monkeypatch, capsys, tmp_path, argv, rank_key: str, ranks: tuple[str, str], said: str) -> None:
+    """`llmasr ARGV` on the first of `ranks` (set as `rank_key`) and on another: each stops before the verb runs
+    (exit 2, nothing written), the first alone printing `PROG: error: ` + `said` ({prog}: the verb's name)."""
+    prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+    want = f"{prog}: error: " + said.format(prog=prog)
+    for rank, speaks in zip(ranks, (True, False)):
+        monkeypatch.setenv(rank_key, rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (want in err) == speaks and (err == "") != speaks, err
+        assert not list(tmp_path.iterdir())  # nothing ran
+
+
 @pytest.mark.parametrize("argv", [["export", "--checkpoint", "run", "--output", "out"], ["check", "--config", "r.yaml"],
                                   ["demo"], ["data", "check", "m.jsonl"]])  # fmt: skip
 def test_a_one_process_verb_refuses_to_start_as_one_of_several_srun_tasks(monkeypatch, capsys, tmp_path, argv):
@@ -114,15 +127,9 @@ def test_a_one_process_verb_refuses_to_start_as_one_of_several_srun_tasks(monkey
         monkeypatch.delenv(key, raising=False)
     for key, value in SRUN_TASK.items():
         monkeypatch.setenv(key, value)
-    for procid, said in (("0", True), ("5", False)):
-        monkeypatch.setenv("SLURM_PROCID", procid)
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
-        want = (f"{prog}: error: started as one of an srun step of 8 tasks: `{prog}` runs as one process, and each "
-                "task would run it whole, into the same files. Run it once (`srun -n 1`, or without srun)")  # fmt: skip
-        assert (want in err) == said and (err == "") != said, err
-        assert not list(tmp_path.iterdir())  # nothing ran
+    said = ("started as one of an srun step of 8 tasks: `{prog}` runs as one process, and each task would run it "
+            "whole, into the same files. Run it once (`srun -n 1`, or without srun)")  # fmt: skip
+    refused_on_each(monkeypatch, capsys, tmp_path, argv, "SLURM_PROCID", ("0", "5"), said)
 
 
 @pytest.mark.parametrize("argv", [["data", "cmvn", "m.jsonl", "--out", "am.mvn"], ["data", "check", "m.jsonl"],
@@ -134,15 +141,9 @@ def test_a_one_process_verb_refuses_to_start_as_one_of_a_launchers_ranks(monkeyp
     for key in SRUN_TASK:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank, said in (("0", True), ("1", False)):
-        monkeypatch.setenv("RANK", rank)
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
-        want = (f"{prog}: error: started as one of a launcher's 2 ranks (WORLD_SIZE): `{prog}` runs as one process, "
-                "and each rank would run it whole, into the same files. Run it once, without a launcher")  # fmt: skip
-        assert (want in err) == said and (err == "") != said, err
-        assert not list(tmp_path.iterdir())  # nothing ran
+    said = ("started as one of a launcher's 2 ranks (WORLD_SIZE): `{prog}` runs as one process, and each rank would "
+            "run it whole, into the same files. Run it once, without a launcher")  # fmt: skip
+    refused_on_each(monkeypatch, capsys, tmp_path, argv, "RANK", ("0", "1"), said)
     monkeypatch.setenv("RANK", "0")
     assert main(["check", "--config", "missing.yaml", "--deepspeed", "zero2"]) == 2  # it ran, and refused its recipe
     assert "started as one of" not in capsys.readouterr().err
