@@ -552,3 +552,22 @@ def test_the_checkpoint_lines_say_which_saves_best_k_ranks(recipe_file, tmp_path
     ckpts = run.run_dir / "checkpoints"
     assert sorted(read_meta(ckpts / e["tag"]).update for e in read_best(ckpts)) == [2, 4, 6]
     assert not read_meta(ckpts / "update_00000003").metrics  # no validation at update 3: nothing to rank it by
+
+
+def test_out_at_a_run_folder_is_refused_before_it_overwrites_the_run_s_curves(recipe_file, capsys):
+    """--out had bypassed the check/ rule above: `--out RUN` wrote over the lr_schedule.csv the run had trained with."""
+    run = recipe_file.parent / "run"
+    run.mkdir(exist_ok=True)
+    (run / "recipe.yaml").write_text("# a run started here\n")
+    (run / "lr_schedule.csv").write_text("the run's own\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"--out {run} holds a run (recipe.yaml)" in err and f"such as {run / 'check'}" in err
+    assert (run / "lr_schedule.csv").read_text() == "the run's own\n"
+    code, out, err = run_check(
+        capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(run / "check")
+    )
+    assert code == 0, err
+    assert (run / "check" / "lr_schedule.csv").is_file() and (run / "lr_schedule.csv").read_text() == "the run's own\n"
