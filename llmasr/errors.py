@@ -60,6 +60,10 @@ EVERY_RANK = {"every_rank": True}
 """`extra=` of a warning every rank logs alike (from the same recipe and files, by code that does not know its rank):
 rank 0 alone shows it, as it alone reports an error marked `every_rank` (llmasr.train.run_log)."""
 
+IN_CHECK_REPORT = {"in_check_report": True}
+"""`extra=` of a warning whose finding `llmasr check`'s report gives in its own words: check's stderr leaves it out
+(llmasr.train.run_log.command_logging), where it had come twice."""
+
 
 def rank_specific(err: BaseException, rank: int) -> None:
     """Mark `err` as possibly this rank's alone: every rank that has it reports it. One that says `every_rank` (the

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for lr_schedule.csv/png (default: train.output_dir, or its check/ once it holds a run)",
     )
     args = parse_run_args(p, list(sys.argv[1:] if argv is None else argv))
-    command_logging(logging.WARNING)  # a FunASR directory the check reads three times: its notes once
+    command_logging(logging.WARNING, check_report=True)  # a FunASR directory read three times: its notes once
     if args.world_size is None:
         env = os.environ.get("WORLD_SIZE", "1")
         if not env.strip().isdigit():

@@ -46,6 +46,7 @@ from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, at_limit, pe
 from llmasr.data.item_filters import FILTER_REASONS, counts_text, filter_counts, filter_items, unusable_signature
 from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
+from llmasr.errors import IN_CHECK_REPORT
 
 log = logging.getLogger("llmasr.data")
 
@@ -263,7 +264,8 @@ class DynamicBucketSampler(Sampler):
                          "random", epoch, dropped, self.world_size)  # fmt: skip
                 self._drops_told = dropped
         if self.rank == 0 and stats["padding_warning"] and stats["padding_warning"] != self._padding_told:
-            log.warning("epoch %d: %s", epoch, stats["padding_warning"])  # once, and again only where it changes
+            said = IN_CHECK_REPORT if epoch == 0 else None  # check's report gives epoch 0's
+            log.warning("epoch %d: %s", epoch, stats["padding_warning"], extra=said)  # once, again where it changes
             self._padding_told = stats["padding_warning"]
         self._plan_cache = (key, plan, stats, o.sha1())
         return plan, stats

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmasr.data.screen_share import ScreenShare
+from llmasr.errors import IN_CHECK_REPORT
 from llmasr.rank_verdict import verdict
 from llmasr.train.rank_agreement import check_ranks_agree, data_digest
 from llmasr.train.resolve import TextSide, batches_per_epoch, build_loaders, text_side
@@ -113,5 +114,6 @@ def plan_run(
                           loaders[0].screened if loaders else ())  # fmt: skip
     plan = RunPlan(ds, world_size, tc.epochs, tc.max_updates, side, per_epoch, loaders)
     if rank == 0 and not resuming and tc.max_updates is not None and tc.max_updates > plan.natural:  # every rank's
-        log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural)
+        log.warning("train.max_updates=%d but %d epochs hold only %d updates", tc.max_updates, tc.epochs, plan.natural,
+                    extra=IN_CHECK_REPORT)  # fmt: skip
     return plan

@@ -85,17 +85,20 @@ def logged_messages(text: str, logger: str, level: str = "INFO") -> list[str]:
     return [line.partition(head)[2] for line in text.splitlines() if head in line]
 
 
-def command_logging(level: int = logging.INFO) -> None:
+def command_logging(level: int = logging.INFO, *, check_report: bool = False) -> None:
     """The logging of a command other than train (decode, export, check, ...): records at `level` and above to stderr,
     and a warning every rank logs alike said once a process (a command's start-up may read a FunASR directory two or
-    three times), by rank 0 alone under a launcher. A process whose logging is set up already (an application that
-    calls a command's main, pytest) keeps its own, as logging.basicConfig leaves it."""
+    three times), by rank 0 alone under a launcher. `check_report`: the records marked IN_CHECK_REPORT are left out,
+    the command's report saying them. A process whose logging is set up already (an application that calls a
+    command's main, pytest) keeps its own, as logging.basicConfig leaves it."""
     root = logging.getLogger()
     if root.handlers:
         return
     logging.basicConfig(level=level, format=RECORD_FORMAT)
     for handler in root.handlers:
         handler.addFilter(SaidOnce(process_rank()))
+        if check_report:
+            handler.addFilter(lambda record: not getattr(record, "in_check_report", False))
 
 
 def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:

@@ -172,3 +172,16 @@ def test_llmasr_check_says_a_funasr_directory_s_notes_once(tiny_llm_dir, tmp_pat
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(NOTE) == 1, done.stderr
+
+
+def test_llmasr_check_gives_its_report_s_warnings_once(tmp_path, recipe_file):
+    """A one-process check printed the padding-duplicates warning and max_updates past the epochs on stderr as well as
+    in its report (as a user runs it: pytest's own log capture would hold them otherwise)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "llmasr", "check", "--config", str(recipe_file), "--deepspeed", "zero2",
+           "--world-size", "3", "--out", str(tmp_path / "out"), "train.max_updates=100"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "padding duplicates" not in done.stderr and "max_updates" not in done.stderr, done.stderr
+    assert done.stdout.count("are padding duplicates") == 1 and done.stdout.count("train.max_updates 100 sizes") == 1
