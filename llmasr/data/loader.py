@@ -267,6 +267,8 @@ def build_dataloader(
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
     items = f"{n} items"
+    if st["num_items"] != n and indices is None:  # a weighted mix's visits: "N items" had counted lines, check visits
+        items = f"{n} lines, {st['num_items']} visits in epoch {epoch} (data.{name}'s weights)"
     if indices is not None:
         left = n - indices.size
         items = (

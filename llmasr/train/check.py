@@ -163,7 +163,8 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         f"efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
-        f"  items kept {st['kept_items']} of {st['num_items']}; skipped: {counts_text(st['filtered'])}; "
+        f"  items kept {st['kept_items']} of {_visits_text(st['num_items'], len(manifest))}; skipped: "
+        f"{counts_text(st['filtered'])}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}{_dropped_text(st)}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
         *([f"  data.train's mix, epoch {epoch} as the ranks train it (padding duplicates not counted):"] * bool(mix)),
@@ -183,6 +184,12 @@ def _dropped_text(st: dict) -> str:
     left = st["kept_items"] - st["num_real_items"]
     return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {left} "
             "utterance(s) of this epoch (drawn anew each epoch)")  # fmt: skip
+
+
+def _visits_text(visits: int, lines: int) -> str:
+    """An epoch's items: a weighted mix visits some lines more than once, or some not at all (train.log's data line
+    counts both the same way)."""
+    return str(visits) if visits == lines else f"{visits} visits ({lines} lines; data.train's weights)"
 
 
 def _llm_lines(sampler, st: dict) -> list[str]:

@@ -78,6 +78,21 @@ def test_the_report_gives_each_manifest_s_visits_and_hours_as_the_loaders_batch_
         assert said.group(2) == ("1 pass" if visits == lines else f"{visits / lines:.3g} passes")
     total = sum(v for v, _ in trained.values())
     assert f"    total: {total} visits, " in out and f"items kept {total} of {total}" in out
+    assert f"items kept {total} of {total} visits (31 lines; data.train's weights)" in out
+
+
+def test_train_log_s_data_line_counts_lines_and_visits_as_the_check_does(mix_recipe, caplog):
+    """Under weights train.log had said "train data: 31 items" (lines) and the check "items kept 36 of 36" (visits):
+    one word for two numbers."""
+    path, _ = mix_recipe
+    recipe = load_recipe(path)
+    visits = sum(v for v, _ in _trained(recipe, 1).values())
+    assert visits != 31
+    with caplog.at_level(logging.INFO, logger="llmasr.data"):
+        build_loaders(recipe, text_side(recipe.model), rank=0, world_size=1)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train data: ")]
+    assert len(said) == 1 and said[0].startswith(f"train data: 31 lines, {visits} visits in epoch 0 (data.train's "
+                                                 "weights), ")  # fmt: skip
 
 
 def test_a_manifest_whose_lines_the_filters_all_skip_is_named(mix_recipe, tmp_path, capsys, caplog):
