@@ -33,7 +33,6 @@ count to `state_dict(consumed=...)`.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Callable, Iterator
 
@@ -42,13 +41,11 @@ from torch.utils.data import Sampler
 
 from llmasr.data import batch_cut
 from llmasr.data.batch_cut import EpochPlan, OrderedBatches, check_position, check_settings, cut_epoch, reorder
+from llmasr.data.epoch_notes import EpochNotes
 from llmasr.data.item_costs import EpochCostFn, ItemCosts, as_held, at_limit, per_batch, quantile_buckets
-from llmasr.data.item_filters import FILTER_REASONS, counts_text, filter_counts, filter_items, unusable_signature
+from llmasr.data.item_filters import FILTER_REASONS, filter_counts, filter_items, unusable_signature
 from llmasr.data.regroup import padding_warning, repeated_steps, replay_history
 from llmasr.data.visit_keys import visit_keys
-from llmasr.errors import IN_CHECK_REPORT
-
-log = logging.getLogger("llmasr.data")
 
 
 class DynamicBucketSampler(Sampler):
@@ -128,9 +125,7 @@ class DynamicBucketSampler(Sampler):
         self.min_duration, self.max_duration = float(min_duration), float(max_duration)
         self.max_target_len, self.truncate_to_max = max_target_len, bool(truncate_to_max)
         self.epoch_indices = epoch_indices
-        # the last padding warning and skipped-item counts logged (the plan of every epoch had said the counts again)
-        self.padding_warns, self._padding_told, self._skips_told = bool(padding_warns), None, None
-        self._drops_told = 0
+        self.padding_warns, self.notes = bool(padding_warns), EpochNotes(self.rank)
         self.base_indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         self._sort_items(min_item_seconds, cost_scale, cost_pad, epoch_costs, skip)
 
@@ -253,20 +248,9 @@ class DynamicBucketSampler(Sampler):
         }
         real = stats["num_real_batches"]
         stats["padding_warning"] = padding_warning(real, self.world_size, padding) if self.padding_warns else None
-        filtered = o.filtered
-        if self.rank == 0 and (self._plan_cache is None or self._plan_cache[0][0] != epoch):
-            if filtered and filtered != self._skips_told:  # once, and again only where they change
-                log.info("epoch %d: skipped %d of %d items (%s)", epoch, sum(filtered.values()), o.items.size,
-                         counts_text(filtered))  # fmt: skip
-                self._skips_told = dict(filtered)
-            if dropped and dropped != self._drops_told:  # the same: once, and again where the count changes
-                log.info("epoch %d: data.batching.drop_last left out %d batch(es) over the world size %d, drawn at "
-                         "random", epoch, dropped, self.world_size)  # fmt: skip
-                self._drops_told = dropped
-        if self.rank == 0 and stats["padding_warning"] and stats["padding_warning"] != self._padding_told:
-            said = IN_CHECK_REPORT if epoch == 0 else None  # check's report gives epoch 0's
-            log.warning("epoch %d: %s", epoch, stats["padding_warning"], extra=said)  # once, again where it changes
-            self._padding_told = stats["padding_warning"]
+        if self._plan_cache is None or self._plan_cache[0][0] != epoch:
+            self.notes.planned(epoch, int(o.items.size), o.filtered, dropped, self.world_size)
+        self.notes.padding_warning(epoch, stats["padding_warning"])
         self._plan_cache = (key, plan, stats, o.sha1())
         return plan, stats
 
