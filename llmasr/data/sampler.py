@@ -3,9 +3,9 @@
 How an epoch's batches are made (identically on every rank, from (seed, epoch) only):
 
 1. Filters (llmasr.data.item_filters): items known bad, of unknown duration, too short or long, or too big to fit
-   a batch on their own are skipped; `.filtered` holds reason -> count for the current epoch and the counts are
-   logged once per epoch. A clip that fits only at some of augmentation's draws (`fits_sometimes`) is skipped in the
-   epochs whose draws put it over the budget.
+   a batch on their own are skipped; `.filtered` holds reason -> count for the current epoch, and rank 0 logs the
+   counts where they change (llmasr.data.epoch_notes). A clip that fits only at some of augmentation's draws
+   (`fits_sometimes`) is skipped in the epochs whose draws put it over the budget.
 2. Buckets: duration quantiles of the kept items (computed once) split them into `num_buckets` buckets.
 3. In each bucket the items are shuffled, then taken in windows of `shuffle_buffer` items; each window is sorted
    by duration and cut greedily into batches that respect the budget (llmasr.data.batch_cut). The budget is in
