@@ -98,6 +98,8 @@ def model_facts(engine, window) -> list[str]:
     for i, b in enumerate(window):
         lines.append(f"- micro batch {i}: {b.size} utts, {b.audio_seconds:.1f} s audio, {b.feat_slots} feature "
                      f"slots, {b.labelled_tokens} labelled tokens")  # fmt: skip
+    on_device = bool(window) and window[0].has_waves  # waveforms in the batch: fbank runs in the training step
+    lines.append(f"- features computed {'in the training step (waveforms batched)' if on_device else 'by the loader'}")
     lines.append(f"- cuDNN fused attention allowed: {torch.backends.cuda.cudnn_sdp_enabled()}")
     return lines
 

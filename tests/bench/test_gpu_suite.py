@@ -66,8 +66,10 @@ def test_smoke_suite_trains_decodes_and_summarises(tmp_path):
     # the smoke run's one warm-up update, then one under each profiler
     assert re.search(r"^\| 1 \| timed \|.*\n\| 2 \| torch.profiler \|.*\n\| 3 \| cProfile \|", prof, re.M)
     assert "### cProfile by tottime" in prof and f"; commit {res['commit']}" in prof
-    # the GPU run's path: bf16 weights (DeepSpeed's CPU accelerator runs bf16) and fbank in the training step
-    assert "- params torch.bfloat16 trained on cpu" in prof and "(_fbank_group)" in prof
+    # the GPU run's path: bf16 weights (DeepSpeed's CPU accelerator runs bf16) and fbank in the training step (said
+    # as a fact: whether _fbank_group makes cProfile's top rows depends on the machine's load)
+    assert "- params torch.bfloat16 trained on cpu" in prof
+    assert "- features computed in the training step (waveforms batched)" in prof
 
 
 def test_train_figures_skip_the_first_line_and_take_the_peak(tmp_path):
