@@ -250,7 +250,8 @@ def decode_manifest(
         clear_for_decode(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
-    limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines)  # a manifest refused leaves no folder
+    opened = world.same_manifest(manifest_path)  # every rank's copy the same, or none decodes it
+    limit = window_limit(model, cfg, opts, manifest=opened, lines=lines)  # a manifest refused leaves no folder
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0
     model.eval()

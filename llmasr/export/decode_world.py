@@ -18,13 +18,15 @@ import os
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.rank_verdict import failed_ranks, node_name, stop_together, verdict
+from llmasr.data.manifest import BadManifest, Manifest
+from llmasr.rank_verdict import failed_ranks, node_name, rank_failure, stop_together, verdict, who
 from llmasr.train.process_group import meeting_port_errors
 
 GATHER_TIMEOUT = timedelta(hours=2)
@@ -115,6 +117,38 @@ class DecodeWorld:
             return []
         everyone = self.gather(verdict(failure))  # with its exit status: every rank returns the worst one
         return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
+
+    def same_manifest(self, path) -> Manifest | str:
+        """`path` opened on this rank and checked against every rank's copy, in one gather (on one rank: `path` as
+        given). Each rank decodes its share of its own copy's lines and rank 0 joins the rows with its own keys and
+        references, so copies that differ (a node's stale copy, a relative --data read from each rank's working
+        directory) would score one file's transcripts against another's: BadManifest on every rank, naming each
+        rank's file. A rank that could not open it stops every rank (rank_verdict.stop_together)."""
+        if self.size == 1:
+            return path
+        manifest = failure = None
+        try:
+            manifest = Manifest.open(path, need_target=False)
+            found = {"file": str(Path(path).absolute()), "lines": len(manifest), "sha1": manifest.sha1}
+        except Exception as err:  # noqa: BLE001 - every kind: the other ranks must hear of it, or they wait
+            failure, found = err, {}
+        everyone = self.gather(verdict(failure, **found))
+        failed = failed_ranks(everyone)
+        if 0 < len(failed) < self.size:  # one node's alone: the run stops, none goes on to the next manifest alone
+            raise rank_failure(f"open the manifest {path}", failed)
+        stop_together(everyone, failure, f"open the manifest {path}")  # every rank alike: each its own error
+        first = everyone[0]
+        other = next((rank for rank, theirs in enumerate(everyone) if theirs["sha1"] != first["sha1"]), None)
+        if other is not None:
+            theirs = everyone[other]
+            copies = ", ".join(f"{who(r, v)} {v['file']} ({v['lines']} lines, sha1 {v['sha1'][:12]})"
+                               for r, v in ((other, theirs), (0, first)))  # fmt: skip
+            raise BadManifest(
+                f"manifest {path}: the ranks read different files: {copies}. Each rank decodes its share of its own "
+                "copy's lines and rank 0 scores them with its own keys and references: every node needs the same "
+                "file at that path (a relative --data is read from each rank's working directory)"
+            )
+        return manifest
 
     def line_share(self, lines: np.ndarray) -> np.ndarray:
         """The lines of `lines` (every rank's the same) whose decode prompts this rank counts: every size-th one from

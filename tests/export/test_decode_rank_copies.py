@@ -1,0 +1,65 @@
+"""Decoding on N ranks whose nodes hold different copies of a manifest (llmasr.export.decode_world.same_manifest):
+each rank decodes its share of its own copy's lines, so copies that differ are refused on every rank, never scored."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from llmasr.commands.decode import main
+from llmasr.rank_verdict import node_name
+from llmasr.testing.run_dirs import TEXTS, write_corpus
+from llmasr.testing.thread_ranks import run_ranks, thread_world
+
+
+def decode_on_two_ranks(monkeypatch, exported_dir, manifests, output, *flags):
+    """`llmasr decode` on 2 thread ranks, rank r given --data manifests[r] (its node's copy at the same path)."""
+    import llmasr.commands.decode as decode_cmd
+
+    mine = threading.local()
+    monkeypatch.setattr(decode_cmd.DecodeWorld, "from_env", classmethod(lambda cls: mine.world))
+
+    def rank(r, gather):
+        mine.world = thread_world(r, 2, gather)
+        return main(["--model", str(exported_dir), "--data", str(manifests[r]), "--num-workers", "0",
+                     "--max-new-tokens", "2", "--output", str(output), "--device", "cpu", *flags])  # fmt: skip
+
+    return run_ranks(2, rank, timeout=120)
+
+
+def test_ranks_reading_other_copies_of_a_manifest_decode_none_of_it(exported_dir, tmp_path, monkeypatch, capsys):
+    """Rank 1's node holds a stale copy with as many lines (a relative --data read from each rank's own working
+    directory): the rows of its lines were joined with rank 0's keys and references, and scored as one decode."""
+    ours = write_corpus(tmp_path / "node0", TEXTS)
+    stale = write_corpus(tmp_path / "node1", TEXTS)
+    lines = [json.loads(line) for line in stale.read_text().splitlines()]
+    stale.write_text("".join(json.dumps({**r, "target": "an older " + r["target"]}) + "\n" for r in lines))
+    assert decode_on_two_ranks(monkeypatch, exported_dir, [ours, stale], tmp_path / "out") == [2, 2]
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "the ranks read different files" in line]
+    assert len(said) == 1, err  # rank 0 says it, once
+    assert f"rank 1 (node {node_name()}) {stale} ({len(TEXTS)} lines, sha1 " in said[0]
+    assert f"rank 0 (node {node_name()}) {ours} ({len(TEXTS)} lines, sha1 " in said[0]
+    assert "a relative --data is read from each rank's working directory" in said[0]
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_ranks_reading_equal_copies_of_a_manifest_at_other_paths_decode_it(exported_dir, tmp_path, monkeypatch):
+    """The copies are compared by content: two nodes' equal copies (at two paths here) are one manifest."""
+    first = write_corpus(tmp_path / "node0", TEXTS)
+    second = write_corpus(tmp_path / "node1", TEXTS)
+    assert decode_on_two_ranks(monkeypatch, exported_dir, [first, second], tmp_path / "out") == [0, 0]
+    rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(r)["key"] for r in rows] == [f"test{i:03d}" for i in range(len(TEXTS))]
+
+
+def test_a_manifest_one_rank_cannot_read_stops_every_rank(exported_dir, tmp_path, monkeypatch, capsys):
+    """A copy only rank 1's node holds empty: every rank stops with rank 1's reason, none goes on alone."""
+    ours = write_corpus(tmp_path / "node0", TEXTS)
+    empty = tmp_path / "node1" / "test.jsonl"
+    empty.parent.mkdir()
+    empty.write_text("\n")
+    out = decode_on_two_ranks(monkeypatch, exported_dir, [ours, empty], tmp_path / "out")
+    assert [getattr(o, "exit_code", o) for o in out] == [2, 2], out
+    assert f"rank 1 (node {node_name()}) could not open the manifest {ours}" in str(out[0])
+    assert f"manifest {empty}: no records" in str(out[0])
