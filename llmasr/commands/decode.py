@@ -39,6 +39,7 @@ from llmasr.export.decode_folders import (
     earlier_folders,
     manifest_folder_problem,
     write_manifest_index,
+    written_since_cleared,
 )
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.models.decoding import decode_config
@@ -244,6 +245,8 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             failed.append(data)
             status = 2  # bad input, as training's TooMuchBadData and a manifest that cannot be read exit
     if len(manifests) > 1 and world.leader:
+        if taken := written_since_cleared(output, top=True):  # each manifest's folder checked as written
+            raise DecodeError(taken)
         summaries += [f"{data}: not decoded (see the error printed for it)" for data in undecoded]
         write_atomic(output / "wer.txt", "\n".join(summaries) + "\n")
         write_manifest_index(output, manifests, folders)
