@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         ready = _prepare(args, world)
     except Exception as err:
         failure = err
-        if isinstance(err, Refused):
-            print(f"llmasr decode: error: {err}", file=sys.stderr)
     peers = world.failures(failure)
     if failure is not None:
         if isinstance(failure, Refused):
+            # said once where rank 0 was refused alike (every rank given one mistyped flag), each rank's own else
+            if not any(rank == 0 and other["failed"] == errors.describe(failure) for rank, other in peers):
+                print(f"llmasr decode: error: {failure}", file=sys.stderr)
             return failure.exit_code
         raise failure
     if peers:

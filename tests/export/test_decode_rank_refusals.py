@@ -1,5 +1,6 @@
-"""Decoding on N ranks whose nodes hold different copies of a manifest (llmasr.export.decode_world.same_manifest):
-each rank decodes its share of its own copy's lines, so copies that differ are refused on every rank, never scored."""
+"""What `llmasr decode` on N ranks refuses: nodes that hold different copies of a manifest
+(llmasr.export.decode_world.same_manifest: each rank decodes its share of its own copy's lines, so copies that differ
+are refused on every rank, never scored), and a refusal every rank meets alike, said once."""
 
 from __future__ import annotations
 
@@ -63,3 +64,14 @@ def test_a_manifest_one_rank_cannot_read_stops_every_rank(exported_dir, tmp_path
     assert [getattr(o, "exit_code", o) for o in out] == [2, 2], out
     assert f"rank 1 (node {node_name()}) could not open the manifest {ours}" in str(out[0])
     assert f"manifest {empty}: no records" in str(out[0])
+
+
+def test_a_refusal_every_rank_meets_alike_is_said_once(exported_dir, tmp_path, monkeypatch, capsys):
+    """A flag every rank refuses (a window too short for its overlap): each rank printed it, 8 copies on a node of 8
+    GPUs; rank 0 says it. A refusal of one rank's own is still said by that rank (test_decode_ranks)."""
+    data = write_corpus(tmp_path / "node0", TEXTS)
+    out = decode_on_two_ranks(monkeypatch, exported_dir, [data, data], tmp_path / "out", "--max-window-seconds", "2")
+    assert out == [2, 2]
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmasr decode: error:")]
+    assert said == ["llmasr decode: error: decode.max_window_seconds: a window of 2 s must be at least 2 s and longer "
+                    "than twice decode.window_overlap (1 s)"]  # fmt: skip
