@@ -41,7 +41,7 @@ from llmasr.export.decode_folders import (
     write_manifest_index,
     written_since_cleared,
 )
-from llmasr.export.decode_world import DecodeWorld
+from llmasr.export.decode_world import DecodeWorld, decode_identity
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
@@ -149,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmasr decode: error: {stop}", file=sys.stderr)
         return stop.exit_code
     model, cfg, opts = ready
+    try:  # each rank decodes its share with what it loaded: a node's other export would score as this model
+        if world.size > 1:
+            world.same_everywhere(decode_identity(model, cfg, opts))
+    except ConfigError as err:  # every rank alike: rank 0 says it
+        if world.leader:
+            print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 2
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)
 

@@ -14,6 +14,7 @@ The ranks join before anything a node may lack is read (the manifests, the model
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
@@ -26,10 +27,23 @@ import torch
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.data.manifest import BadManifest, Manifest
-from llmasr.rank_verdict import failed_ranks, node_name, rank_failure, stop_together, verdict, who
+from llmasr.rank_verdict import check_same, failed_ranks, node_name, rank_failure, stop_together, verdict, who
 from llmasr.train.process_group import meeting_port_errors
 
 GATHER_TIMEOUT = timedelta(hours=2)
+
+
+def decode_identity(model, cfg, opts) -> dict:
+    """What every rank of one decode must have alike, as DecodeWorld.same_everywhere compares it: the weights it loaded
+    (a node's other export at the same path, a relative --model, a `latest` one node sees older: each rank would
+    decode its share with its own model), the decode settings and the options (a --hotwords list by its digest)."""
+    from llmasr.models.fingerprint import tensors_sample
+
+    # paths as given (a --vad, --hotwords file) are the same words on every rank: the list read is compared
+    settings = {f"decode.{k}": repr(v) for k, v in dataclasses.asdict(cfg).items() if k != "vad"}
+    options = {k: repr(v) for k, v in dataclasses.asdict(opts).items() if k not in ("hotwords", "hotwords_file")}
+    hotwords = zlib.crc32(repr(opts.hotwords).encode())  # a long list as one number, not each phrase compared
+    return {"weights": tensors_sample(model), **settings, **options, "hotwords (the list read)": f"{hotwords:08x}"}
 
 
 def usable_device(device: str | torch.device) -> torch.device:
@@ -117,6 +131,13 @@ class DecodeWorld:
             return []
         everyone = self.gather(verdict(failure))  # with its exit status: every rank returns the worst one
         return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
+
+    def same_everywhere(self, found: dict) -> None:
+        """`found` (decode_identity: the model this rank loaded, its settings) gathered from every rank in one
+        collective; ConfigError on every rank, naming what differs, where a rank's is not rank 0's."""
+        if self.size > 1:
+            check_same(self.gather(verdict(None, same=found)), "models or decode settings (a relative --model or "
+                       "--checkpoint is read from each rank's working directory)")  # fmt: skip
 
     def same_manifest(self, path) -> Manifest | str:
         """`path` opened on this rank and checked against every rank's copy, in one gather (on one rank: `path` as

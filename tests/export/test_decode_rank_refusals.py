@@ -1,11 +1,15 @@
 """What `llmasr decode` on N ranks refuses: nodes that hold different copies of a manifest
 (llmasr.export.decode_world.same_manifest: each rank decodes its share of its own copy's lines, so copies that differ
-are refused on every rank, never scored), and a refusal every rank meets alike, said once."""
+are refused on every rank, never scored), ranks that loaded other models or read other biasing lists, and a refusal
+every rank meets alike, said once."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+
+from safetensors.torch import load_file, save_file
 
 from llmasr.commands.decode import main
 from llmasr.rank_verdict import node_name
@@ -13,8 +17,10 @@ from llmasr.testing.run_dirs import TEXTS, write_corpus
 from llmasr.testing.thread_ranks import run_ranks, thread_world
 
 
-def decode_on_two_ranks(monkeypatch, exported_dir, manifests, output, *flags):
-    """`llmasr decode` on 2 thread ranks, rank r given --data manifests[r] (its node's copy at the same path)."""
+def decode_on_two_ranks(monkeypatch, models, manifests, output, *flags):
+    """`llmasr decode` on 2 thread ranks, rank r given --model models[r] and --data manifests[r] (its node's copies
+    at the same paths); one model for both where `models` is a path."""
+    models = models if isinstance(models, list) else [models, models]
     import llmasr.commands.decode as decode_cmd
 
     mine = threading.local()
@@ -22,7 +28,7 @@ def decode_on_two_ranks(monkeypatch, exported_dir, manifests, output, *flags):
 
     def rank(r, gather):
         mine.world = thread_world(r, 2, gather)
-        return main(["--model", str(exported_dir), "--data", str(manifests[r]), "--num-workers", "0",
+        return main(["--model", str(models[r]), "--data", str(manifests[r]), "--num-workers", "0",
                      "--max-new-tokens", "2", "--output", str(output), "--device", "cpu", *flags])  # fmt: skip
 
     return run_ranks(2, rank, timeout=120)
@@ -75,3 +81,36 @@ def test_a_refusal_every_rank_meets_alike_is_said_once(exported_dir, tmp_path, m
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmasr decode: error:")]
     assert said == ["llmasr decode: error: decode.max_window_seconds: a window of 2 s must be at least 2 s and longer "
                     "than twice decode.window_overlap (1 s)"]  # fmt: skip
+
+
+def test_ranks_that_loaded_other_models_decode_nothing(exported_dir, tmp_path, monkeypatch, capsys):
+    """Rank 1's node holds another export at the same path (an adaptor trained on since): each rank decoded its share
+    with its own model, and the results were scored as one model's."""
+    other = shutil.copytree(exported_dir, tmp_path / "other")
+    adaptor = load_file(other / "adaptor.safetensors")
+    save_file({name: tensor * 3 for name, tensor in adaptor.items()}, other / "adaptor.safetensors")
+    data = write_corpus(tmp_path / "data", TEXTS)
+    out = decode_on_two_ranks(monkeypatch, [exported_dir, other], [data, data], tmp_path / "out")
+    assert out == [2, 2]
+    err = capsys.readouterr().err
+    assert (f"llmasr decode: error: rank 1 (node {node_name()}) and rank 0 (node {node_name()}) read different models "
+            "or decode settings (a relative --model or --checkpoint is read from each rank's working directory); every "
+            "node needs the same one:\n  weights: '") in err  # fmt: skip
+    assert err.count("read different models") == 1  # rank 0 says it
+    assert not (tmp_path / "out").exists()
+
+
+def test_ranks_that_read_other_biasing_lists_decode_nothing(exported_dir, tmp_path, monkeypatch, capsys):
+    """--hotwords lists.txt, a node's copy of it older: the lines of its share were biased with another list."""
+    import llmasr.commands.decode as decode_cmd
+
+    data = write_corpus(tmp_path / "data", TEXTS)
+    lists = tmp_path / "lists.txt"
+    lists.write_text("quick brown\n")
+    real = decode_cmd.read_phrase_file
+    monkeypatch.setattr(decode_cmd, "read_phrase_file", lambda path: real(path) + (
+        ["seven eight"] if threading.current_thread().name == "rank1" else []))  # fmt: skip
+    out = decode_on_two_ranks(monkeypatch, exported_dir, [data, data], tmp_path / "out", "--hotwords", str(lists))
+    assert out == [2, 2]
+    err = capsys.readouterr().err
+    assert "read different models or decode settings" in err and "\n  hotwords (the list read): '" in err
