@@ -5,6 +5,7 @@ share the batches and rank 0 writes the outputs (llmasr.export.decode_world)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -42,6 +43,7 @@ from llmasr.export.decode_folders import (
     written_since_cleared,
 )
 from llmasr.export.decode_world import DecodeWorld, decode_identity
+from llmasr.export.staged_dir import writing
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
@@ -130,9 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     # Joined before the checks a node may fail alone (a file only it lacks): each rank's verdict is gathered, so no
     # rank waits for one that has left (another node's launcher does not stop it)
     world.start(device)
+    with contextlib.ExitStack() as held:
+        return _run(args, world, device, held)
+
+
+def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
+    """main's decode once the ranks have met; `held`: what stays held until it ends (rank 0's lock on --output)."""
     failure = ready = None
     try:
         ready = _prepare(args, world)
+        if world.leader:  # a second decode into it is refused at once, not at its end (written_since_cleared)
+            held.enter_context(writing(Path(args.output), flag="--output", error=Refused, writer="decode"))
     except Exception as err:
         failure = err
     peers = world.failures(failure)

@@ -69,9 +69,10 @@ def staging_dir(out: Path, what: str = "partial") -> Path:
 
 
 @contextlib.contextmanager
-def writing(out: Path, *, flag: str, error=ValueError):
-    """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it.
-    The lock file goes when the block ends; one that a killed writer left is taken over (the lock died with it)."""
+def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or conversion"):
+    """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it
+    (another `writer`: `llmasr decode` holds its --output's too). The lock file goes when the block ends; one that a
+    killed writer left is taken over (the lock died with it)."""
     path = _hidden(out, "lock")
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if nothing is written
     while True:
@@ -81,8 +82,8 @@ def writing(out: Path, *, flag: str, error=ValueError):
         except PermissionError as err:  # before any work, naming what the user gave rather than the lock file
             if err.filename == str(path) and os.path.lexists(path):  # the lock file refuses, not the folder
                 raise error(
-                    f"{flag} {out}: its lock file {path} is not this user's to open (another user's export or "
-                    f"conversion holds it or left it): remove it if none is running, or choose another {flag}"
+                    f"{flag} {out}: its lock file {path} is not this user's to open (another user's {writer} holds "
+                    f"it or left it): remove it if none is running, or choose another {flag}"
                 ) from None
             denied = path.parent if err.filename in (None, str(path)) else Path(err.filename).parent
             raise error(f"{flag} {out}: no permission to write in {denied}; choose another {flag}") from None
@@ -94,8 +95,8 @@ def writing(out: Path, *, flag: str, error=ValueError):
         except BlockingIOError:
             os.close(fd)
             raise error(
-                f"{flag} {out}: another export or conversion is writing it now (it holds {path}); wait for it to "
-                f"finish or choose another {flag}"
+                f"{flag} {out}: another {writer} is writing it now (it holds {path}); wait for it to finish or "
+                f"choose another {flag}"
             ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last holder removed meanwhile

@@ -1,8 +1,10 @@
-"""The folders a decode writes (llmasr.export.decode_folders): two decodes given one --output at once, the later
-to finish refused before it writes, so that the folder holds one decode's files, never a mix of both."""
+"""The folders a decode writes (llmasr.export.decode_folders): two decodes given one --output at once. The second is
+refused at once by the first's lock on it (llmasr.export.staged_dir.writing); one the lock does not reach, finished
+first, has the other refused before it writes, so that the folder holds one decode's files, never a mix of both."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -13,20 +15,29 @@ from llmasr.models.speech_llm import SpeechLLM
 from llmasr.testing.run_dirs import TEXTS, write_corpus
 
 
-@pytest.fixture
-def another_decode_meanwhile(exported_dir, tmp_path, monkeypatch):
-    """Patches decoding so that `llmasr decode ARGS` (set through the returned list) runs to its end while the first
-    batch of the next decode is decoded: a second job started into the same folder, finished first."""
+def decode_meanwhile(monkeypatch, status: int = 0) -> list:
+    """Patches decoding so that `llmasr decode ARGS` (set through the returned list) runs to its end, exiting with
+    `status`, while the first batch of the next decode is decoded: a second job started into the same folder."""
     real, meanwhile = SpeechLLM.transcribe, []
 
     def transcribe(self, batch, *args, **kwargs):
         if meanwhile:
             other = meanwhile.pop()
-            assert main(other) == 0
+            assert main(other) == status
         return real(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(SpeechLLM, "transcribe", transcribe)
     return meanwhile
+
+
+@pytest.fixture
+def another_decode_meanwhile(monkeypatch):
+    """decode_meanwhile, with a second decode the first one's lock does not reach (another node, a filesystem
+    whose locks do not exclude across nodes): it runs and finishes first."""
+    import llmasr.commands.decode as decode_cmd
+
+    monkeypatch.setattr(decode_cmd, "writing", lambda out, **kwargs: contextlib.nullcontext())
+    return decode_meanwhile(monkeypatch)
 
 
 def common(exported_dir, out):
@@ -80,3 +91,17 @@ def test_a_decode_into_a_folder_an_earlier_decode_wrote_replaces_its_files(expor
     assert main([*common(exported_dir, out), "--data", str(a), "--ctc"]) == 0
     assert main([*common(exported_dir, out), "--data", str(a)]) == 0
     assert (out / "results.jsonl").is_file() and not (out / "ctc").exists()
+
+
+def test_a_second_decode_into_a_folder_being_decoded_into_is_refused_at_once(exported_dir, tmp_path, monkeypatch,
+                                                                            capsys):  # fmt: skip
+    """The first decode holds a lock beside --output from its start to its last write: the second stops before
+    decoding, naming it, and the first writes its files."""
+    a = write_corpus(tmp_path / "a", TEXTS[:3])
+    out = tmp_path / "out"
+    decode_meanwhile(monkeypatch, status=2).append([*common(exported_dir, out), "--data", str(a), "--ctc"])
+    assert main([*common(exported_dir, out), "--data", str(a)]) == 0
+    assert (f"llmasr decode: error: --output {out}: another decode is writing it now (it holds {tmp_path}/.out.lock); "
+            "wait for it to finish or choose another --output") in capsys.readouterr().err  # fmt: skip
+    assert (out / "results.jsonl").is_file() and not (out / "ctc").exists()
+    assert not (tmp_path / ".out.lock").exists()  # gone with the decode
