@@ -9,7 +9,10 @@ lines counted once. Nothing is exchanged while decoding: one collective at the e
 the prompt counts of the lines, each rank counting its share (line_share, merge_lines; llmasr.models.line_prompts),
 and the audio that long-audio windows or a VAD gate need, when the ranks share reading it (llmasr.data.window_plan).
 The ranks join before anything a node may lack is read (the manifests, the model) and gather their verdicts
-(`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left.
+(`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left. What each
+rank loaded (`same_everywhere`: the model's weights, the settings, a --hotwords list) and each manifest it opens
+(`same_manifest`) are compared before decoding: each rank decodes its share with its own copies, so a node's other
+copy would be scored as the same one.
 """
 
 from __future__ import annotations
