@@ -140,7 +140,8 @@ class DecodeWorld:
         collective; ConfigError on every rank, naming what differs, where a rank's is not rank 0's."""
         if self.size > 1:
             check_same(self.gather(verdict(None, same=found)), "models or decode settings (a relative --model or "
-                       "--checkpoint is read from each rank's working directory)")  # fmt: skip
+                       "--checkpoint is read from each rank's working directory; --checkpoint without --tag takes the "
+                       "`latest` each rank reads, which a training still running moves)")  # fmt: skip
 
     def same_manifest(self, path) -> Manifest | str:
         """`path` opened on this rank and checked against every rank's copy, in one gather (on one rank: `path` as

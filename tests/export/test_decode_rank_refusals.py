@@ -94,8 +94,9 @@ def test_ranks_that_loaded_other_models_decode_nothing(exported_dir, tmp_path, m
     assert out == [2, 2]
     err = capsys.readouterr().err
     assert (f"llmasr decode: error: rank 1 (node {node_name()}) and rank 0 (node {node_name()}) read different models "
-            "or decode settings (a relative --model or --checkpoint is read from each rank's working directory); every "
-            "node needs the same one:\n  weights: '") in err  # fmt: skip
+            "or decode settings (a relative --model or --checkpoint is read from each rank's working directory; "
+            "--checkpoint without --tag takes the `latest` each rank reads, which a training still running moves); "
+            "every node needs the same one:\n  weights: '") in err  # fmt: skip
     assert err.count("read different models") == 1  # rank 0 says it
     assert not (tmp_path / "out").exists()
 
