@@ -142,7 +142,9 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
     try:
         ready = _prepare(args, world)
         if world.leader:  # a second decode into it is refused at once, not at its end (written_since_cleared)
-            held.enter_context(writing(Path(args.output), flag="--output", error=Refused, writer="decode"))
+            held.enter_context(
+                writing(Path(args.output), flag="--output", error=Refused, writer="decode", lockless_ok=True)
+            )
     except Exception as err:
         failure = err
     peers = world.failures(failure)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import stat
 from pathlib import Path
 
 from llmasr.errors import sigterm_raises, write_error
+
+log = logging.getLogger(__name__)
 
 
 def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
@@ -69,10 +72,11 @@ def staging_dir(out: Path, what: str = "partial") -> Path:
 
 
 @contextlib.contextmanager
-def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or conversion"):
+def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or conversion", lockless_ok=False):
     """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it
     (another `writer`: `llmasr decode` holds its --output's too). The lock file goes when the block ends; one that a
-    killed writer left is taken over (the lock died with it)."""
+    killed writer left is taken over (the lock died with it). `lockless_ok`: on a filesystem without file locks (a
+    Lustre mount without flock) the block runs unlocked, with a warning, where it would stop."""
     path = _hidden(out, "lock")
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if nothing is written
     while True:
@@ -98,6 +102,12 @@ def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or 
                 f"{flag} {out}: another {writer} is writing it now (it holds {path}); wait for it to finish or "
                 f"choose another {flag}"
             ) from None
+        except OSError as err:  # ENOSYS, ENOLCK, EOPNOTSUPP: this filesystem keeps no locks
+            if not lockless_ok:
+                raise
+            log.warning("%s %s: no file lock on this filesystem (%s): another %s into it is not refused at its start",
+                        flag, out, err.strerror or err, writer)  # fmt: skip
+            break
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last holder removed meanwhile
         except FileNotFoundError:

@@ -105,3 +105,22 @@ def test_a_second_decode_into_a_folder_being_decoded_into_is_refused_at_once(exp
             "wait for it to finish or choose another --output") in capsys.readouterr().err  # fmt: skip
     assert (out / "results.jsonl").is_file() and not (out / "ctc").exists()
     assert not (tmp_path / ".out.lock").exists()  # gone with the decode
+
+
+def test_a_decode_onto_a_filesystem_without_locks_runs_unlocked(exported_dir, tmp_path, monkeypatch, caplog):
+    """A Lustre scratch mounted without flock answers ENOSYS: the decode stopped there, at the lock alone."""
+    import errno
+
+    from llmasr.export import staged_dir
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(staged_dir.fcntl, "flock", no_locks)
+    a = write_corpus(tmp_path / "a", TEXTS[:2])
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="llmasr"):
+        assert main([*common(exported_dir, out), "--data", str(a)]) == 0
+    assert (out / "results.jsonl").is_file() and not (tmp_path / ".out.lock").exists()
+    assert (f"--output {out}: no file lock on this filesystem (Function not implemented): another decode into it is "
+            "not refused at its start") in caplog.text  # fmt: skip
