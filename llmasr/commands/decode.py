@@ -5,6 +5,7 @@ share the batches and rank 0 writes the outputs (llmasr.export.decode_world)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -39,8 +40,10 @@ from llmasr.export.decode_folders import (
     earlier_folders,
     manifest_folder_problem,
     write_manifest_index,
+    written_since_cleared,
 )
-from llmasr.export.decode_world import DecodeWorld
+from llmasr.export.decode_world import DecodeWorld, decode_identity
+from llmasr.export.staged_dir import writing
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
@@ -129,16 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     # Joined before the checks a node may fail alone (a file only it lacks): each rank's verdict is gathered, so no
     # rank waits for one that has left (another node's launcher does not stop it)
     world.start(device)
+    with contextlib.ExitStack() as held:
+        return _run(args, world, device, held)
+
+
+def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
+    """main's decode once the ranks have met; `held`: what stays held until it ends (rank 0's lock on --output)."""
     failure = ready = None
     try:
         ready = _prepare(args, world)
+        if world.leader:  # a second decode into it is refused at once, not at its end (written_since_cleared)
+            held.enter_context(
+                writing(Path(args.output), flag="--output", error=Refused, writer="decode", lockless_ok=True)
+            )
     except Exception as err:
         failure = err
-        if isinstance(err, Refused):
-            print(f"llmasr decode: error: {err}", file=sys.stderr)
     peers = world.failures(failure)
     if failure is not None:
         if isinstance(failure, Refused):
+            # said once where rank 0 was refused alike (every rank given one mistyped flag), each rank's own else
+            if not any(rank == 0 and other["failed"] == errors.describe(failure) for rank, other in peers):
+                print(f"llmasr decode: error: {failure}", file=sys.stderr)
             return failure.exit_code
         raise failure
     if peers:
@@ -147,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmasr decode: error: {stop}", file=sys.stderr)
         return stop.exit_code
     model, cfg, opts = ready
+    try:  # each rank decodes its share with what it loaded: a node's other export would score as this model
+        if world.size > 1:
+            world.same_everywhere(decode_identity(model, cfg, opts))
+    except ConfigError as err:  # every rank alike: rank 0 says it
+        if world.leader:
+            print(f"llmasr decode: error: {err}", file=sys.stderr)
+        return 2
     model.to(device)
     return _decode_all(model, args.data, Path(args.output), cfg, opts, device, world)
 
@@ -244,6 +265,8 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
             failed.append(data)
             status = 2  # bad input, as training's TooMuchBadData and a manifest that cannot be read exit
     if len(manifests) > 1 and world.leader:
+        if taken := written_since_cleared(output, top=True):  # each manifest's folder checked as written
+            raise DecodeError(taken)
         summaries += [f"{data}: not decoded (see the error printed for it)" for data in undecoded]
         write_atomic(output / "wer.txt", "\n".join(summaries) + "\n")
         write_manifest_index(output, manifests, folders)

@@ -46,7 +46,7 @@ from llmasr.data.speech_loader import SpeechDataLoader
 from llmasr.data.window_join import shift_times
 from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
-from llmasr.export.decode_folders import clear_for_decode
+from llmasr.export.decode_folders import clear_for_decode, written_since_cleared
 from llmasr.export.decode_options import PROGRESS_EVERY_S, DecodeError, DecodeOptions, Pace
 from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
 from llmasr.export.decode_world import DecodeWorld
@@ -250,7 +250,8 @@ def decode_manifest(
         clear_for_decode(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
-    limit = window_limit(model, cfg, opts, manifest=manifest_path, lines=lines)  # a manifest refused leaves no folder
+    opened = world.same_manifest(manifest_path)  # every rank's copy the same, or none decodes it
+    limit = window_limit(model, cfg, opts, manifest=opened, lines=lines)  # a manifest refused leaves no folder
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0
     model.eval()
@@ -259,6 +260,8 @@ def decode_manifest(
     items, bad_data, shares = world.merge(items, loader.bad_data)
     if not world.leader:
         return None
+    if taken := written_since_cleared(out_dir):  # cleared at the start: a file of a decode's is another decode's
+        raise DecodeError(taken)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = loader.dataset.manifest
     rows = utterance_rows(items, manifest, cfg.window_overlap)

@@ -30,18 +30,23 @@ def _owned(name: str) -> bool:
     return name in OUTPUT_FILES or bool(_HALF_WRITTEN.fullmatch(name))
 
 
+def decode_files(out_dir: Path, *, ctc: bool = True) -> list[Path]:
+    """The files a decode writes (or was writing) in `out_dir` and, with `ctc`, its ctc/ folder, sorted."""
+    found = []
+    for folder in (out_dir, out_dir / CTC_DIR) if ctc else (out_dir,):
+        if folder.is_dir():
+            found += [path for path in sorted(folder.iterdir()) if _owned(path.name) and not path.is_dir()]
+    return found
+
+
 def clear_outputs(out_dir: Path) -> list[str]:
     """Remove what an earlier decode wrote into `out_dir`, so that none of it sits stale beside this decode's (a
     ref.txt this manifest has no references for, a ctc/ folder this run does not write); returns what went, as
     paths under `out_dir`."""
     removed = []
-    for folder in (out_dir, out_dir / CTC_DIR):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if _owned(path.name) and not path.is_dir():
-                path.unlink(missing_ok=True)
-                removed.append(path.relative_to(out_dir).as_posix())
+    for path in decode_files(out_dir):
+        path.unlink(missing_ok=True)
+        removed.append(path.relative_to(out_dir).as_posix())
     if (out_dir / CTC_DIR).is_dir() and not any((out_dir / CTC_DIR).iterdir()):
         (out_dir / CTC_DIR).rmdir()  # an empty ctc/ would say this decode ran --ctc
     return removed
@@ -55,6 +60,22 @@ def clear_for_decode(out_dir: Path) -> list[str]:
         log.info("removed an earlier decode's %s from %s: this decode writes its own, and one stopped before it ends "
                  "leaves none", ", ".join(removed), out_dir)  # fmt: skip
     return removed
+
+
+def written_since_cleared(out_dir: Path, *, top: bool = False) -> str | None:
+    """Why a decode that cleared `out_dir` at its start may not write its files there now, or None: another decode
+    into the same folder wrote its own since (or is writing them), and the two sets would mix (one's results.jsonl
+    beside the other's ctc/, scored as one decode). `top`: the --output of a decode of several manifests, whose
+    own files there are its MANIFEST_INDEX and wer.txt (a ctc/ in it is a manifest's folder: ctc.jsonl's)."""
+    found = [p.relative_to(out_dir).as_posix() for p in decode_files(out_dir, ctc=not top)]
+    found += [MANIFEST_INDEX] if top and (out_dir / MANIFEST_INDEX).exists() else []
+    if not found:
+        return None
+    return (
+        f"{out_dir}: another decode wrote {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} there while this "
+        "one ran (two decodes given one --output); this decode's files would mix with its, so none are written: "
+        "give each decode an --output of its own"
+    )
 
 
 def foreign_files(folder: Path, *, ctc: bool = True, ours: frozenset[Path] = frozenset()) -> list[str]:

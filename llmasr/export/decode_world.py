@@ -9,25 +9,44 @@ lines counted once. Nothing is exchanged while decoding: one collective at the e
 the prompt counts of the lines, each rank counting its share (line_share, merge_lines; llmasr.models.line_prompts),
 and the audio that long-audio windows or a VAD gate need, when the ranks share reading it (llmasr.data.window_plan).
 The ranks join before anything a node may lack is read (the manifests, the model) and gather their verdicts
-(`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left.
+(`failures`): one node's launcher does not stop another's ranks, which would wait for a rank that has left. What each
+rank loaded (`same_everywhere`: the model's weights, the settings, a --hotwords list) and each manifest it opens
+(`same_manifest`) are compared before decoding: each rank decodes its share with its own copies, so a node's other
+copy would be scored as the same one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
-from llmasr.rank_verdict import failed_ranks, node_name, stop_together, verdict
+from llmasr.data.manifest import BadManifest, Manifest
+from llmasr.rank_verdict import check_same, failed_ranks, node_name, rank_failure, stop_together, verdict, who
 from llmasr.train.process_group import meeting_port_errors
 
 GATHER_TIMEOUT = timedelta(hours=2)
+
+
+def decode_identity(model, cfg, opts) -> dict:
+    """What every rank of one decode must have alike, as DecodeWorld.same_everywhere compares it: the weights it loaded
+    (a node's other export at the same path, a relative --model, a `latest` one node sees older: each rank would
+    decode its share with its own model), the decode settings and the options (a --hotwords list by its digest)."""
+    from llmasr.models.fingerprint import tensors_sample
+
+    # paths as given (a --vad, --hotwords file) are the same words on every rank: the list read is compared
+    settings = {f"decode.{k}": repr(v) for k, v in dataclasses.asdict(cfg).items() if k != "vad"}
+    options = {k: repr(v) for k, v in dataclasses.asdict(opts).items() if k not in ("hotwords", "hotwords_file")}
+    hotwords = zlib.crc32(repr(opts.hotwords).encode())  # a long list as one number, not each phrase compared
+    return {"weights": tensors_sample(model), **settings, **options, "hotwords (the list read)": f"{hotwords:08x}"}
 
 
 def usable_device(device: str | torch.device) -> torch.device:
@@ -115,6 +134,46 @@ class DecodeWorld:
             return []
         everyone = self.gather(verdict(failure))  # with its exit status: every rank returns the worst one
         return [(rank, other) for rank, other in failed_ranks(everyone) if rank != self.rank]
+
+    def same_everywhere(self, found: dict) -> None:
+        """`found` (decode_identity: the model this rank loaded, its settings) gathered from every rank in one
+        collective; ConfigError on every rank, naming what differs, where a rank's is not rank 0's."""
+        if self.size > 1:
+            check_same(self.gather(verdict(None, same=found)), "models or decode settings (a relative --model or "
+                       "--checkpoint is read from each rank's working directory; --checkpoint without --tag takes the "
+                       "`latest` each rank reads, which a training still running moves)")  # fmt: skip
+
+    def same_manifest(self, path) -> Manifest | str:
+        """`path` opened on this rank and checked against every rank's copy, in one gather (on one rank: `path` as
+        given). Each rank decodes its share of its own copy's lines and rank 0 joins the rows with its own keys and
+        references, so copies that differ (a node's stale copy, a relative --data read from each rank's working
+        directory) would score one file's transcripts against another's: BadManifest on every rank, naming each
+        rank's file. A rank that could not open it stops every rank (rank_verdict.stop_together)."""
+        if self.size == 1:
+            return path
+        manifest = failure = None
+        try:
+            manifest = Manifest.open(path, need_target=False)
+            found = {"file": str(Path(path).absolute()), "lines": len(manifest), "sha1": manifest.sha1}
+        except Exception as err:  # noqa: BLE001 - every kind: the other ranks must hear of it, or they wait
+            failure, found = err, {}
+        everyone = self.gather(verdict(failure, **found))
+        failed = failed_ranks(everyone)
+        if 0 < len(failed) < self.size:  # one node's alone: the run stops, none goes on to the next manifest alone
+            raise rank_failure(f"open the manifest {path}", failed)
+        stop_together(everyone, failure, f"open the manifest {path}")  # every rank alike: each its own error
+        first = everyone[0]
+        other = next((rank for rank, theirs in enumerate(everyone) if theirs["sha1"] != first["sha1"]), None)
+        if other is not None:
+            theirs = everyone[other]
+            copies = ", ".join(f"{who(r, v)} {v['file']} ({v['lines']} lines, sha1 {v['sha1'][:12]})"
+                               for r, v in ((other, theirs), (0, first)))  # fmt: skip
+            raise BadManifest(
+                f"manifest {path}: the ranks read different files: {copies}. Each rank decodes its share of its own "
+                "copy's lines and rank 0 scores them with its own keys and references: every node needs the same "
+                "file at that path (a relative --data is read from each rank's working directory)"
+            )
+        return manifest
 
     def line_share(self, lines: np.ndarray) -> np.ndarray:
         """The lines of `lines` (every rank's the same) whose decode prompts this rank counts: every size-th one from

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import stat
 from pathlib import Path
 
 from llmasr.errors import sigterm_raises, write_error
+
+log = logging.getLogger(__name__)
 
 
 def output_dir(out, *, overwrite: bool, flag: str, error=ValueError) -> Path:
@@ -69,9 +72,11 @@ def staging_dir(out: Path, what: str = "partial") -> Path:
 
 
 @contextlib.contextmanager
-def writing(out: Path, *, flag: str, error=ValueError):
-    """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it.
-    The lock file goes when the block ends; one that a killed writer left is taken over (the lock died with it)."""
+def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or conversion", lockless_ok=False):
+    """Hold OUT's lock while the block writes it; refused with `error` naming `flag` when another process holds it
+    (another `writer`: `llmasr decode` holds its --output's too). The lock file goes when the block ends; one that a
+    killed writer left is taken over (the lock died with it). `lockless_ok`: on a filesystem without file locks (a
+    Lustre mount without flock) the block runs unlocked, with a warning, where it would stop."""
     path = _hidden(out, "lock")
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if nothing is written
     while True:
@@ -81,8 +86,8 @@ def writing(out: Path, *, flag: str, error=ValueError):
         except PermissionError as err:  # before any work, naming what the user gave rather than the lock file
             if err.filename == str(path) and os.path.lexists(path):  # the lock file refuses, not the folder
                 raise error(
-                    f"{flag} {out}: its lock file {path} is not this user's to open (another user's export or "
-                    f"conversion holds it or left it): remove it if none is running, or choose another {flag}"
+                    f"{flag} {out}: its lock file {path} is not this user's to open (another user's {writer} holds "
+                    f"it or left it): remove it if none is running, or choose another {flag}"
                 ) from None
             denied = path.parent if err.filename in (None, str(path)) else Path(err.filename).parent
             raise error(f"{flag} {out}: no permission to write in {denied}; choose another {flag}") from None
@@ -94,9 +99,15 @@ def writing(out: Path, *, flag: str, error=ValueError):
         except BlockingIOError:
             os.close(fd)
             raise error(
-                f"{flag} {out}: another export or conversion is writing it now (it holds {path}); wait for it to "
-                f"finish or choose another {flag}"
+                f"{flag} {out}: another {writer} is writing it now (it holds {path}); wait for it to finish or "
+                f"choose another {flag}"
             ) from None
+        except OSError as err:  # ENOSYS, ENOLCK, EOPNOTSUPP: this filesystem keeps no locks
+            if not lockless_ok:
+                raise
+            log.warning("%s %s: no file lock on this filesystem (%s): another %s into it is not refused at its start",
+                        flag, out, err.strerror or err, writer)  # fmt: skip
+            break
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last holder removed meanwhile
         except FileNotFoundError:

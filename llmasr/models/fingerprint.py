@@ -154,6 +154,21 @@ def dir_fingerprint(path: str | Path | None) -> dict | None:
     return out
 
 
+def tensors_sample(module) -> str:
+    """A digest of the tensors `module` holds (parameters and buffers): each one's name, shape and dtype, and 16
+    values at its start, middle and end. Two loads of other weights (another checkpoint, an adaptor trained on)
+    differ in it, at the cost of a few small reads per tensor whatever the model's size."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        mid = flat.numel() // 2
+        picked = torch.cat([flat[:16], flat[mid : mid + 16], flat[-16:]]).to("cpu", torch.float64)
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode() + picked.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def file_fingerprint(path: str | Path) -> dict:
     """One weight file (adaptor or CTC `init_from`): the one read from a DeepSpeed checkpoint folder (read_weights)."""
     from llmasr.models.ds_checkpoint import weights_in

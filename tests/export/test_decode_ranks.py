@@ -224,20 +224,24 @@ def test_a_fault_met_decoding_ends_the_run_not_only_its_manifest(exported_dir, m
 
 
 def test_a_manifest_every_rank_refuses_is_named_by_rank_0_alone(exported_dir, tmp_path, monkeypatch, capsys):
-    """Every rank meets an empty manifest; the launcher interleaves their stderr, and the message came twice."""
+    """Every rank meets an empty manifest; the launcher interleaves their stderr, and the message came twice. The
+    ranks are threads that gather for real: each opens the manifest and they exchange what they found."""
+    import llmasr.commands.decode as decode_cmd
+
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    monkeypatch.setattr(DecodeWorld, "start", lambda self, device: None)  # refused before any collective
+    mine = threading.local()
+    monkeypatch.setattr(decode_cmd.DecodeWorld, "from_env", classmethod(lambda cls: mine.world))
+
+    def rank(r, gather):
+        mine.world = thread_world(r, 2, gather)
+        args = ["--model", str(exported_dir), "--data", str(empty), "--output", str(tmp_path / "out")]
+        return main([*args, "--device", "cpu"])
+
     root, level = logging.getLogger(), logging.getLogger().level
     try:
-        for rank in (1, 0):
-            monkeypatch.setenv("RANK", str(rank))
-            monkeypatch.setenv("WORLD_SIZE", "2")
-            monkeypatch.setenv("LOCAL_RANK", str(rank))
-            args = ["--model", str(exported_dir), "--data", str(empty), "--output", str(tmp_path / "out")]
-            assert main([*args, "--device", "cpu"]) == 2
-            said = capsys.readouterr().err.count(f"manifest {empty}: no records")
-            assert said == (1 if rank == 0 else 0), rank
+        assert run_ranks(2, rank, timeout=60) == [2, 2]
+        assert capsys.readouterr().err.count(f"manifest {empty}: no records") == 1  # rank 0's alone
     finally:
         root.setLevel(level)  # a rank > 0 quiets the root logger
 

@@ -219,3 +219,15 @@ def test_a_streaming_encoder_run_chunked_is_part_of_the_base(tmp_path):
     assert fingerprint_differences(now, base_fingerprint(cfg))[0].startswith("encoder_context: trained with chunked")
     cfg.encoder.path, cfg.encoder.conf = str(write_funasr_dir(tmp_path / "p", encoder_conf=tiny_sanm_conf())), {}
     assert "encoder_context" not in base_fingerprint(cfg)
+
+
+def test_tensors_sample_tells_other_weights_apart():
+    """What the ranks of one decode compare of the model each loaded (llmasr.export.decode_world.decode_identity)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    same = fp.tensors_sample(model)
+    assert fp.tensors_sample(model) == same and len(same) == 16
+    with torch.no_grad():
+        model[0].weight.view(-1)[2048] += 1e-3  # the middle of the matrix: a run of values sampled there
+    assert fp.tensors_sample(model) != same
+    assert fp.tensors_sample(model.to(torch.bfloat16)) != fp.tensors_sample(model.float())  # the dtype loaded
