@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -302,6 +303,8 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         return number
     if isinstance(value, str):
         return str(value)
+    if isinstance(value, os.PathLike):  # a dict built in Python holds pathlib paths where YAML holds their text
+        return os.fspath(value)
     if is_number:
         return getattr(value, "raw", str(value))
     if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off unquoted as true/false

@@ -354,3 +354,14 @@ def test_a_recipe_path_reads_its_relative_paths_beside_the_recipe(tiny_llm_dir, 
     monkeypatch.chdir(tmp_path / "elsewhere")
     model = build_model(recipe)
     assert model.llm.config.hidden_size == 64 and model.llm.name_or_path == str(tmp_path / "models" / "llm")
+
+
+def test_a_model_section_built_in_python_takes_pathlib_paths(tiny_llm_dir, tmp_path):
+    """`llmasr.build_model({... "path": Path(...)})` had been refused: "model.llm.path: expected a string"."""
+    from pathlib import Path
+
+    encoder = write_funasr_dir(tmp_path / "encoder", encoder_conf=tiny_sanm_conf())
+    section = tiny_model_section(Path(tiny_llm_dir), encoder_dir=encoder, lora=False)
+    section["llm"]["path"], section["encoder"]["path"] = Path(tiny_llm_dir), Path(encoder)
+    model = build_model(section)
+    assert model.llm.name_or_path == str(tiny_llm_dir) and model.frontend.cmvn_file == str(encoder / "am.mvn")
