@@ -335,6 +335,17 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     return obj
 
 
+def checked(cls: type[T], value: Any, path: str) -> T:
+    """`value`, a `cls` built in Python or a dict of its keys, held to a recipe's rules (types, ranges, keys read by
+    nothing), as a new `cls`; ConfigError naming `path`.KEY. A dataclass's own constructor checks none of them, so an
+    object made in a notebook had reached the model or the loader unchecked, to fail deep in torch or not at all."""
+    if isinstance(value, cls):
+        value = to_dict(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a {cls.__name__} or a dict of its keys, got {_shown(value)}")
+    return from_dict(cls, value, path)
+
+
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.config_io import ConfigError, checked, load_yaml
 from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
@@ -261,13 +262,15 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     their own loaders, the LLM's weight files against its config.json), reading no tensor data, so what the
     "pretrained" load would refuse, or fill with random values, is found (`llmasr check`). Freezing, LoRA and the
     text side (tokenizer, prompt, CTC vocabulary) are the same in all four."""
-    if isinstance(cfg, (str, Path)):
+    if isinstance(cfg, (str, os.PathLike)):
         path, cfg = cfg, load_yaml(cfg)
         cfg = cfg.get("model", cfg)
         if isinstance(cfg, dict):  # relative paths beside the recipe first, as `llmasr train` reads them
             resolve_paths(ModelConfig, cfg, Path(path).resolve().parent, cwd=Path.cwd(), prefix="model.")
-    if isinstance(cfg, dict):
-        cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
+    elif not isinstance(cfg, (dict, ModelConfig)):
+        raise ConfigError(f"model: expected a recipe path, its model: section (dict) or a ModelConfig, got {cfg!r:.80}")
+    # a ModelConfig made or edited in Python is held to the recipe's rules too (ctc.weight 1.5 had built a model)
+    cfg = checked(ModelConfig, cfg.get("model", cfg) if isinstance(cfg, dict) else cfg, "model")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     pretrained, shapes_only = weights in ("pretrained", "shapes"), weights == "shapes"

@@ -365,3 +365,26 @@ def test_a_model_section_built_in_python_takes_pathlib_paths(tiny_llm_dir, tmp_p
     section["llm"]["path"], section["encoder"]["path"] = Path(tiny_llm_dir), Path(encoder)
     model = build_model(section)
     assert model.llm.name_or_path == str(tiny_llm_dir) and model.frontend.cmvn_file == str(encoder / "am.mvn")
+
+
+def test_a_model_config_made_in_python_is_held_to_the_recipes_rules(tiny_llm_dir, monkeypatch):
+    """A ModelConfig edited in a notebook had been built unchecked: ctc.weight 1.5 gave a model, ctc_compress without
+    a head a ValueError once the LLM had loaded; anything else an AttributeError from inside the builder."""
+    from llmasr.models import builder
+    from llmasr.models.config import ModelConfig
+
+    cfg = from_dict(ModelConfig, tiny_model_section(tiny_llm_dir, lora=False), "model")
+    cfg.ctc.weight = 1.5
+    with pytest.raises(ConfigError, match=r"^model.ctc.weight: must be in \[0, 1\], got 1.5$"):
+        build_model(cfg)
+    cfg.ctc.weight, cfg.adaptor.ctc_compress = 0.0, "avg"
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the LLM loaded before the section was checked")
+
+    monkeypatch.setattr(builder, "load_llm", no_llm)
+    with pytest.raises(ConfigError, match=r"^model.adaptor.ctc_compress: 'avg' segments the audio with the CTC head"):
+        build_model(cfg)
+    for wrong in (None, 3, ["recipe.yaml"]):
+        with pytest.raises(ConfigError, match=r"^model: expected a recipe path, its model: section \(dict\) or a Mod"):
+            build_model(wrong)
