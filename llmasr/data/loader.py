@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, checked
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.collate import Collator
 from llmasr.data.config import DataConfig, ManifestSpec
@@ -59,7 +60,7 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
     from llmasr.data.manifest import BadManifest, EmptyManifest, Manifest
     from llmasr.data.mixed_manifest import MixedManifest
 
-    specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
+    specs = [ManifestSpec(os.fspath(s)) if isinstance(s, (str, os.PathLike)) else s for s in specs]
     if not specs:
         raise ValueError("no manifests given")
     opened, bad = [], []
@@ -198,6 +199,11 @@ def build_dataloader(
     screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied. `say_mix`: log
     what `epoch` trains of a weighted mix (say_epoch_mix); a resume says it once it knows its epoch."""
     name = "train" if train else "valid"
+    data_cfg = checked(DataConfig, data_cfg, "data")  # one made in Python is held to a recipe's rules
+    if not isinstance(frontend, FrontendConfig):
+        raise ConfigError(f"frontend: expected a FrontendConfig (the model's, model.frontend), got {frontend!r:.80}")
+    if isinstance(manifests, (str, os.PathLike)):  # one manifest, not a list of the letters of its name
+        manifests = [manifests]
     if hasattr(manifests, "durations"):  # opened already
         manifest = manifests
     else:
