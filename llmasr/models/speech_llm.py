@@ -8,7 +8,6 @@ the data side.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_gate import heard_rows
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decoding import DecodeConfig, Transcripts
+from llmasr.models.decoding import DecodeConfig, Transcripts, search_config
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
 from llmasr.models.llm_search import gated_search
@@ -282,7 +281,7 @@ class SpeechLLM(nn.Module):
 
     # -- inference ----------------------------------------------------------------------------------------------
     @_decoding
-    def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
+    def transcribe(self, batch: Batch, cfg: DecodeConfig | dict | None = None, **settings) -> Transcripts:
         """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
         so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
         head's greedy best path over the same encoder pass and (cfg.timestamps) each transcript's word times, its text
@@ -291,9 +290,10 @@ class SpeechLLM(nn.Module):
 
         With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
         8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
-        `generate_kwargs` go to the LLM's generate (e.g. synced_gpus=True under ZeRO-3).
+        `settings`: DecodeConfig fields set over `cfg` (num_beams=4), as generate takes them; the rest go to the LLM's
+        generate (e.g. synced_gpus=True under ZeRO-3).
         """
-        cfg = DecodeConfig() if cfg is None else cfg
+        cfg, generate_kwargs = search_config(cfg, settings)
         merged, ctc, ctc_texts, heard = self._prepare(batch, cfg)
         rows, truncated, mode, scores = gated_search(self, merged, batch, cfg, generate_kwargs, ctc, heard)
         llm = [self.prompt.decode(ids) if ok else "" for ids, ok in zip(rows, heard)]
@@ -319,15 +319,13 @@ class SpeechLLM(nn.Module):
     @_decoding
     def generate_ids(self, batch: Batch, **settings) -> list[list[int]]:
         """`generate`'s token ids, before decoding (each row cut at its cap)."""
-        names = {f.name for f in dataclasses.fields(DecodeConfig)}
         extras = [k for k in ("timestamps", "confidence") if settings.get(k)]
         if extras:  # ids have no place for them: they would be dropped, the confidence pass paid for nothing
             asked = ", ".join(f"{k}=True" for k in extras)
             raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
                              f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
-        cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
+        cfg, kwargs = search_config(None, settings)
         merged, ctc, _, heard = self._prepare(batch, cfg, texts=False)
-        kwargs = {k: v for k, v in settings.items() if k not in names}
         return gated_search(self, merged, batch, cfg, kwargs, ctc, heard)[0]
 
     def _prepare(self, batch: Batch, cfg: DecodeConfig, texts: bool = True) -> tuple:

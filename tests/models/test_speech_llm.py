@@ -441,3 +441,21 @@ def test_a_decode_config_built_in_python_is_checked_for_types_by_name(model, set
         model.transcribe(batch, DecodeConfig(num_beams=2.0, max_new_tokens=3)).llm
         == model.transcribe(batch, DecodeConfig(num_beams=2, max_new_tokens=3)).llm
     )  # a whole float is the integer, as in a recipe
+
+
+def test_transcribe_takes_decode_settings_as_keywords_or_a_dict_as_generate_does(model):
+    """`model.transcribe(batch, num_beams=2)` had reached the LLM's generate beside the search's own num_beams (peft:
+    "got multiple values for keyword argument"), a dict for the DecodeConfig an AttributeError."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    want = model.transcribe(batch, DecodeConfig(num_beams=2, max_new_tokens=3))
+    for got in (
+        model.transcribe(batch, num_beams=2, max_new_tokens=3),
+        model.transcribe(batch, {"num_beams": 2, "max_new_tokens": 3}),
+        model.transcribe(batch, DecodeConfig(num_beams=4, max_new_tokens=3), num_beams=2),  # the keyword over cfg
+    ):
+        assert (got.llm, got.ctc, got.mode) == (want.llm, want.ctc, want.mode)
+    assert model.generate(batch, num_beams=2, max_new_tokens=3) == want.llm
+    with pytest.raises(ConfigError, match=r"^decode: unknown key\(s\) \['num_beam'\]; did you mean 'num_beams'"):
+        model.transcribe(batch, {"num_beam": 2})
+    with pytest.raises(ConfigError, match=r"^decode: expected a DecodeConfig or a dict of its keys, got 4"):
+        model.transcribe(batch, 4)
