@@ -51,6 +51,18 @@ def _decoding(method):
     return run
 
 
+def _check_token_ids(text_ids: torch.Tensor, rows: int) -> None:
+    """Ids past the LLM's embedding rows come from another tokenizer (a batch another model's loader made): named,
+    not torch's "index out of range in self" (on a GPU, a device-side assert that ends the process). The merge that
+    follows waits for the device anyway, so the check's own wait costs nothing."""
+    if text_ids.numel() and bool(((text_ids < 0) | (text_ids >= rows)).any()):
+        raise ValueError(
+            f"batch.text_ids hold token id {int(text_ids.max())}, past this model's {rows} LLM embeddings: a batch "
+            "made for another model (another tokenizer)? build its loader with this model's "
+            "prompt_builder=model.prompt and ctc_tokenizer=model.ctc_tokenizer"
+        )
+
+
 @dataclass(eq=False)
 class SpeechLLMOutput(dict):
     """Also a dict of its fields, kept in step both ways (as transformers' ModelOutput): DeepSpeed finds a forward's
@@ -193,6 +205,7 @@ class SpeechLLM(nn.Module):
         enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
+        _check_token_ids(text_ids, embed.weight.shape[0])
         merged = merge_audio_into_text(
             embed(text_ids),
             text_ids,

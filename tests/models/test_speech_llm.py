@@ -459,3 +459,21 @@ def test_transcribe_takes_decode_settings_as_keywords_or_a_dict_as_generate_does
         model.transcribe(batch, {"num_beam": 2})
     with pytest.raises(ConfigError, match=r"^decode: expected a DecodeConfig or a dict of its keys, got 4"):
         model.transcribe(batch, 4)
+
+
+def test_a_batch_of_another_tokenizer_is_named_not_an_index_error(model):
+    """A batch a loader made for a model with a larger vocabulary had stopped in torch's "index out of range in
+    self" from inside the embedding (on a GPU, a device-side assert)."""
+    import dataclasses
+
+    batch = random_batch(model, TARGETS[:2], frames=[12, 20], seed=5)
+    rows = model.llm.get_input_embeddings().weight.shape[0]
+    ids = batch.text_ids.clone()
+    ids[1, int(batch.target_start[1])] = rows + 99
+    other = dataclasses.replace(batch, text_ids=ids)
+    said = rf"^batch.text_ids hold token id {rows + 99}, past this model's {rows} LLM embeddings: a batch made for"
+    with pytest.raises(ValueError, match=said):
+        model(other)
+    with pytest.raises(ValueError, match=said):
+        model.generate(dataclasses.replace(other, target_start=other.text_lens))
+    assert model(batch).loss.isfinite()
