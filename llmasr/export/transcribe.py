@@ -72,6 +72,18 @@ class Transcriber:
         search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
         if unsafe := unguided_boost(model, cfg):
             log.warning("%s", unsafe)
+        self.source = None  # the directory `load` read, for the repr
+
+    def __repr__(self) -> str:
+        """What a notebook shows: the model's folder, the device, the search and the settings off their defaults."""
+        model, default = self.model, DecodeConfig()
+        search = self.cfg.mode(
+            self.cfg.guidance(model.ctc_head is not None, model.ctc_on_llm_vocab), model.ctc_on_llm_vocab
+        )
+        changed = [f"{f.name}={getattr(self.cfg, f.name)!r}" for f in dataclasses.fields(DecodeConfig)
+                   if getattr(self.cfg, f.name) != getattr(default, f.name)]  # fmt: skip
+        shown = [repr(self.source), f"device={str(self.device)!r}", f"search={search!r}", *changed]
+        return f"Transcriber({', '.join(shown)})"
 
     @classmethod
     def load(
@@ -107,7 +119,9 @@ class Transcriber:
         model, saved, opts = load_decode_model(
             model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
         )
-        return cls(model.to(device), decode_config(saved, **decode), opts, device)
+        asr = cls(model.to(device), decode_config(saved, **decode), opts, device)
+        asr.source = os.fspath(model_dir if model_dir is not None else checkpoint)
+        return asr
 
     def __call__(
         self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None, task: str | None = None,

@@ -762,3 +762,15 @@ def test_files_listed_with_files_from_are_transcribed_after_those_named(exported
     with pytest.raises(SystemExit):
         main(model)
     assert "no audio: name files, or list them with --files-from LIST" in capsys.readouterr().err
+
+
+def test_the_repr_says_the_model_the_device_the_search_and_the_settings_given(exported_dir, runs):
+    """A notebook had shown `<llmasr.export.transcribe.Transcriber object at 0x7f...>`."""
+    shown = repr(Transcriber.load(exported_dir, num_beams=2, max_new_tokens=4))
+    assert shown == (
+        f"Transcriber({str(exported_dir)!r}, device='cpu', search='beam 2 + CTC prefix scoring (ctc_weight 0.7)', "
+        "num_beams=2, max_new_tokens=4)"
+    )
+    assert repr(Transcriber.load(checkpoint=runs[2], ctc_weight=0.0)).startswith(
+        f"Transcriber({str(runs[2])!r}, device='cpu', search='greedy', "
+    )
