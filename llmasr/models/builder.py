@@ -45,6 +45,7 @@ from llmasr.models.state_dict import (
     unwrap_state_dict,
 )
 from llmasr.models.whisper import load_whisper_encoder
+from llmasr.run_dir.layout import RECIPE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,8 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     "pretrained" load would refuse, or fill with random values, is found (`llmasr check`). Freezing, LoRA and the
     text side (tokenizer, prompt, CTC vocabulary) are the same in all four."""
     if isinstance(cfg, (str, os.PathLike)):
+        if why := _model_folder(Path(cfg)):
+            raise ConfigError(why)
         path, cfg = cfg, load_yaml(cfg)
         cfg = cfg.get("model", cfg)
         if isinstance(cfg, dict):  # relative paths beside the recipe first, as `llmasr train` reads them
@@ -311,6 +314,19 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         ctc_label_smoothing=cfg.ctc.label_smoothing,
         ctc_compress=cfg.adaptor.ctc_compress,
     )
+
+
+def _model_folder(path: Path) -> str | None:
+    """Why the folder `path`, an export or a training run, is no recipe to build from: build_model would give the
+    model untrained (the base weights a recipe names), so the reader of its trained weights is named instead."""
+    if (path / MODEL_FILE).is_file():
+        return (f"{path}: an exported model, not a recipe: load it trained with llmasr.models.exported."
+                f"load_exported({str(path)!r}), or Transcriber.load({str(path)!r}) to transcribe")  # fmt: skip
+    if (path / RECIPE_FILE).is_file():
+        return (f"{path}: a training run, not a recipe: build_model({str(path / RECIPE_FILE)!r}) builds its model "
+                f"untrained; for its trained weights export it (llmasr export --checkpoint {path} --output DIR) and "
+                f"load_exported(DIR), or Transcriber.load(checkpoint={str(path)!r}) to transcribe")  # fmt: skip
+    return None
 
 
 def _build_ctc(cfg: ModelConfig, prompt: PromptBuilder, encoder_dim: int, pretrained: bool, shapes_only: bool):

@@ -388,3 +388,18 @@ def test_a_model_config_made_in_python_is_held_to_the_recipes_rules(tiny_llm_dir
     for wrong in (None, 3, ["recipe.yaml"]):
         with pytest.raises(ConfigError, match=r"^model: expected a recipe path, its model: section \(dict\) or a Mod"):
             build_model(wrong)
+
+
+def test_an_export_or_a_run_folder_given_as_the_recipe_names_the_reader_of_its_trained_weights(tmp_path):
+    """`llmasr.build_model("exp/run/export")` had said only "a directory, not a recipe file"; a run's recipe.yaml
+    builds the model untrained, which the error says."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "llmasr_model.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match=r"export: an exported model, not a recipe: load it trained with llmasr"):
+        build_model(tmp_path / "export")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match=r"run: a training run, not a recipe: build_model\(.*recipe.yaml'\) builds"):
+        build_model(str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"empty: a directory, not a recipe file$"):
+        build_model((tmp_path / "empty").mkdir() or tmp_path / "empty")
