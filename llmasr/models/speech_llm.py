@@ -51,11 +51,11 @@ def _decoding(method):
     return run
 
 
-def _check_token_ids(text_ids: torch.Tensor, rows: int) -> None:
+def _check_token_ids(text_ids: torch.Tensor, rows: int | None) -> None:
     """Ids past the LLM's embedding rows come from another tokenizer (a batch another model's loader made): named,
     not torch's "index out of range in self" (on a GPU, a device-side assert that ends the process). The merge that
     follows waits for the device anyway, so the check's own wait costs nothing."""
-    if text_ids.numel() and bool(((text_ids < 0) | (text_ids >= rows)).any()):
+    if rows is not None and text_ids.numel() and bool(((text_ids < 0) | (text_ids >= rows)).any()):
         raise ValueError(
             f"batch.text_ids hold token id {int(text_ids.max())}, past this model's {rows} LLM embeddings: a batch "
             "made for another model (another tokenizer)? build its loader with this model's "
@@ -205,7 +205,7 @@ class SpeechLLM(nn.Module):
         enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
-        _check_token_ids(text_ids, embed.weight.shape[0])
+        _check_token_ids(text_ids, getattr(embed, "num_embeddings", None))  # (under ZeRO-3 the weight is a shard)
         merged = merge_audio_into_text(
             embed(text_ids),
             text_ids,
@@ -246,6 +246,12 @@ class SpeechLLM(nn.Module):
         gradient equal to that of one batch holding all of it. `groups` ([B] int64 in 0..n_groups-1: validation's
         manifest of each row): each group's sums too (`by_group`), the batch's computed as without them.
         """
+        if self.ctc_head is not None and not batch.ctc_labelled and batch.size:
+            raise ValueError(
+                f"this model trains a CTC head (model.ctc.weight {self.ctc_weight:g}) and the batch carries no CTC "
+                "labels: its loader was built without ctc_tokenizer=model.ctc_tokenizer (another model's loader?); "
+                "the CTC loss would teach the head blank for every frame"
+            )
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
         hidden = self._llm_hidden(merged)

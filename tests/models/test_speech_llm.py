@@ -477,3 +477,22 @@ def test_a_batch_of_another_tokenizer_is_named_not_an_index_error(model):
     with pytest.raises(ValueError, match=said):
         model.generate(dataclasses.replace(other, target_start=other.text_lens))
     assert model(batch).loss.isfinite()
+
+
+def test_a_batch_without_ctc_labels_is_refused_by_a_model_that_trains_a_ctc_head(model, tmp_path):
+    """A loader built without ctc_tokenizer=model.ctc_tokenizer (the README's call with it left out, or another
+    model's loader) had given batches whose CTC loss, over no labels, taught the head blank for every frame."""
+    from llmasr.data.config import DataConfig
+    from llmasr.data.loader import build_dataloader
+    from llmasr.testing.run_dirs import write_corpus
+
+    manifest = write_corpus(tmp_path, TARGETS)
+
+    def batch(**ctc):
+        args = dict(prompt_builder=model.prompt, train=True, **ctc)
+        return next(iter(build_dataloader(DataConfig(num_workers=0), [manifest], model.frontend, **args)[0]))
+
+    with pytest.raises(ValueError, match=r"^this model trains a CTC head \(model.ctc.weight 0.3\) and the batch carr"):
+        model(batch())
+    assert len(model.generate(batch(), max_new_tokens=2)) == len(TARGETS)  # decoding reads no labels
+    assert model(batch(ctc_tokenizer=model.ctc_tokenizer)).ctc_loss_sum > 0
