@@ -255,7 +255,11 @@ def construct_encoder(entry: EncoderEntry, conf: dict, model_dir: str | Path, ov
     try:
         return entry.construct(conf, where)
     except ConfigError as err:
-        if str(err).startswith(where):
+        said = str(err)
+        for key in overrides or ():  # a value model.encoder.conf set is the recipe's fault, not config.yaml's
+            if said.startswith(f"{where}.{key}:"):
+                raise ConfigError(f"model.encoder.conf.{said.removeprefix(where + '.')}") from err
+        if said.startswith(where):
             raise
         over = f" (model.encoder.conf sets {', '.join(sorted(overrides))} over it)" if overrides else ""
         raise ConfigError(f"{where}{over}: {err}") from err
