@@ -189,7 +189,11 @@ def build_dataloader(
     llm_rows=None,
     say_mix: bool = True,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
-    """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
+    """(loader of collated Batches, its DynamicBucketSampler) over `manifests` under the `data_cfg` settings, with
+    `frontend`'s features and `prompt_builder`'s prompts (a model's: model.frontend, model.prompt, and with a CTC
+    head ctc_tokenizer=model.ctc_tokenizer); `train`: shuffled, augmented, bucketed, else every line once.
+
+    `manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), one path, or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
     batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch).

@@ -31,6 +31,9 @@ MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would 
 
 @dataclass
 class DecodeConfig:
+    """How a model decodes: a recipe's `decode:` section, an export's saved settings, `llmasr decode`'s flags, or one
+    made in Python for SpeechLLM.transcribe (checked there as a recipe's is). Each field's comment says what it does."""
+
     num_beams: int = 1
     # None (0 is read as None, as the flag's 0 is): tied to audio duration (tokens_per_second * seconds + 8)
     max_new_tokens: int | None = None

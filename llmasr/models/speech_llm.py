@@ -88,6 +88,14 @@ class SpeechLLMOutput(dict):
 
 
 class SpeechLLM(nn.Module):
+    """Audio encoder -> adaptor -> causal LM (with an optional CTC head on the encoder), built by llmasr.build_model.
+
+    model(batch) gives the training loss of a collated batch (llmasr.data.loader.build_dataloader with this model's
+    frontend, prompt and ctc_tokenizer); model.generate(batch) the transcripts; model.transcribe(batch, DecodeConfig)
+    the transcripts with the CTC head's text, the guards that ended them, timestamps and confidence as asked. A search
+    runs without dropout and gives back the mode it found.
+    """
+
     def __init__(
         self,
         encoder: nn.Module,
