@@ -33,6 +33,7 @@ from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context
 from llmasr.models.state_dict import (
     CheckpointMismatchError,
     load_into,
+    reinit_patterns,
     select_prefix,
     torch_load,
     under_prefix,
@@ -282,6 +283,7 @@ def load_funasr_encoder(
     tensor names and shapes are checked as a load checks them, no data is read (build it on the meta device).
     `frozen_by`: the recipe key that freezes the encoder (state_dict.load_into).
     """
+    reinit_keys = reinit_patterns(reinit_keys)
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
     encoder = construct_encoder(entry, conf, model_dir, conf_overrides)
