@@ -343,6 +343,8 @@ def _waveform(clip, name: str) -> np.ndarray:
     if why := _not_audio(clip):
         raise TranscribeError(f"{name}: {why}")
     if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
+        if clip.is_meta:  # a shape without samples (a model's tensor built on the meta device)
+            raise TranscribeError(f"{name}: a tensor on the meta device, which holds no samples")
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip
     wave = np.asarray(clip)

@@ -774,3 +774,9 @@ def test_the_repr_says_the_model_the_device_the_search_and_the_settings_given(ex
     assert repr(Transcriber.load(checkpoint=runs[2], ctc_weight=0.0)).startswith(
         f"Transcriber({str(runs[2])!r}, device='cpu', search='greedy', "
     )
+
+
+def test_a_tensor_on_the_meta_device_is_named_as_holding_no_samples(asr):
+    """Had been torch's NotImplementedError "Cannot copy out of meta tensor; no data!"."""
+    with pytest.raises(TranscribeError, match=r"^waveform 0: a tensor on the meta device, which holds no samples$"):
+        asr(torch.zeros(1, 16000, device="meta"), sample_rate=16000)
