@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
@@ -116,9 +117,10 @@ class Transcriber:
             device = usable_device(device)
         except ValueError as err:
             raise TranscribeError(str(err)) from None
-        model, saved, opts = load_decode_model(
-            model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
-        )
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream as found: building draws weights
+            model, saved, opts = load_decode_model(  # that the files then replace
+                model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
+            )
         asr = cls(model.to(device), decode_config(saved, **decode), opts, device)
         asr.source = os.fspath(model_dir if model_dir is not None else checkpoint)
         return asr

@@ -780,3 +780,14 @@ def test_a_tensor_on_the_meta_device_is_named_as_holding_no_samples(asr):
     """Had been torch's NotImplementedError "Cannot copy out of meta tensor; no data!"."""
     with pytest.raises(TranscribeError, match=r"^waveform 0: a tensor on the meta device, which holds no samples$"):
         asr(torch.zeros(1, 16000, device="meta"), sample_rate=16000)
+
+
+def test_loading_leaves_the_callers_random_stream_as_it_found_it(exported_dir, runs):
+    """Transcriber.load had drawn the random initial weights its files then replace from the global generator: a
+    notebook's seeded draws after it were others than without it."""
+    for source in ({"model_dir": exported_dir}, {"checkpoint": runs[2]}):
+        torch.manual_seed(7)
+        Transcriber.load(**source)
+        after = torch.rand(4)
+        torch.manual_seed(7)
+        assert torch.equal(after, torch.rand(4)), source
