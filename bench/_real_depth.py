@@ -118,7 +118,7 @@ def ctc_batch(sb: sm.SyntheticBatch, vocab_size: int) -> sm.SyntheticBatch:
     ids = torch.zeros(len(lens), max(lens), dtype=torch.long)
     for i, n in enumerate(lens):
         ids[i, :n] = 1 + torch.arange(n) % (vocab_size - 1)
-    batch = replace(sb.batch, ctc_ids=ids, ctc_lens=torch.tensor(lens))
+    batch = replace(sb.batch, ctc_ids=ids, ctc_lens=torch.tensor(lens), ctc_labelled=True)
     return replace(sb, batch=batch)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -302,6 +303,8 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
         return number
     if isinstance(value, str):
         return str(value)
+    if isinstance(value, os.PathLike):  # a dict built in Python holds pathlib paths where YAML holds their text
+        return os.fspath(value)
     if is_number:
         return getattr(value, "raw", str(value))
     if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off unquoted as true/false
@@ -330,6 +333,17 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     if callable(check):
         check(path or cls.__name__)
     return obj
+
+
+def checked(cls: type[T], value: Any, path: str) -> T:
+    """`value`, a `cls` built in Python or a dict of its keys, held to a recipe's rules (types, ranges, keys read by
+    nothing), as a new `cls`; ConfigError naming `path`.KEY. A dataclass's own constructor checks none of them, so an
+    object made in a notebook had reached the model or the loader unchecked, to fail deep in torch or not at all."""
+    if isinstance(value, cls):
+        value = to_dict(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a {cls.__name__} or a dict of its keys, got {_shown(value)}")
+    return from_dict(cls, value, path)
 
 
 def to_dict(obj: Any) -> Any:

@@ -317,3 +317,16 @@ def test_log_section_names_every_logged_field():
         "skipped_steps",
     }
     assert fields <= named, sorted(fields - named)
+
+
+def test_help_on_the_python_apis_objects_says_what_each_is():
+    """help(model) had shown nn.Module's "Base class for all neural network modules.", help(DecodeConfig) and
+    help(DataConfig) only their generated signatures, help(build_dataloader) began mid-sentence at `manifests`."""
+    import inspect
+
+    from llmasr.data.loader import build_dataloader
+
+    own = {SpeechLLM: "Audio encoder -> adaptor -> causal LM", DecodeConfig: "How a model decodes",
+           DataConfig: "A recipe's `data:` section", build_dataloader: "(loader of collated Batches"}  # fmt: skip
+    for obj, start in own.items():
+        assert inspect.getdoc(obj).startswith(start), obj

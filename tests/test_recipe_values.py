@@ -449,3 +449,15 @@ def test_a_misspelled_branch_is_located_at_its_own_line(tmp_path):
     path.write_text("optim:\n  branches:\n    llm: {lr: 1.0e-4}\n    encodr: {lr: 1.0e-5}\n")
     with pytest.raises(ConfigError, match=rf"^optim.branches.encodr: unknown branch; .*'llm'\] \({path}, line 4\)$"):
         load_recipe(path)
+
+
+def test_a_recipe_dict_built_in_python_takes_pathlib_paths(tmp_path):
+    """A notebook's `{"data": {"train": [Path(...)]}}` had been refused: "expected a string, got PosixPath"."""
+    recipe = load_recipe(
+        data={
+            "data": {"train": [tmp_path / "a.jsonl", {"path": tmp_path / "b.jsonl"}]},
+            "train": {"output_dir": tmp_path},
+        }
+    )
+    assert [spec.path for spec in recipe.data.train] == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert recipe.train.output_dir == str(tmp_path)

@@ -23,6 +23,8 @@ class Batch:
     target_start  int64 [B]        index in text_ids where the labels begin
     ctc_ids       int64 [B, C]     CTC labels padded with 0; [B, 0] when there is no CTC tokenizer
     ctc_lens      int64 [B]        zeros when there is no CTC tokenizer
+    ctc_labelled  True when the collator spelled each row's CTC labels (its loader had the CTC tokenizer): a model
+                  with a CTC head refuses to train on a batch without them (its loss would teach the head blank)
     durations     float32 [B]      seconds of audio
     keys, targets, indices         per row: utterance key, reference text, dataset index
     hotwords      per row: the biasing phrases rendered into its prompt (after the token cap; [] for none)
@@ -67,6 +69,7 @@ class Batch:
     wave: torch.Tensor | None = None
     wave_lens: torch.Tensor | None = None
     spec_masks: torch.Tensor | None = None
+    ctc_labelled: bool = False
 
     def __post_init__(self):
         n = len(self.keys)

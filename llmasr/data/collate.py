@@ -46,7 +46,7 @@ class Collator:
                 where = ", ".join(f"{b['manifest']}:{b['line']} ({b['reason']})" for b in bad[:5])
                 raise EmptyBatchError(f"every item of the batch is bad and there is no fallback item: {where}")
             good = [self.fallback]
-        return Batch(**self._pad(good), n_bad=len(bad), bad=bad, empty=empty)
+        return Batch(**self._pad(good), n_bad=len(bad), bad=bad, empty=empty, ctc_labelled=self.with_ctc)
 
     def _pad(self, items: list[dict]) -> dict:
         """The padded tensor and per-row fields of `items` (all good), as Batch keyword arguments."""

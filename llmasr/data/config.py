@@ -131,6 +131,9 @@ class BatchingConfig:
 
 @dataclass
 class DataConfig:
+    """A recipe's `data:` section (the module's docstring shows one): manifests, batching, loader workers, bad-data
+    tolerance, augmentation; build_dataloader holds one made in Python to the same checks."""
+
     train: list[ManifestSpec | str] = path_field(default_factory=list)
     valid: list[ValidManifestSpec | str] = path_field(default_factory=list)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

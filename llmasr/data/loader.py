@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, checked
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.collate import Collator
 from llmasr.data.config import DataConfig, ManifestSpec
@@ -59,7 +60,7 @@ def open_manifests(specs: Sequence[ManifestSpec | str], *, mix: bool, fill: bool
     from llmasr.data.manifest import BadManifest, EmptyManifest, Manifest
     from llmasr.data.mixed_manifest import MixedManifest
 
-    specs = [ManifestSpec(s) if isinstance(s, str) else s for s in specs]
+    specs = [ManifestSpec(os.fspath(s)) if isinstance(s, (str, os.PathLike)) else s for s in specs]
     if not specs:
         raise ValueError("no manifests given")
     opened, bad = [], []
@@ -188,7 +189,11 @@ def build_dataloader(
     llm_rows=None,
     say_mix: bool = True,
 ) -> tuple[SpeechDataLoader, DynamicBucketSampler]:
-    """`manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), or an opened Manifest/MixedManifest.
+    """(loader of collated Batches, its DynamicBucketSampler) over `manifests` under the `data_cfg` settings, with
+    `frontend`'s features and `prompt_builder`'s prompts (a model's: model.frontend, model.prompt, and with a CTC
+    head ctc_tokenizer=model.ctc_tokenizer); `train`: shuffled, augmented, bucketed, else every line once.
+
+    `manifests`: a list of ManifestSpec / paths (e.g. data_cfg.train), one path, or an opened Manifest/MixedManifest.
     `device`: the model's, which data.features_on auto follows (None: CUDA when available). `trim_leading_silence`:
     validation hears each utterance from its speech, as decoding does (decode.trim_leading_silence). `window`: the
     batches of an accumulation window (train.grad_accum), which the workers keep ready (DataConfig.prefetch).
@@ -198,6 +203,11 @@ def build_dataloader(
     screen's pass, `.rows(manifest, durations, texts)` after it); None: that budget is not applied. `say_mix`: log
     what `epoch` trains of a weighted mix (say_epoch_mix); a resume says it once it knows its epoch."""
     name = "train" if train else "valid"
+    data_cfg = checked(DataConfig, data_cfg, "data")  # one made in Python is held to a recipe's rules
+    if not isinstance(frontend, FrontendConfig):
+        raise ConfigError(f"frontend: expected a FrontendConfig (the model's, model.frontend), got {frontend!r:.80}")
+    if isinstance(manifests, (str, os.PathLike)):  # one manifest, not a list of the letters of its name
+        manifests = [manifests]
     if hasattr(manifests, "durations"):  # opened already
         manifest = manifests
     else:

@@ -30,6 +30,7 @@ import torch
 from llmasr import slurm_env
 from llmasr.data.bad_data import BadDataTracker
 from llmasr.data.manifest import BadManifest, Manifest
+from llmasr.models.devices import usable_device
 from llmasr.rank_verdict import check_same, failed_ranks, node_name, rank_failure, stop_together, verdict, who
 from llmasr.train.process_group import meeting_port_errors
 
@@ -47,30 +48,6 @@ def decode_identity(model, cfg, opts) -> dict:
     options = {k: repr(v) for k, v in dataclasses.asdict(opts).items() if k not in ("hotwords", "hotwords_file")}
     hotwords = zlib.crc32(repr(opts.hotwords).encode())  # a long list as one number, not each phrase compared
     return {"weights": tensors_sample(model), **settings, **options, "hotwords (the list read)": f"{hotwords:08x}"}
-
-
-def usable_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device when this machine has it; ValueError saying what it has instead (before a model
-    moves there, not as torch's assertion at the first tensor)."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {err}") from None
-    if device.type not in ("cuda", "cpu"):  # mps, xpu, ...: torch names them whether or not this build has them
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as err:
-            why = str(err).splitlines()[0].split(". ")[0]  # torch's first sentence, not its page of advice
-            raise ValueError(f"device {device}: not available on this machine ({why}); use cpu") from None
-    if device.type != "cuda":
-        return device
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise ValueError(f"device {device}: {why}; use cpu")
-    if device.index is not None and device.index >= count:
-        raise ValueError(f"device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return device
 
 
 @dataclass(frozen=True)

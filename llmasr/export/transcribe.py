@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
@@ -72,6 +73,18 @@ class Transcriber:
         search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
         if unsafe := unguided_boost(model, cfg):
             log.warning("%s", unsafe)
+        self.source = None  # the directory `load` read, for the repr
+
+    def __repr__(self) -> str:
+        """What a notebook shows: the model's folder, the device, the search and the settings off their defaults."""
+        model, default = self.model, DecodeConfig()
+        search = self.cfg.mode(
+            self.cfg.guidance(model.ctc_head is not None, model.ctc_on_llm_vocab), model.ctc_on_llm_vocab
+        )
+        changed = [f"{f.name}={getattr(self.cfg, f.name)!r}" for f in dataclasses.fields(DecodeConfig)
+                   if getattr(self.cfg, f.name) != getattr(default, f.name)]  # fmt: skip
+        shown = [repr(self.source), f"device={str(self.device)!r}", f"search={search!r}", *changed]
+        return f"Transcriber({', '.join(shown)})"
 
     @classmethod
     def load(
@@ -104,10 +117,13 @@ class Transcriber:
             device = usable_device(device)
         except ValueError as err:
             raise TranscribeError(str(err)) from None
-        model, saved, opts = load_decode_model(
-            model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
-        )
-        return cls(model.to(device), decode_config(saved, **decode), opts, device)
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream as found: building draws weights
+            model, saved, opts = load_decode_model(  # that the files then replace
+                model_dir, checkpoint, tag=tag, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm
+            )
+        asr = cls(model.to(device), decode_config(saved, **decode), opts, device)
+        asr.source = os.fspath(model_dir if model_dir is not None else checkpoint)
+        return asr
 
     def __call__(
         self, audio, *, sample_rate: int | None = None, hotwords: list[str] | None = None, task: str | None = None,
@@ -329,6 +345,8 @@ def _waveform(clip, name: str) -> np.ndarray:
     if why := _not_audio(clip):
         raise TranscribeError(f"{name}: {why}")
     if hasattr(clip, "detach"):  # a torch tensor; numpy has no bfloat16
+        if clip.is_meta:  # a shape without samples (a model's tensor built on the meta device)
+            raise TranscribeError(f"{name}: a tensor on the meta device, which holds no samples")
         clip = clip.detach().cpu()
         clip = clip.float() if clip.is_floating_point() else clip
     wave = np.asarray(clip)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError, from_dict, load_yaml
+from llmasr.config_io import ConfigError, checked, load_yaml
 from llmasr.config_paths import resolve_paths
 from llmasr.data.frontend import FrontendConfig
 from llmasr.models.adaptors import build_adaptor
@@ -44,6 +45,7 @@ from llmasr.models.state_dict import (
     unwrap_state_dict,
 )
 from llmasr.models.whisper import load_whisper_encoder
+from llmasr.run_dir.layout import RECIPE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +263,17 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
     their own loaders, the LLM's weight files against its config.json), reading no tensor data, so what the
     "pretrained" load would refuse, or fill with random values, is found (`llmasr check`). Freezing, LoRA and the
     text side (tokenizer, prompt, CTC vocabulary) are the same in all four."""
-    if isinstance(cfg, (str, Path)):
+    if isinstance(cfg, (str, os.PathLike)):
+        if why := _model_folder(Path(cfg)):
+            raise ConfigError(why)
         path, cfg = cfg, load_yaml(cfg)
         cfg = cfg.get("model", cfg)
         if isinstance(cfg, dict):  # relative paths beside the recipe first, as `llmasr train` reads them
             resolve_paths(ModelConfig, cfg, Path(path).resolve().parent, cwd=Path.cwd(), prefix="model.")
-    if isinstance(cfg, dict):
-        cfg = from_dict(ModelConfig, cfg.get("model", cfg), "model")
+    elif not isinstance(cfg, (dict, ModelConfig)):
+        raise ConfigError(f"model: expected a recipe path, its model: section (dict) or a ModelConfig, got {cfg!r:.80}")
+    # a ModelConfig made or edited in Python is held to the recipe's rules too (ctc.weight 1.5 had built a model)
+    cfg = checked(ModelConfig, cfg.get("model", cfg) if isinstance(cfg, dict) else cfg, "model")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     pretrained, shapes_only = weights in ("pretrained", "shapes"), weights == "shapes"
@@ -308,6 +314,19 @@ def build_model(cfg: ModelConfig | dict | str | Path, *, weights: str = "pretrai
         ctc_label_smoothing=cfg.ctc.label_smoothing,
         ctc_compress=cfg.adaptor.ctc_compress,
     )
+
+
+def _model_folder(path: Path) -> str | None:
+    """Why the folder `path`, an export or a training run, is no recipe to build from: build_model would give the
+    model untrained (the base weights a recipe names), so the reader of its trained weights is named instead."""
+    if (path / MODEL_FILE).is_file():
+        return (f"{path}: an exported model, not a recipe: load it trained with llmasr.models.exported."
+                f"load_exported({str(path)!r}), or Transcriber.load({str(path)!r}) to transcribe")  # fmt: skip
+    if (path / RECIPE_FILE).is_file():
+        return (f"{path}: a training run, not a recipe: build_model({str(path / RECIPE_FILE)!r}) builds its model "
+                f"untrained; for its trained weights export it (llmasr export --checkpoint {path} --output DIR) and "
+                f"load_exported(DIR), or Transcriber.load(checkpoint={str(path)!r}) to transcribe")  # fmt: skip
+    return None
 
 
 def _build_ctc(cfg: ModelConfig, prompt: PromptBuilder, encoder_dim: int, pretrained: bool, shapes_only: bool):

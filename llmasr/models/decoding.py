@@ -31,6 +31,9 @@ MIN_WINDOW_SECONDS = 2.0  # shortest long-audio window: below it the join would 
 
 @dataclass
 class DecodeConfig:
+    """How a model decodes: a recipe's `decode:` section, an export's saved settings, `llmasr decode`'s flags, or one
+    made in Python for SpeechLLM.transcribe (checked there as a recipe's is). Each field's comment says what it does."""
+
     num_beams: int = 1
     # None (0 is read as None, as the flag's 0 is): tied to audio duration (tokens_per_second * seconds + 8)
     max_new_tokens: int | None = None
@@ -267,6 +270,22 @@ def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeC
         raise TypeError(f"decode_config: unknown setting(s) {unknown}; known: {sorted(names)}")
     fields = {**{name: getattr(saved, name) for name in names}, **{k: v for k, v in given.items() if v is not None}}
     return from_dict(DecodeConfig, fields, path)  # each value's type checked as a recipe's (from_dict validates)
+
+
+def search_config(cfg: DecodeConfig | dict | None, settings: dict) -> tuple[DecodeConfig, dict]:
+    """What a search called from Python runs under (SpeechLLM.transcribe, generate): `cfg` (a DecodeConfig, a dict of
+    its keys, or None: the defaults) with the DecodeConfig fields among `settings` put over it (transcribe(batch,
+    num_beams=4) as generate takes them; they had reached the LLM's generate twice), and the other settings, which go
+    to the LLM's generate. The search's own checks (validate_search) follow in SpeechLLM."""
+    names = {f.name for f in dataclasses.fields(DecodeConfig)}
+    if isinstance(cfg, dict):
+        cfg = from_dict(DecodeConfig, cfg, "decode")
+    elif cfg is None:
+        cfg = DecodeConfig()
+    elif not isinstance(cfg, DecodeConfig):
+        raise ConfigError(f"decode: expected a DecodeConfig or a dict of its keys, got {cfg!r:.80}")
+    ours = {k: v for k, v in settings.items() if k in names}
+    return dataclasses.replace(cfg, **ours) if ours else cfg, {k: v for k, v in settings.items() if k not in names}
 
 
 @dataclass

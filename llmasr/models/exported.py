@@ -37,6 +37,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.models.builder import build_model
 from llmasr.models.config import AdaptorConfig, ModelConfig
 from llmasr.models.ctc_config import CTCDecoderConfig
+from llmasr.models.devices import usable_device
 from llmasr.models.encoders import entry_for_class
 from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.rotary import ROTARY_DTYPES
@@ -331,7 +332,9 @@ def load_exported(
 ):
     """SpeechLLM from an exported directory; `dtype` is the LLM's (default: the exported dtype). Eval mode, frozen.
     `trust_remote_code`: allow an export that needs its LLM's own Python files to run them. `base_llm`: the folder
-    of an adapter export's base LLM where it is not where the description says (checked against its fingerprint)."""
+    of an adapter export's base LLM where it is not where the description says (checked against its fingerprint).
+    A `device` this machine lacks is a ValueError saying what it has, before anything loads."""
+    device = usable_device(device)
     cfg = exported_model_config(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, base_llm=base_llm)
     model = build_model(cfg)
     model.requires_grad_(False)

@@ -33,6 +33,7 @@ from llmasr.models.sanm_chunk import CHUNK_KEYS, ChunkSettings, check_context
 from llmasr.models.state_dict import (
     CheckpointMismatchError,
     load_into,
+    reinit_patterns,
     select_prefix,
     torch_load,
     under_prefix,
@@ -255,7 +256,11 @@ def construct_encoder(entry: EncoderEntry, conf: dict, model_dir: str | Path, ov
     try:
         return entry.construct(conf, where)
     except ConfigError as err:
-        if str(err).startswith(where):
+        said = str(err)
+        for key in overrides or ():  # a value model.encoder.conf set is the recipe's fault, not config.yaml's
+            if said.startswith(f"{where}.{key}:"):
+                raise ConfigError(f"model.encoder.conf.{said.removeprefix(where + '.')}") from err
+        if said.startswith(where):
             raise
         over = f" (model.encoder.conf sets {', '.join(sorted(overrides))} over it)" if overrides else ""
         raise ConfigError(f"{where}{over}: {err}") from err
@@ -278,6 +283,7 @@ def load_funasr_encoder(
     tensor names and shapes are checked as a load checks them, no data is read (build it on the meta device).
     `frozen_by`: the recipe key that freezes the encoder (state_dict.load_into).
     """
+    reinit_keys = reinit_patterns(reinit_keys)
     model_dir = Path(model_dir).resolve()
     entry, conf, frontend = funasr_encoder_spec(model_dir, conf_overrides)
     encoder = construct_encoder(entry, conf, model_dir, conf_overrides)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmasr.config_io import ConfigError
+from llmasr.config_io import ConfigError, checked
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
@@ -197,6 +197,8 @@ def load_llm(
     path = check_llm_dir(path, tokenizer=tokenizer_dir(path, tokenizer, adapter))
     if dtype not in DTYPES:
         raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+    if lora is not None:  # a LoraConfig made in Python, or a dict of its keys, checked as a recipe's before the load
+        lora = checked(LoraConfig, lora, "model.llm.lora")
     if trust_remote_code:
         warn_remote_code(path, "model.llm.trust_remote_code")
     model = _causal_lm(path, DTYPES[dtype], trust_remote_code, pretrained=pretrained, shapes_only=shapes_only)

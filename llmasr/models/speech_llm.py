@@ -8,7 +8,6 @@ the data side.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from llmasr.models.ctc_align import align_words
 from llmasr.models.ctc_compress import ctc_compress
 from llmasr.models.ctc_gate import heard_rows
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
-from llmasr.models.decoding import DecodeConfig, Transcripts
+from llmasr.models.decoding import DecodeConfig, Transcripts, search_config
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
 from llmasr.models.llm_search import gated_search
@@ -52,6 +51,18 @@ def _decoding(method):
     return run
 
 
+def _check_token_ids(text_ids: torch.Tensor, rows: int | None) -> None:
+    """Ids past the LLM's embedding rows come from another tokenizer (a batch another model's loader made): named,
+    not torch's "index out of range in self" (on a GPU, a device-side assert that ends the process). The merge that
+    follows waits for the device anyway, so the check's own wait costs nothing."""
+    if rows is not None and text_ids.numel() and bool(((text_ids < 0) | (text_ids >= rows)).any()):
+        raise ValueError(
+            f"batch.text_ids hold token id {int(text_ids.max())}, past this model's {rows} LLM embeddings: a batch "
+            "made for another model (another tokenizer)? build its loader with this model's "
+            "prompt_builder=model.prompt and ctc_tokenizer=model.ctc_tokenizer"
+        )
+
+
 @dataclass(eq=False)
 class SpeechLLMOutput(dict):
     """Also a dict of its fields, kept in step both ways (as transformers' ModelOutput): DeepSpeed finds a forward's
@@ -77,6 +88,14 @@ class SpeechLLMOutput(dict):
 
 
 class SpeechLLM(nn.Module):
+    """Audio encoder -> adaptor -> causal LM (with an optional CTC head on the encoder), built by llmasr.build_model.
+
+    model(batch) gives the training loss of a collated batch (llmasr.data.loader.build_dataloader with this model's
+    frontend, prompt and ctc_tokenizer); model.generate(batch) the transcripts; model.transcribe(batch, DecodeConfig)
+    the transcripts with the CTC head's text, the guards that ended them, timestamps and confidence as asked. A search
+    runs without dropout and gives back the mode it found.
+    """
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -194,6 +213,7 @@ class SpeechLLM(nn.Module):
         enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
+        _check_token_ids(text_ids, getattr(embed, "num_embeddings", None))  # (under ZeRO-3 the weight is a shard)
         merged = merge_audio_into_text(
             embed(text_ids),
             text_ids,
@@ -234,6 +254,12 @@ class SpeechLLM(nn.Module):
         gradient equal to that of one batch holding all of it. `groups` ([B] int64 in 0..n_groups-1: validation's
         manifest of each row): each group's sums too (`by_group`), the batch's computed as without them.
         """
+        if self.ctc_head is not None and not batch.ctc_labelled and batch.size:
+            raise ValueError(
+                f"this model trains a CTC head (model.ctc.weight {self.ctc_weight:g}) and the batch carries no CTC "
+                "labels: its loader was built without ctc_tokenizer=model.ctc_tokenizer (another model's loader?); "
+                "the CTC loss would teach the head blank for every frame"
+            )
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
         hidden = self._llm_hidden(merged)
@@ -282,7 +308,7 @@ class SpeechLLM(nn.Module):
 
     # -- inference ----------------------------------------------------------------------------------------------
     @_decoding
-    def transcribe(self, batch: Batch, cfg: DecodeConfig | None = None, **generate_kwargs) -> Transcripts:
+    def transcribe(self, batch: Batch, cfg: DecodeConfig | dict | None = None, **settings) -> Transcripts:
         """The LLM's transcripts of a batch under `cfg` (greedy or beam search, CTC-guided when cfg.guidance says
         so; the prompt ends at `target_start`), which guard ended each (decode_guards), and, with a CTC head, the
         head's greedy best path over the same encoder pass and (cfg.timestamps) each transcript's word times, its text
@@ -291,9 +317,10 @@ class SpeechLLM(nn.Module):
 
         With `cfg.max_new_tokens` unset, each utterance's cap is `cfg.tokens_per_second` times its own duration plus
         8, so a model that loops stops at a length tied to its audio rather than at a global maximum.
-        `generate_kwargs` go to the LLM's generate (e.g. synced_gpus=True under ZeRO-3).
+        `settings`: DecodeConfig fields set over `cfg` (num_beams=4), as generate takes them; the rest go to the LLM's
+        generate (e.g. synced_gpus=True under ZeRO-3).
         """
-        cfg = DecodeConfig() if cfg is None else cfg
+        cfg, generate_kwargs = search_config(cfg, settings)
         merged, ctc, ctc_texts, heard = self._prepare(batch, cfg)
         rows, truncated, mode, scores = gated_search(self, merged, batch, cfg, generate_kwargs, ctc, heard)
         llm = [self.prompt.decode(ids) if ok else "" for ids, ok in zip(rows, heard)]
@@ -319,15 +346,13 @@ class SpeechLLM(nn.Module):
     @_decoding
     def generate_ids(self, batch: Batch, **settings) -> list[list[int]]:
         """`generate`'s token ids, before decoding (each row cut at its cap)."""
-        names = {f.name for f in dataclasses.fields(DecodeConfig)}
         extras = [k for k in ("timestamps", "confidence") if settings.get(k)]
         if extras:  # ids have no place for them: they would be dropped, the confidence pass paid for nothing
             asked = ", ".join(f"{k}=True" for k in extras)
             raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
                              f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
-        cfg = DecodeConfig(**{k: v for k, v in settings.items() if k in names})
+        cfg, kwargs = search_config(None, settings)
         merged, ctc, _, heard = self._prepare(batch, cfg, texts=False)
-        kwargs = {k: v for k, v in settings.items() if k not in names}
         return gated_search(self, merged, batch, cfg, kwargs, ctc, heard)[0]
 
     def _prepare(self, batch: Batch, cfg: DecodeConfig, texts: bool = True) -> tuple:

@@ -184,6 +184,16 @@ def under_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return found
 
 
+def reinit_patterns(reinit_keys, option: str = "model.encoder.reinit_keys") -> tuple[str, ...]:
+    """`reinit_keys` as the tuple of name patterns a loader matches, checked before any file is read: one text would
+    be read as its letters, patterns that match no tensor name, and nothing re-initialised, unsaid."""
+    if isinstance(reinit_keys, str):
+        from llmasr.config_io import ConfigError
+
+        raise ConfigError(f"{option}: a list of name patterns, got the text {reinit_keys!r}; pass [{reinit_keys!r}]")
+    return tuple(reinit_keys)
+
+
 def load_into(
     module: nn.Module,
     state: dict[str, torch.Tensor],

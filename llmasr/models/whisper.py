@@ -34,6 +34,7 @@ from llmasr.models.state_dict import (
     load_into,
     read_safetensors,
     refuse_lfs_pointer,
+    reinit_patterns,
     torch_load,
 )
 
@@ -313,6 +314,7 @@ def load_whisper_encoder(
     (globs allowed, e.g. "layers.31.*") that may be missing or differently shaped and stay freshly initialised.
     `shapes_only`: the files' tensor names and shapes are checked against the encoder, no data is read (build it on
     the meta device)."""
+    reinit_keys = reinit_patterns(reinit_keys)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(not_found("model.encoder.path", "Whisper directory", path))

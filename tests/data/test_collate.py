@@ -8,6 +8,7 @@ from llmasr.data.bad_data import BadItem
 from llmasr.data.collate import Collator, EmptyBatchError
 
 FIELDS = {
+    "ctc_labelled",
     "feats",
     "feat_lens",
     "text_ids",
@@ -64,7 +65,7 @@ def test_shapes_padding_and_keys():
     assert batch.text_lens.tolist() == [6, 9]
     assert batch.audio_pos.tolist() == [2, 2] and batch.target_start.tolist() == [3, 3]
     assert batch.ctc_ids.shape == (2, 5) and batch.ctc_ids[0].tolist() == [1, 2, 3, 0, 0]
-    assert batch.ctc_lens.tolist() == [3, 5]
+    assert batch.ctc_lens.tolist() == [3, 5] and batch.ctc_labelled is True
     assert batch.keys == ["a", "b"] and batch.targets == ["text a", "text b"]
     assert batch.durations.dtype == torch.float32 and batch.durations.shape == (2,)
     assert batch.n_bad == 1 and batch.bad[0]["line"] == 4 and batch.empty is False
@@ -74,7 +75,7 @@ def test_without_ctc_keys_present_and_empty():
     batch = Collator(pad_id=0)([item("a", 5, 6), item("b", 3, 2)])
     assert {f.name for f in dataclasses.fields(batch)} == FIELDS
     assert batch.ctc_ids.shape == (2, 0) and batch.ctc_ids.dtype == torch.int64
-    assert batch.ctc_lens.tolist() == [0, 0]
+    assert batch.ctc_lens.tolist() == [0, 0] and batch.ctc_labelled is False
     assert batch.n_bad == 0 and batch.bad == []
 
 

@@ -762,3 +762,32 @@ def test_files_listed_with_files_from_are_transcribed_after_those_named(exported
     with pytest.raises(SystemExit):
         main(model)
     assert "no audio: name files, or list them with --files-from LIST" in capsys.readouterr().err
+
+
+def test_the_repr_says_the_model_the_device_the_search_and_the_settings_given(exported_dir, runs):
+    """A notebook had shown `<llmasr.export.transcribe.Transcriber object at 0x7f...>`."""
+    shown = repr(Transcriber.load(exported_dir, num_beams=2, max_new_tokens=4))
+    assert shown == (
+        f"Transcriber({str(exported_dir)!r}, device='cpu', search='beam 2 + CTC prefix scoring (ctc_weight 0.7)', "
+        "num_beams=2, max_new_tokens=4)"
+    )
+    assert repr(Transcriber.load(checkpoint=runs[2], ctc_weight=0.0)).startswith(
+        f"Transcriber({str(runs[2])!r}, device='cpu', search='greedy', "
+    )
+
+
+def test_a_tensor_on_the_meta_device_is_named_as_holding_no_samples(asr):
+    """Had been torch's NotImplementedError "Cannot copy out of meta tensor; no data!"."""
+    with pytest.raises(TranscribeError, match=r"^waveform 0: a tensor on the meta device, which holds no samples$"):
+        asr(torch.zeros(1, 16000, device="meta"), sample_rate=16000)
+
+
+def test_loading_leaves_the_callers_random_stream_as_it_found_it(exported_dir, runs):
+    """Transcriber.load had drawn the random initial weights its files then replace from the global generator: a
+    notebook's seeded draws after it were others than without it."""
+    for source in ({"model_dir": exported_dir}, {"checkpoint": runs[2]}):
+        torch.manual_seed(7)
+        Transcriber.load(**source)
+        after = torch.rand(4)
+        torch.manual_seed(7)
+        assert torch.equal(after, torch.rand(4)), source

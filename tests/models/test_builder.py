@@ -354,3 +354,52 @@ def test_a_recipe_path_reads_its_relative_paths_beside_the_recipe(tiny_llm_dir, 
     monkeypatch.chdir(tmp_path / "elsewhere")
     model = build_model(recipe)
     assert model.llm.config.hidden_size == 64 and model.llm.name_or_path == str(tmp_path / "models" / "llm")
+
+
+def test_a_model_section_built_in_python_takes_pathlib_paths(tiny_llm_dir, tmp_path):
+    """`llmasr.build_model({... "path": Path(...)})` had been refused: "model.llm.path: expected a string"."""
+    from pathlib import Path
+
+    encoder = write_funasr_dir(tmp_path / "encoder", encoder_conf=tiny_sanm_conf())
+    section = tiny_model_section(Path(tiny_llm_dir), encoder_dir=encoder, lora=False)
+    section["llm"]["path"], section["encoder"]["path"] = Path(tiny_llm_dir), Path(encoder)
+    model = build_model(section)
+    assert model.llm.name_or_path == str(tiny_llm_dir) and model.frontend.cmvn_file == str(encoder / "am.mvn")
+
+
+def test_a_model_config_made_in_python_is_held_to_the_recipes_rules(tiny_llm_dir, monkeypatch):
+    """A ModelConfig edited in a notebook had been built unchecked: ctc.weight 1.5 gave a model, ctc_compress without
+    a head a ValueError once the LLM had loaded; anything else an AttributeError from inside the builder."""
+    from llmasr.models import builder
+    from llmasr.models.config import ModelConfig
+
+    cfg = from_dict(ModelConfig, tiny_model_section(tiny_llm_dir, lora=False), "model")
+    cfg.ctc.weight = 1.5
+    with pytest.raises(ConfigError, match=r"^model.ctc.weight: must be in \[0, 1\], got 1.5$"):
+        build_model(cfg)
+    cfg.ctc.weight, cfg.adaptor.ctc_compress = 0.0, "avg"
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the LLM loaded before the section was checked")
+
+    monkeypatch.setattr(builder, "load_llm", no_llm)
+    with pytest.raises(ConfigError, match=r"^model.adaptor.ctc_compress: 'avg' segments the audio with the CTC head"):
+        build_model(cfg)
+    for wrong in (None, 3, ["recipe.yaml"]):
+        with pytest.raises(ConfigError, match=r"^model: expected a recipe path, its model: section \(dict\) or a Mod"):
+            build_model(wrong)
+
+
+def test_an_export_or_a_run_folder_given_as_the_recipe_names_the_reader_of_its_trained_weights(tmp_path):
+    """`llmasr.build_model("exp/run/export")` had said only "a directory, not a recipe file"; a run's recipe.yaml
+    builds the model untrained, which the error says."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "llmasr_model.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match=r"export: an exported model, not a recipe: load it trained with llmasr"):
+        build_model(tmp_path / "export")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match=r"run: a training run, not a recipe: build_model\(.*recipe.yaml'\) builds"):
+        build_model(str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"empty: a directory, not a recipe file$"):
+        build_model((tmp_path / "empty").mkdir() or tmp_path / "empty")

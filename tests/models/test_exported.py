@@ -118,3 +118,19 @@ def test_a_folder_inside_an_export_names_the_export(exported_dir, tmp_path, insi
     (export / inside).mkdir(exist_ok=True)
     with pytest.raises(ExportedModelError, match=rf"inside the export {re.escape(str(export))}: give --model "):
         read_description(export / inside)
+
+
+def test_a_device_this_machine_lacks_is_named_before_the_model_loads(exported_dir, monkeypatch):
+    """load_exported(dir, device="cuda") on a machine without CUDA had built the whole model, then stopped in torch's
+    AssertionError "Torch not compiled with CUDA enabled" at model.to(device)."""
+    import torch
+
+    from llmasr.models import exported
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the export was read before the device was checked")
+
+    monkeypatch.setattr(exported, "exported_model_config", unread)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device cuda(:0)?: (this torch build has no CUDA|no CUDA device is vis)"):
+        exported.load_exported(exported_dir, device="cuda")

@@ -455,3 +455,14 @@ def test_a_directory_without_tokens_json_says_once_that_its_vocabulary_is_not_ch
         f"{d}: no tokens.json, so the vocabulary-sized tensors of {d / 'model.pt'} (decoder.output_layer.weight, "
         "decoder.embed.0.weight) are not compared with a token list"
     ]
+
+
+def test_a_bad_value_the_recipe_sets_over_the_directory_is_named_as_the_recipes(tmp_path, tiny_dir):
+    """model.encoder.conf's dropout_rate "x" had been named as config.yaml's encoder_conf.dropout_rate, a file the
+    user never wrote it in; a bad value config.yaml itself holds is still named there."""
+    with pytest.raises(ConfigError, match=r"^model.encoder.conf.dropout_rate: expected a number, got 'x'$"):
+        load_funasr_encoder(tiny_dir, conf_overrides={"dropout_rate": "x"})
+    bad = _copy(tiny_dir, tmp_path / "m")
+    _edit_config(bad, lambda c: c["encoder_conf"].update(dropout_rate="x"))
+    with pytest.raises(ConfigError, match=r"m/config.yaml encoder_conf.dropout_rate: expected a number, got 'x'$"):
+        load_funasr_encoder(bad, conf_overrides={"attention_dropout_rate": 0.0})

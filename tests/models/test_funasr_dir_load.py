@@ -157,3 +157,21 @@ def test_conformer_directory_round_trip(tmp_path):
     state = torch.load(d / "model.pt", weights_only=True)
     for k, v in enc.state_dict().items():
         assert torch.equal(v, state[f"encoder.{k}"]), k
+
+
+def test_reinit_keys_given_as_one_text_is_named_before_any_file_is_read(tmp_path, monkeypatch):
+    """load_funasr_encoder(dir, reinit_keys="encoders.0.*") had matched the text's letters as patterns: nothing was
+    re-initialised, unsaid."""
+    from llmasr.config_io import ConfigError
+    from llmasr.models import funasr_dir
+    from llmasr.models.funasr_dir import load_funasr_encoder
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the directory was read before reinit_keys was checked")
+
+    monkeypatch.setattr(funasr_dir, "funasr_encoder_spec", unread)
+    said = (
+        r"^model.encoder.reinit_keys: a list of name patterns, got the text 'encoders.0.\*'; pass \['encoders.0.\*'\]$"
+    )
+    with pytest.raises(ConfigError, match=said):
+        load_funasr_encoder(tmp_path, reinit_keys="encoders.0.*")

@@ -74,3 +74,28 @@ def test_a_modelscope_download_given_at_its_top_names_the_nested_model(tiny_llm_
                                                r"model.llm.path to the model's own folder"):  # fmt: skip
             check_llm_dir(top)
     assert check_llm_dir(nested) == nested
+
+
+def test_lora_given_in_python_is_a_loraconfig_or_its_dict_checked_before_the_load(tiny_llm_dir, monkeypatch):
+    """`load_llm(path, lora={"r": 8})` had been an AttributeError from inside peft's wrapping, LoraConfig(r=0) peft's
+    own error once the weights had loaded, and LoraConfig(r="8") had reached peft as text."""
+    from llmasr.config_io import ConfigError
+    from llmasr.models import llm as llm_module
+    from llmasr.models.config import LoraConfig
+    from llmasr.models.llm import load_llm
+
+    model, _ = load_llm(tiny_llm_dir, lora={"r": 4, "target_modules": ["q_proj"]})
+    assert model.peft_config["default"].r == 4 and model.peft_config["default"].target_modules == {"q_proj"}
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights loaded before lora was checked")
+
+    monkeypatch.setattr(llm_module, "_causal_lm", no_weights)
+    for lora, said in (
+        (LoraConfig(r=0), r"^model.llm.lora.r: LoRA rank must be positive, got 0$"),
+        (LoraConfig(r="8"), r"^model.llm.lora.r: expected an integer, got '8'$"),
+        ({"rank": 8}, r"^model.llm.lora: unknown key\(s\) \['rank'\]"),
+        ("q_proj", r"^model.llm.lora: expected a LoraConfig or a dict of its keys, got str 'q_proj'$"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_llm(tiny_llm_dir, lora=lora)

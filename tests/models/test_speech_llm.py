@@ -441,3 +441,58 @@ def test_a_decode_config_built_in_python_is_checked_for_types_by_name(model, set
         model.transcribe(batch, DecodeConfig(num_beams=2.0, max_new_tokens=3)).llm
         == model.transcribe(batch, DecodeConfig(num_beams=2, max_new_tokens=3)).llm
     )  # a whole float is the integer, as in a recipe
+
+
+def test_transcribe_takes_decode_settings_as_keywords_or_a_dict_as_generate_does(model):
+    """`model.transcribe(batch, num_beams=2)` had reached the LLM's generate beside the search's own num_beams (peft:
+    "got multiple values for keyword argument"), a dict for the DecodeConfig an AttributeError."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    want = model.transcribe(batch, DecodeConfig(num_beams=2, max_new_tokens=3))
+    for got in (
+        model.transcribe(batch, num_beams=2, max_new_tokens=3),
+        model.transcribe(batch, {"num_beams": 2, "max_new_tokens": 3}),
+        model.transcribe(batch, DecodeConfig(num_beams=4, max_new_tokens=3), num_beams=2),  # the keyword over cfg
+    ):
+        assert (got.llm, got.ctc, got.mode) == (want.llm, want.ctc, want.mode)
+    assert model.generate(batch, num_beams=2, max_new_tokens=3) == want.llm
+    with pytest.raises(ConfigError, match=r"^decode: unknown key\(s\) \['num_beam'\]; did you mean 'num_beams'"):
+        model.transcribe(batch, {"num_beam": 2})
+    with pytest.raises(ConfigError, match=r"^decode: expected a DecodeConfig or a dict of its keys, got 4"):
+        model.transcribe(batch, 4)
+
+
+def test_a_batch_of_another_tokenizer_is_named_not_an_index_error(model):
+    """A batch a loader made for a model with a larger vocabulary had stopped in torch's "index out of range in
+    self" from inside the embedding (on a GPU, a device-side assert)."""
+    import dataclasses
+
+    batch = random_batch(model, TARGETS[:2], frames=[12, 20], seed=5)
+    rows = model.llm.get_input_embeddings().weight.shape[0]
+    ids = batch.text_ids.clone()
+    ids[1, int(batch.target_start[1])] = rows + 99
+    other = dataclasses.replace(batch, text_ids=ids)
+    said = rf"^batch.text_ids hold token id {rows + 99}, past this model's {rows} LLM embeddings: a batch made for"
+    with pytest.raises(ValueError, match=said):
+        model(other)
+    with pytest.raises(ValueError, match=said):
+        model.generate(dataclasses.replace(other, target_start=other.text_lens))
+    assert model(batch).loss.isfinite()
+
+
+def test_a_batch_without_ctc_labels_is_refused_by_a_model_that_trains_a_ctc_head(model, tmp_path):
+    """A loader built without ctc_tokenizer=model.ctc_tokenizer (the README's call with it left out, or another
+    model's loader) had given batches whose CTC loss, over no labels, taught the head blank for every frame."""
+    from llmasr.data.config import DataConfig
+    from llmasr.data.loader import build_dataloader
+    from llmasr.testing.run_dirs import write_corpus
+
+    manifest = write_corpus(tmp_path, TARGETS)
+
+    def batch(**ctc):
+        args = dict(prompt_builder=model.prompt, train=True, **ctc)
+        return next(iter(build_dataloader(DataConfig(num_workers=0), [manifest], model.frontend, **args)[0]))
+
+    with pytest.raises(ValueError, match=r"^this model trains a CTC head \(model.ctc.weight 0.3\) and the batch carr"):
+        model(batch())
+    assert len(model.generate(batch(), max_new_tokens=2)) == len(TARGETS)  # decoding reads no labels
+    assert model(batch(ctc_tokenizer=model.ctc_tokenizer)).ctc_loss_sum > 0
