@@ -44,8 +44,8 @@ from llmasr.export.decode import (
 )
 from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_options import PROGRESS_EVERY_S, Pace
-from llmasr.export.decode_world import usable_device
 from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.devices import usable_device
 from llmasr.models.sensevoice import asked_language
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from llmasr.commands.decode import main as decode_main
 from llmasr.commands.transcribe import main as transcribe_main
 from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions
-from llmasr.export.decode_world import DecodeWorld, usable_device
+from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.models.decoding import DecodeConfig
+from llmasr.models.devices import usable_device
 from llmasr.testing.run_dirs import write_corpus
 
 
