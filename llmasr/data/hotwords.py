@@ -92,7 +92,9 @@ def read_phrase_file(path: str | Path) -> list[str]:
     if not phrases:
         raise PhraseFileError(f"{path}: no phrases (one phrase a line)")
     warn_weighted([f"{path}:{line} {text!r}" for text, line in phrases.items()], list(phrases), str(path))
-    if repeats:  # a prompt would render it twice (a drawn training list never does), its tokens spent again
+    # a prompt would render it twice (a drawn training list never does), its tokens spent again; said once a file, which
+    # a start-up reads several times (the recipe's check, each loader's)
+    if repeats and _first_time("repeats", str(path), *repeats):
         more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
         log.warning("%s: %d repeated phrase(s) left out, line (first line): %s%s", path, len(repeats),
                     ", ".join(repeats[:5]), more)  # fmt: skip
@@ -103,21 +105,16 @@ def read_phrase_file(path: str | Path) -> list[str]:
 # one, so such a file has a weight on every line. Where only some phrases end in a number they are phrases ("iPhone
 # 15", "Windows 11"), and so may a single one be: two or more, every one ending so, are warned of.
 _WEIGHTED = re.compile(r" [+-]?\d+$")
-# The lists warned of (a training start reads a distractor file twice), by a digest each and the latest few only: a
-# long-lived Transcriber given a list per call had kept every list, its phrases too.
+# The lists warned of (a training start reads a distractor file several times), by a digest each and the latest few
+# only: a long-lived Transcriber given a list per call had kept every list, its phrases too.
 _WARNED: OrderedDict[bytes, None] = OrderedDict()
 WARNED_KEPT = 1024
 _WARNED_LOCK = threading.Lock()
 
 
-def warn_weighted(shown: list[str], phrases: list[str], where: str) -> bool:
-    """Warn (once per list and `where`, of the latest WARNED_KEPT lists warned of) where `phrases` look like
-    FunASR-runtime's `PHRASE WEIGHT` lines: at least two, every one ending in a space and an integer (`shown`: how to
-    name each, its file and line). Nothing is stripped: the numbers may be part of the phrases. Returns whether it
-    warned."""
-    if len(phrases) < 2 or not all(_WEIGHTED.search(p) for p in phrases):
-        return False
-    key = hashlib.blake2b(repr((where, *phrases)).encode(), digest_size=16).digest()
+def _first_time(*said) -> bool:
+    """Whether `said` (a warning's kind and what it names) is not among the latest WARNED_KEPT warned of; it is then."""
+    key = hashlib.blake2b(repr(said).encode(), digest_size=16).digest()
     with _WARNED_LOCK:  # a Transcriber called from several threads
         if key in _WARNED:
             _WARNED.move_to_end(key)
@@ -125,6 +122,16 @@ def warn_weighted(shown: list[str], phrases: list[str], where: str) -> bool:
         _WARNED[key] = None
         if len(_WARNED) > WARNED_KEPT:
             _WARNED.popitem(last=False)
+    return True
+
+
+def warn_weighted(shown: list[str], phrases: list[str], where: str) -> bool:
+    """Warn (once per list and `where`, of the latest WARNED_KEPT lists warned of) where `phrases` look like
+    FunASR-runtime's `PHRASE WEIGHT` lines: at least two, every one ending in a space and an integer (`shown`: how to
+    name each, its file and line). Nothing is stripped: the numbers may be part of the phrases. Returns whether it
+    warned."""
+    if len(phrases) < 2 or not all(_WEIGHTED.search(p) for p in phrases) or not _first_time(where, *phrases):
+        return False
     log.warning(
         "%s: every phrase ends in a number after a space (%s%s), as FunASR-runtime's hotword files write a weight "
         "after each phrase (PHRASE WEIGHT). llmasr reads a line as one phrase, the number included, and biases "

@@ -141,6 +141,10 @@ def test_a_phrase_repeated_in_a_file_is_read_once_with_a_warning(tmp_path, caplo
     path.write_bytes("\ufeffnine\r\nworld\nnine\n  nine  \n".encode())
     assert read_phrase_file(path) == ["nine", "world"]
     assert f"{path}: 2 repeated phrase(s) left out, line (first line): 3 (1), 4 (1)" in caplog.text
+    # a start-up reads a distractor file several times (the recipe's check, each loader's): said once, not at each
+    assert read_phrase_file(path) == ["nine", "world"] and caplog.text.count("repeated phrase") == 1
+    path.write_bytes(b"nine\nnine\n")  # the file changed: said of its new lines
+    assert read_phrase_file(path) == ["nine"] and caplog.text.count("repeated phrase") == 2
 
 
 def test_a_phrase_is_read_as_its_words_one_space_apart(tmp_path, caplog):
