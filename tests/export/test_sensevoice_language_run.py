@@ -19,7 +19,7 @@ import torch
 from llmasr.commands.data_pseudo_label import main as pseudo_main
 from llmasr.commands.decode import main as decode_main
 from llmasr.data.manifest import Manifest
-from llmasr.export.decode import DecodeOptions, decode_loader, decode_manifest
+from llmasr.export.decode import DecodeOptions, decode_manifest
 from llmasr.export.export import export_model
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.models.decoding import decode_config
@@ -28,6 +28,7 @@ from llmasr.models.sensevoice import SenseVoiceEncoderSmall
 from llmasr.testing.run_dirs import model_section, train_run
 from llmasr.testing.tiny_corpus import write_tiny_corpus
 from llmasr.testing.tiny_funasr import tiny_sensevoice_conf, write_funasr_dir
+from llmasr.train.resolve import build_loaders, text_side
 
 LABELS = ["en", "<|zh|>", "Japanese", "de", None, "cmn_hans_cn"]  # keys en, zh, ja, de (no query: auto), none, zh
 KEYS = ["en", "zh", "ja", "de", None, "zh"]
@@ -81,7 +82,8 @@ def test_per_line_languages_train_export_decode(tmp_path, languages_seen, capsys
     model = load_exported(out).eval()
     ref = run.reference_model()
     cfg = decode_config(run.recipe.decode)
-    loader = decode_loader(model, dev, cfg, DecodeOptions())
+    # validation's own loader: its batches carry the CTC labels a model training a CTC head needs (decode's carry none)
+    loader = build_loaders(run.recipe, text_side(run.recipe.model), rank=0, world_size=1)[2]
     sums = torch.zeros(5, dtype=torch.float64)  # llm loss, tokens, ctc loss, utterances; llm loss all "auto"
     for batch in loader:  # validation's teacher-forced pass over each line with its language, reproduced
         assert batch.languages == [keys[k] for k in batch.keys]
@@ -98,7 +100,7 @@ def test_per_line_languages_train_export_decode(tmp_path, languages_seen, capsys
         sums[4] += float(auto.llm_loss_sum)
         if any(keys[k] in ("en", "zh", "ja") for k in batch.keys):  # a row with a query of its own: not "auto"'s
             assert not torch.allclose(got.ctc_loss_sum, auto.ctc_loss_sum)
-    # validation's LLM loss, as train.log states it (decode's loader carries no CTC labels: its CTC loss is another)
+    # validation's LLM loss, as train.log states it
     logged = re.search(r"valid update=2 .*? llm_loss=([0-9.]+)", (run.run_dir / "train.log").read_text())
     assert sums[1] > 0 and sums[3] == 6 and f"{float(sums[0] / sums[1]):.4f}" == logged.group(1)
     assert f"{float(sums[4] / sums[1]):.4f}" != logged.group(1)  # every row "auto": not what validation computed
