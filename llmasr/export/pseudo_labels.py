@@ -7,9 +7,11 @@ or `lang` gets the decode's --task or --language, so that training asks it as th
 decoded in windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its
 start and end in the recording, in centiseconds): written whole it would be too long to train on, and one unsure
 window would cost the rest. Left out, each counted by its reason: what a gate found no speech in, an empty
-transcript, one a guard cut (the length cap, the repetition stop: a cut text is a wrong label), and with a threshold
-on decode.confidence's `avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded
-the same way) the report gives the error rate of the lines kept against all of them: what the threshold buys.
+transcript, one a guard cut (the length cap, the repetition stop: a cut text is a wrong label), one holding control
+or invisible format characters (an LLM's byte token writes them; training's transcript check names the same ones),
+and with a threshold on decode.confidence's `avg_logprob` the utterances or windows below it. With references (a
+labelled dev set decoded the same way) the report gives the error rate of the lines kept against all of them: what
+the threshold buys.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import language_of, missing_hint, task_of
+from llmasr.data.transcript_text import has_invisible
 from llmasr.export.decode_folders import read_summary
 from llmasr.export.pseudo_label_inputs import (
     BAD,
@@ -43,6 +46,7 @@ REASONS = {
     "no_speech": "no speech (a gate)",
     "empty": "empty transcript",
     "truncated": "cut by a guard (length cap, repetition stop)",
+    "invisible": "invisible or control characters (training's transcript check warns of them)",
     "low_confidence": "avg_logprob below the threshold",
 }
 
@@ -66,6 +70,8 @@ class LabelFilter:
             return "empty"
         if row.get("truncated") and not self.keep_truncated:
             return "truncated"
+        if has_invisible(str(row["hyp"])):  # an LLM's byte token (U+0013): training would learn to write it
+            return "invisible"
         if self.min_avg_logprob is None:
             return None
         avg = row.get("avg_logprob")
