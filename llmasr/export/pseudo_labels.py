@@ -107,6 +107,7 @@ class PseudoLabels:
     # so that training asks each line as the decode did
     asked: dict = field(default_factory=dict)
     asked_lines: int = 0  # kept training lines given one of them
+    collapsed: int = 0  # kept transcripts whose whitespace (newlines, tabs, spaces in a row) became one space
 
     def report(self, filt: LabelFilter) -> str:
         offered = plural(self.offered, "line" if self.windowed else "decoded line")
@@ -128,6 +129,11 @@ class PseudoLabels:
                 "with --vad, or decode.window_split_pause, for windows cut at pauses"
             )
         lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
+        if self.collapsed:
+            lines.append(
+                f"  {plural(self.collapsed, 'kept transcript')} written with the whitespace the LLM wrote (newlines, "
+                "tabs, spaces in a row) as one space between words, as scoring reads it"
+            )
         if self.not_decoded:
             lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see {BAD}): {self.not_decoded}")
         if self.undecoded:
@@ -210,6 +216,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
                     "them in the manifest (a window of a long recording is keyed KEY-START-END, in centiseconds)"
                 )
             keys[line["key"]] = where
+            got.collapsed += line["target"] != piece["hyp"]
             written.append(json.dumps(line, ensure_ascii=False) + "\n")
             got.seconds += line["duration"]
             got.cut_in_speech += bool(piece.get("cut_in_speech"))
@@ -274,9 +281,11 @@ def _pieces(row: dict) -> list[dict]:
 
 def _training_line(utt, piece: dict, end: float | None, asked: dict) -> dict:
     """A FunASR jsonl line: the decoded line's audio (`end`: its span's, as decoded_end) and fields, the LLM's
-    text as its target; for a window (_pieces) the window's span of it, keyed by its start and end. `asked`: the
-    decode's {"task", "language"} given, the `prompt` / `lang` of a line without its own."""
-    line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": piece["hyp"]}
+    text as its target (its whitespace one space between words); for a window (_pieces) the window's span of it,
+    keyed by its start and end. `asked`: the decode's {"task", "language"} given, the `prompt` / `lang` of a line
+    without its own."""
+    # one space between words: training would teach the LLM to write the newlines and runs of spaces it wrote
+    line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": " ".join(piece["hyp"].split())}
     if piece.get("window") is None:
         line["duration"] = round(float(piece["duration"]), 4)
         if utt.start:

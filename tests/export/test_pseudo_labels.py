@@ -281,7 +281,29 @@ def test_transcripts_holding_control_or_invisible_characters_are_left_out_and_co
     written = [u.target for u in Manifest.open(target)]
     assert "three\x13 four" not in written and "zero\u200b one" not in written and written == targets(rows)
     assert data_check_main([str(target)]) == 0
-    assert "invisible" not in capsys.readouterr().out
+    assert "invisible characters in transcripts" not in capsys.readouterr().out
+
+
+def test_whitespace_the_llm_wrote_is_written_one_space_between_words_and_counted(decoded, tmp_path, capsys):
+    """A newline or a run of spaces the LLM wrote went into the training line's target as it stood: `llmasr check`
+    and `llmasr train` then warned of whitespace in the manifest pseudo-label wrote, and training taught it."""
+    manifest, out = decoded
+    rows = results(out)
+    rows[0]["hyp"], rows[2]["hyp"] = "zero one\ntwo", "five  six\tseven"
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = tmp_path / "pl.jsonl"
+    assert pseudo_main([str(copy), "--output", str(target), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    assert (
+        "2 kept transcripts written with the whitespace the LLM wrote (newlines, tabs, spaces in a row) as one "
+        in report
+    )
+    written = {u.key: u.target for u in Manifest.open(target)}
+    assert (written["test000"], written["test002"]) == ("zero one two", "five six seven")
+    assert data_check_main([str(target)]) == 0
+    assert "whitespace in transcripts" not in capsys.readouterr().out
 
 
 def test_a_line_decoded_twice_in_one_results_file_is_refused(decoded, tmp_path, capsys):
