@@ -203,10 +203,16 @@ class Interrupted(KeyboardInterrupt):
         self.when = when
 
 
+# SIGINT raises KeyboardInterrupt already; these end a process at once by default, with no cleanup and no word: a
+# scheduler's time limit or `kill` (SIGTERM), and SLURM's notice before it (`--signal=USR1@SECONDS`, which batch
+# scripts set for training and send to every process of the job, a decode's or an export's as well)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 @contextmanager
-def sigterm_raises(when: str) -> Iterator[None]:
-    """SIGTERM raises Interrupted inside the block, as Ctrl-C raises KeyboardInterrupt (its default ends the process
-    at once: no cleanup, no word). Main thread only: Python allows handlers nowhere else."""
+def stop_signals_raise(when: str) -> Iterator[None]:
+    """SIGTERM and SIGUSR1 raise Interrupted inside the block, as Ctrl-C raises KeyboardInterrupt, so the block
+    cleans up as for Ctrl-C and the command names the signal. Main thread only: Python allows handlers nowhere else."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -216,11 +222,12 @@ def sigterm_raises(when: str) -> Iterator[None]:
     def stop(signum, frame):
         raise Interrupted(signum, when)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def signal_name(signum: int) -> str:

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmasr data pseudo-label",
         description="write a decode's transcripts as a FunASR jsonl training manifest: the decoded lines with the "
         "LLM's text as target (a line a window of a recording decoded in windows), less those a gate found no "
-        "speech in, empty ones, those a guard cut, and with --min-avg-logprob the unsure ones",
+        "speech in, empty ones, those a guard cut, those holding control or invisible characters, and with "
+        "--min-avg-logprob the unsure ones",
     )
     p.add_argument("decoded", help=f"the output folder of `llmasr decode` (its {RESULTS} and wer.json)")
     p.add_argument("--output", required=True, help="the manifest to write")

@@ -28,7 +28,7 @@ from llmasr.demo.run import (
     stage_train,
 )
 from llmasr.demo.synth import SynthError
-from llmasr.errors import Interrupted, signal_name, signal_status, sigterm_raises
+from llmasr.errors import Interrupted, signal_name, signal_status, stop_signals_raise
 from llmasr.train.run_log import command_logging
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     state = State(workdir)
     t0 = time.time()
     try:
-        with sigterm_raises("during the demo"):
+        with stop_signals_raise("during the demo"):
             check_overrides(args, workdir)
             corpus = stage_corpus(args, workdir, state)
             llm_dir = stage_llm(args, workdir, state, corpus)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SynthError, ConfigError, RuntimeError) as err:
         print(f"llmasr demo: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1  # a bad override: bad input, as train says it
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Interrupted)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM or SIGUSR1 (Interrupted)
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         print(f"llmasr demo: stopped by {signal_name(signum)}; rerun the same command to continue: the stages it "
               "finished are reused, an unfinished one is made again, and training resumes from its latest "

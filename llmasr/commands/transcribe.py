@@ -204,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         print("llmasr transcribe: error: --hotword-boost scores the phrases of --hotwords, and none is given: give "
               "--hotwords FILE, or leave it out", file=sys.stderr)  # fmt: skip
         return 2
+    with errors.stop_signals_raise("while transcribing"):  # named, as Ctrl-C is
+        return _transcribe(args, device, given, hotwords)
+
+
+def _transcribe(args, device, given: dict, hotwords) -> int:
+    """main's transcription once its checks pass: the model loaded, each file's line printed."""
     try:
         asr = Transcriber.load(
             args.model, checkpoint=args.checkpoint, tag=args.tag, device=device, dtype=args.dtype,

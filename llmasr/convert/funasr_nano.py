@@ -48,12 +48,13 @@ from llmasr.convert.nano_ctc import ctc_decoder_file, ctc_section, ctc_vocab_fil
 from llmasr.convert.nano_lora import LoraError, fold_funasr_lora
 from llmasr.convert.nano_recipe import write_finetune_recipe
 from llmasr.convert.nano_shapes import check_speech_weights, ctc_decoder_shapes, ctc_head_gaps, describe
-from llmasr.export.export import DTYPE_NAMES, write_model_dir
+from llmasr.export.export import write_model_dir
 from llmasr.export.staged_dir import discarded_on_error, output_dir, publish, staging_dir, writing
 from llmasr.models.builder import build_model
 from llmasr.models.config import ModelConfig
 from llmasr.models.exported import MODEL_FILE
 from llmasr.models.funasr_files import missing_weights, weights_file
+from llmasr.models.llm import dtype_name
 from llmasr.models.state_dict import select_prefix, torch_load, unwrap_state_dict
 from llmasr.models.tokenizer import load_tokenizer
 from llmasr.recipe import Recipe
@@ -291,14 +292,16 @@ def _stage(state: dict, llm_src: Path, tokenizer, stage: Path, with_ctc: bool) -
     return files
 
 
-def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", overwrite: bool = False) -> Path:
+def convert_funasr(
+    src: str | Path, out: str | Path, *, dtype: str | torch.dtype = "fp32", overwrite: bool = False
+) -> Path:
     """Convert the Fun-ASR-Nano directory `src` into `out` (see the module docstring); returns `out`.
-    `dtype`: the LLM's weights in OUT (bf16, fp16, fp32); the speech branches stay float32."""
+    `dtype`: the LLM's weights in OUT (bf16, fp16, fp32, as llmasr.models.llm.dtype_name reads it); the speech
+    branches stay float32."""
     src, named = Path(src).resolve(), out
     with writing(out, flag="OUT", error=ConvertError):  # held from the emptiness check to the last rename
         out = output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)
-        if dtype not in DTYPE_NAMES:
-            raise ConvertError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+        llm_dtype = dtype_name(dtype, what="--dtype", error=ConvertError)
         if not src.is_dir():
             raise ConfigError(f"{src}: not a directory")
         config = read_nano_config(src)
@@ -329,14 +332,12 @@ def convert_funasr(src: str | Path, out: str | Path, *, dtype: str = "fp32", ove
             section["adaptor"]["init_from"] = str(files["adaptor"])
             if ctc is not None:
                 section["ctc"] = {**ctc, "init_from": str(files["ctc"])}
-            section["llm"] = {**section["llm"], "path": str(files["llm"]), "dtype": DTYPE_NAMES[dtype], "freeze": True}
+            section["llm"] = {**section["llm"], "path": str(files["llm"]), "dtype": llm_dtype, "freeze": True}
             cfg = from_dict(ModelConfig, section, "model")
             model = build_model(cfg)
             tmp.mkdir(parents=True)
             info = {"converted_from": str(src), "model": "FunASRNano", "llm_config": str(llm_src), "left_out": left_out}
-            write_model_dir(
-                model, info, Recipe(model=cfg), tmp, DTYPE_NAMES[dtype], training_max_duration=NANO_SEGMENT_SECONDS
-            )
+            write_model_dir(model, info, Recipe(model=cfg), tmp, llm_dtype, training_max_duration=NANO_SEGMENT_SECONDS)
             recipe = write_finetune_recipe(tmp, out, named)  # from the description just written: the same model
             output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)  # filled meanwhile: kept
             publish(tmp, out, MODEL_FILE)

@@ -78,6 +78,11 @@ def tags_in(text: str) -> list[str]:
     return list(dict.fromkeys(TAG.findall(text))) if "<|" in text else []
 
 
+def has_invisible(text: str) -> bool:
+    """Whether `text` holds an invisible format character (a control character among them) that gather_text names."""
+    return not text.isprintable() and _INVISIBLE.search(text) is not None
+
+
 def gather_text(found: dict, text, where) -> None:
     """Count what is wrong with transcript `text` into `found` (name -> [lines holding it, `where` of the first]):
     its tags, the whitespace in it other than one space between words, its invisible format characters, whether it

@@ -1,11 +1,12 @@
-"""The demo's training launch and its stop signals: a Ctrl-C or SIGTERM that reaches the demo reaches its training
-too, and the demo ends only after the training has (the ranks save a checkpoint on the way out,
+"""The demo's training launch and its stop signals: a Ctrl-C, SIGTERM or SIGUSR1 that reaches the demo reaches its
+training too, and the demo ends only after the training has (the ranks save a checkpoint on the way out,
 llmasr.train.preemption), so a rerun resumes from it and never finds ranks still writing WORKDIR/run.
 
 DeepSpeed's local launcher (`deepspeed.launcher.runner`) neither catches nor passes on a signal; its child
 (`deepspeed.launcher.launch`) passes one on to every rank as SIGTERM. So the demo sends the signal it got to that
-child and waits for the launcher's whole tree. A Ctrl-C reaches every process of the terminal's group anyway: the
-ranks take copies of one signal within seconds of each other as one request.
+child and waits for the launcher's whole tree; SIGUSR1 (SLURM's notice) as SIGTERM, since that child neither catches
+nor passes it on and dies of it. A Ctrl-C reaches every process of the terminal's group anyway: the ranks take copies
+of one signal within seconds of each other as one request.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def stop(proc: subprocess.Popen, seen: dict, signum: int, log: Callable[[str], N
     _look(proc, seen)
     log(f"stopping the training: its ranks save a checkpoint first (another {signal.Signals(signum).name} stops "
         "them at once, without saving)")  # fmt: skip
+    sent = signal.SIGTERM if signum == signal.SIGUSR1 else signum  # the launch child dies of SIGUSR1 (module doc)
     for p, child in seen.values():
         if child:
             with contextlib.suppress(psutil.Error):
-                p.send_signal(signum)
+                p.send_signal(sent)
     _, alive = psutil.wait_procs([p for p, _ in seen.values()], timeout=wait_s)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5.0)

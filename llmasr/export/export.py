@@ -37,6 +37,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from llmasr.config_io import to_dict
@@ -56,10 +57,10 @@ from llmasr.export.trained_model import load_checkpoint_model, load_trained, run
 from llmasr.models.builder import output_dim
 from llmasr.models.decode_guards import other_end_ids
 from llmasr.models.encoder_spec import encoder_spec
-from llmasr.models.exported import DTYPE_NAMES, MODEL_FILE
+from llmasr.models.exported import MODEL_FILE
 from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
-from llmasr.models.llm import DTYPES, base_lm
+from llmasr.models.llm import DTYPES, base_lm, dtype_name
 from llmasr.models.rotary import plain_transformers_line
 from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
 from llmasr.written_by import written_by
@@ -100,7 +101,7 @@ def export_model(
     output: str | Path,
     *,
     tag: str | None = None,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
     average: int = 1,
     average_by: str | None = None,
     adapter_only: bool = False,
@@ -114,8 +115,7 @@ def export_model(
     with writing(output, flag="--output", error=ExportError):  # held from the emptiness check to the last rename
         out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
         max_shard_size = shard_bytes(max_shard_size)
-        if dtype is not None and dtype not in DTYPE_NAMES:
-            raise ExportError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+        asked = None if dtype is None else dtype_name(dtype, what="--dtype", error=ExportError)
         run = _refuse_the_run_itself(out, checkpoint, tag)
         recipe_read = run_recipe(run, trust_remote_code=trust_remote_code)
         _refuse_what_the_run_reads(out, recipe_read)  # before any weight is read
@@ -130,13 +130,13 @@ def export_model(
         if adapter_only:
             check_adapter_only(model, recipe)
             _record_adapter_residual(info, residuals)
-        dtype_name = DTYPE_NAMES[dtype] if dtype else recipe.model.llm.dtype
+        llm_dtype = asked or recipe.model.llm.dtype
 
         tmp = staging_dir(out)
         tmp.mkdir(parents=True)
         with discarded_on_error(tmp):
             write_model_dir(
-                model, info, recipe, tmp, dtype_name, adapter_only=adapter_only, max_shard_size=max_shard_size,
+                model, info, recipe, tmp, llm_dtype, adapter_only=adapter_only, max_shard_size=max_shard_size,
                 training_max_duration=longest,
             )  # fmt: skip
             if not adapter_only:  # a saved adapter loads frozen: LoRA cannot train on over it

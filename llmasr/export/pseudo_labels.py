@@ -7,9 +7,11 @@ or `lang` gets the decode's --task or --language, so that training asks it as th
 decoded in windows gives a training line a window (its span, its own text; keyed as Kaldi keys segments, by its
 start and end in the recording, in centiseconds): written whole it would be too long to train on, and one unsure
 window would cost the rest. Left out, each counted by its reason: what a gate found no speech in, an empty
-transcript, one a guard cut (the length cap, the repetition stop: a cut text is a wrong label), and with a threshold
-on decode.confidence's `avg_logprob` the utterances or windows below it. With references (a labelled dev set decoded
-the same way) the report gives the error rate of the lines kept against all of them: what the threshold buys.
+transcript, one a guard cut (the length cap, the repetition stop: a cut text is a wrong label), one holding control
+or invisible format characters (an LLM's byte token writes them; training's transcript check names the same ones),
+and with a threshold on decode.confidence's `avg_logprob` the utterances or windows below it. With references (a
+labelled dev set decoded the same way) the report gives the error rate of the lines kept against all of them: what
+the threshold buys.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llmasr.atomic_file import manifest_writer
 from llmasr.config_paths import output_file_problem
 from llmasr.data.manifest import Manifest
 from llmasr.data.records import language_of, missing_hint, task_of
+from llmasr.data.transcript_text import has_invisible
 from llmasr.export.decode_folders import read_summary
 from llmasr.export.pseudo_label_inputs import (
     BAD,
@@ -43,6 +46,7 @@ REASONS = {
     "no_speech": "no speech (a gate)",
     "empty": "empty transcript",
     "truncated": "cut by a guard (length cap, repetition stop)",
+    "invisible": "invisible or control characters (training's transcript check warns of them)",
     "low_confidence": "avg_logprob below the threshold",
 }
 
@@ -66,6 +70,8 @@ class LabelFilter:
             return "empty"
         if row.get("truncated") and not self.keep_truncated:
             return "truncated"
+        if has_invisible(str(row["hyp"])):  # an LLM's byte token (U+0013): training would learn to write it
+            return "invisible"
         if self.min_avg_logprob is None:
             return None
         avg = row.get("avg_logprob")
@@ -101,6 +107,7 @@ class PseudoLabels:
     # so that training asks each line as the decode did
     asked: dict = field(default_factory=dict)
     asked_lines: int = 0  # kept training lines given one of them
+    collapsed: int = 0  # kept transcripts whose whitespace (newlines, tabs, spaces in a row) became one space
 
     def report(self, filt: LabelFilter) -> str:
         offered = plural(self.offered, "line" if self.windowed else "decoded line")
@@ -122,6 +129,11 @@ class PseudoLabels:
                 "with --vad, or decode.window_split_pause, for windows cut at pauses"
             )
         lines += [f"  left out, {REASONS[k]}: {n}" for k, n in self.left_out.most_common()]
+        if self.collapsed:
+            lines.append(
+                f"  {plural(self.collapsed, 'kept transcript')} written with the whitespace the LLM wrote (newlines, "
+                "tabs, spaces in a row) as one space between words, as scoring reads it"
+            )
         if self.not_decoded:
             lines.append(f"  manifest lines not in {RESULTS} (bad at decoding, see {BAD}): {self.not_decoded}")
         if self.undecoded:
@@ -204,6 +216,7 @@ def pseudo_labels(decoded: Path, output: Path, filt: LabelFilter, manifest: Path
                     "them in the manifest (a window of a long recording is keyed KEY-START-END, in centiseconds)"
                 )
             keys[line["key"]] = where
+            got.collapsed += line["target"] != piece["hyp"]
             written.append(json.dumps(line, ensure_ascii=False) + "\n")
             got.seconds += line["duration"]
             got.cut_in_speech += bool(piece.get("cut_in_speech"))
@@ -268,9 +281,11 @@ def _pieces(row: dict) -> list[dict]:
 
 def _training_line(utt, piece: dict, end: float | None, asked: dict) -> dict:
     """A FunASR jsonl line: the decoded line's audio (`end`: its span's, as decoded_end) and fields, the LLM's
-    text as its target; for a window (_pieces) the window's span of it, keyed by its start and end. `asked`: the
-    decode's {"task", "language"} given, the `prompt` / `lang` of a line without its own."""
-    line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": piece["hyp"]}
+    text as its target (its whitespace one space between words); for a window (_pieces) the window's span of it,
+    keyed by its start and end. `asked`: the decode's {"task", "language"} given, the `prompt` / `lang` of a line
+    without its own."""
+    # one space between words: training would teach the LLM to write the newlines and runs of spaces it wrote
+    line = {"key": utt.key, "source": str(Path(utt.source).resolve()), "target": " ".join(piece["hyp"].split())}
     if piece.get("window") is None:
         line["duration"] = round(float(piece["duration"]), 4)
         if utt.start:

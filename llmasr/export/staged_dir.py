@@ -12,9 +12,10 @@ another filesystem, where the renames fail, and a folder of one's own inside a s
 make, so there the staging folder is `OUT/.partial` (and `OUT/.old`, `OUT/.lock`).
 
 `writing(OUT)` holds a lock file beside OUT (`.NAME.lock`) for the whole write: a second export or conversion to the
-same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead. Meanwhile
-SIGTERM (a scheduler's time limit, `kill`) stops the write as Ctrl-C does, by an exception: the staging folder is
-removed and OUT left as it was, where the signal's default had ended the process with a model-sized hidden folder left.
+same OUT while the first runs would clear and fill the same staging folder, so it is refused at once instead.
+Meanwhile SIGTERM (a scheduler's time limit, `kill`) or SIGUSR1 (SLURM's notice before it) stops the write as Ctrl-C
+does, by an exception: the staging folder is removed and OUT left as it was, where the signal's default had ended
+the process with a model-sized hidden folder left.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from llmasr.errors import sigterm_raises, write_error
+from llmasr.errors import stop_signals_raise, write_error
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def writing(out: Path, *, flag: str, error=ValueError, writer: str = "export or 
             break
         os.close(fd)
     try:
-        with sigterm_raises(f"while writing {out}"):
+        with stop_signals_raise(f"while writing {out}"):
             yield
     finally:
         with contextlib.suppress(FileNotFoundError):

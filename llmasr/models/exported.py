@@ -39,22 +39,13 @@ from llmasr.models.config import AdaptorConfig, ModelConfig
 from llmasr.models.ctc_config import CTCDecoderConfig
 from llmasr.models.devices import usable_device
 from llmasr.models.encoders import entry_for_class
+from llmasr.models.llm import DTYPE_NAMES, dtype_name
 from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.rotary import ROTARY_DTYPES
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
 from llmasr.run_dir.layout import CHECKPOINTS, META
 from llmasr.unread_fields import drop_unread
 from llmasr.written_by import writer
-
-DTYPE_NAMES = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "fp32": "float32",
-    "float32": "float32",
-}
-
 
 READABLE_FORMATS = ("llmasr-exported-1",)  # what llmasr.export.export.FORMAT has been
 
@@ -125,16 +116,7 @@ def _file(model_dir: Path, name: str, what: str) -> str:
 
 
 def llm_dtype_name(name: str | torch.dtype | None, default: str) -> str:
-    from llmasr.models.llm import DTYPES
-
-    if isinstance(name, torch.dtype):
-        if name not in DTYPES.values():
-            raise ExportedModelError(f"dtype must be one of bf16, fp16, fp32 (or their torch dtypes); got {name}")
-        return next(k for k, v in DTYPES.items() if v == name)
-    name = name or default
-    if name not in DTYPE_NAMES:
-        raise ExportedModelError(f"dtype must be one of bf16, fp16, fp32; got {name!r}")
-    return DTYPE_NAMES[name]
+    return dtype_name(default if name is None else name, error=ExportedModelError)
 
 
 def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -> bool:

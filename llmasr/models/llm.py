@@ -35,6 +35,20 @@ from llmasr.text_files import not_utf8
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The spellings the Python API and the command line take for the LLM's dtype -> its DTYPES name
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", **{name: name for name in DTYPES}}
+
+
+def dtype_name(dtype: str | torch.dtype, *, what: str = "dtype", error: type[Exception] = ValueError) -> str:
+    """The DTYPES name of `dtype`: bf16, fp16, fp32, the recipe's bfloat16, float16, float32, or their torch dtypes
+    (every function that takes the LLM's dtype reads it here); anything else is refused with `error` naming `what`."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return next(k for k, v in DTYPES.items() if v == dtype)
+    elif isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype]
+    raise error(f"{what} must be one of bf16, fp16, fp32 (or bfloat16, float16, float32, or their torch dtypes); "
+                f"got {dtype!r}")  # fmt: skip
 
 
 # load_llm honours a live HfDeepSpeedConfig: under ZeRO-3 from_pretrained partitions weights as it reads them.
@@ -178,7 +192,7 @@ def load_llm(
     *,
     lora: LoraConfig | None = None,
     freeze: bool = True,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     gradient_checkpointing: bool = False,
     checkpoint_every: int = 1,
     trust_remote_code: bool = False,
@@ -195,8 +209,7 @@ def load_llm(
 
     hf_logging.disable_progress_bar()
     path = check_llm_dir(path, tokenizer=tokenizer_dir(path, tokenizer, adapter))
-    if dtype not in DTYPES:
-        raise LLMLoadError(f"model.llm.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+    dtype = dtype_name(dtype, error=LLMLoadError)
     if lora is not None:  # a LoraConfig made in Python, or a dict of its keys, checked as a recipe's before the load
         lora = checked(LoraConfig, lora, "model.llm.lora")
     if trust_remote_code:

@@ -169,7 +169,20 @@ class SpeechLLM(nn.Module):
         """Whether the encoder reads each row's language (SenseVoice with queries.language per_line)."""
         return bool(getattr(self.encoder, "per_line", False))
 
+    def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """`feats` in the dtype the encoder computes in (its first weight's), as the trainer casts a batch to its
+        training dtype: features a user made with numpy's float64 had failed deep in the encoder ("mixed dtype"),
+        and float32 holds all a feature says. Integer features are none (PCM samples?): refused, naming both."""
+        dtype = next((p.dtype for p in self.encoder.parameters() if p.is_floating_point()), None)
+        if not feats.is_floating_point():
+            raise ValueError(
+                f"batch.feats is {feats.dtype}, not floating-point features (log-mel filterbanks, not audio samples); "
+                f"the model's encoder computes in {dtype}"
+            )
+        return feats if dtype is None or feats.dtype == dtype else feats.to(dtype)
+
     def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, languages: list[str | None] | None = None):
+        feats = self._encoder_input(feats)
         if self.per_line_language:
             if self.training and languages is not None:  # the model's mode: a frozen encoder is in eval mode
                 languages = self.encoder.training_languages(languages)

@@ -14,6 +14,7 @@ from llmasr.commands.data_check import main
 from llmasr.data.manifest import Manifest
 from llmasr.data.screen import screen
 from llmasr.data.screen_share import ScreenShare
+from llmasr.data.transcript_text import gather_text, has_invisible
 from llmasr.testing.thread_ranks import run_ranks as ranks
 
 pytestmark = pytest.mark.usefixtures("manifest_cache_dir")
@@ -227,3 +228,18 @@ def test_control_characters_are_named_with_their_lines_and_the_fix_removes_them(
     for r in recs:
         r["target"] = eval(INVISIBLE_FIX, {"re": re, "text": r["target"]})
     assert recs[1]["target"] == "lvenve" and recs[2]["target"] == "caf\u00e9 au lait"
+
+
+@pytest.mark.parametrize("text", ["three\x13 four", "zero\u200b one", "\ufeffnine", "a\u202eb"])
+def test_has_invisible_is_true_of_what_the_check_names_invisible(text):
+    """pseudo-label leaves out what training's check would warn of as invisible: one definition for both."""
+    found = {}
+    gather_text(found, text, 0)
+    assert has_invisible(text) and "invisible" in found
+
+
+@pytest.mark.parametrize("text", ["three four", "a\tb", "line\nbreak", "می\u200cخواهم", "👨\u200d👩", "语音"])
+def test_has_invisible_is_false_of_whitespace_joiners_and_plain_text(text):
+    found = {}
+    gather_text(found, text, 0)
+    assert not has_invisible(text) and "invisible" not in found

@@ -77,13 +77,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("signum", "whom"), [(signal.SIGTERM, "demo"), (signal.SIGINT, "group"), (signal.SIGINT, "demo")]
+    ("signum", "whom"),
+    [(signal.SIGTERM, "demo"), (signal.SIGINT, "group"), (signal.SIGINT, "demo"), (signal.SIGUSR1, "demo")],
 )
 def test_a_stop_signal_ends_the_training_before_the_demo_ends(tmp_path, signum, whom):
     """SIGTERM to the demo alone (`kill PID`) had ended it at once, silently, with the launcher and its ranks left
     training in WORKDIR/run; on Ctrl-C the demo killed the launcher and ended while the ranks were still saving, so
     a rerun at once could find them writing the same run. Now the signal reaches the training, the demo waits for it
-    and says how to go on."""
+    and says how to go on. SIGUSR1 (SLURM's notice) had ended the demo as SIGTERM had: it reaches the launch child
+    as SIGTERM, which that child passes on (it dies of SIGUSR1, as the stand-in does)."""
     proc = _start(tmp_path)
     launch = int((tmp_path / "launch.pid").read_text())
     try:

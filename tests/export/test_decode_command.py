@@ -478,3 +478,34 @@ def test_a_bfloat16_checkpoint_decodes_with_the_weights_of_its_export(base_dirs,
             checkpoint.ctc_head(*checkpoint.encoder(batch.feats, batch.feat_lens)),
             exported.ctc_head(*exported.encoder(batch.feats, batch.feat_lens)), rtol=0, atol=0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_during_decode_is_named_and_leaves_no_lock(exported_dir, corpus, tmp_path, name):
+    """SIGUSR1 (SLURM's `--signal=USR1@SECONDS` notice, which the README's batch script asks for and sends to a
+    decode run in it too) killed a decode with no word (exit 138) and left the lock file beside --output; it stops
+    the decode as SIGTERM does: named, exit 128 + N, no lock left."""
+    import signal
+    import subprocess
+    import sys
+
+    from llmasr.testing.launcher import launcher_env
+
+    script = (
+        "import os, signal, sys\n"
+        "import llmasr.commands.decode as d\n"
+        "decode = d.decode_manifest\n"
+        "def decode_then_stopped(*args, **kwargs):\n"
+        "    decode(*args, **kwargs)\n"
+        f"    os.kill(os.getpid(), signal.{name})\n"
+        "d.decode_manifest = decode_then_stopped\n"
+        "from llmasr.cli import main\n"
+        "sys.exit(main(['decode', '--model', sys.argv[1], '--data', sys.argv[2], '--output', sys.argv[3],\n"
+        "               '--max-new-tokens', '2', '--num-workers', '0']))\n"
+    )
+    out = tmp_path / "o"
+    done = subprocess.run([sys.executable, "-c", script, str(exported_dir), str(corpus), str(out)],
+                          capture_output=True, text=True, env=launcher_env(), timeout=300)  # fmt: skip
+    assert done.returncode == 128 + getattr(signal, name), done.stderr[-2000:]
+    assert f"llmasr decode: stopped by {name} while writing {out}" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

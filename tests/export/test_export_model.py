@@ -206,8 +206,9 @@ def test_a_damaged_or_newer_description_is_refused_naming_the_file(exported, tmp
             load_exported(moved)
 
 
-def test_bf16_export_casts_the_llm(runs, tmp_path):
-    out = export_model(runs[0], tmp_path / "bf16", dtype="bf16")
+@pytest.mark.parametrize("dtype", ["bf16", torch.bfloat16])  # the torch dtype load_exported takes had been refused
+def test_bf16_export_casts_the_llm(runs, tmp_path, dtype):
+    out = export_model(runs[0], tmp_path / "bf16", dtype=dtype)
     cfg = json.loads((out / "llm" / "config.json").read_text())
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
     model = load_exported(out)

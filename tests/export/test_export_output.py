@@ -237,9 +237,13 @@ def test_a_full_disk_during_export_names_the_folder_and_its_free_space(runs, tmp
     assert "MiB free there" in err and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_sigterm_during_export_leaves_no_staging_folder(runs, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_during_export_leaves_no_staging_folder(runs, tmp_path, name):
     """SIGTERM (a scheduler's time limit, `kill`) ended the process at once: the hidden staging folder, a whole model
-    in size, and the lock file stayed beside OUT. Now it stops the export as Ctrl-C does: nothing is left, exit 143."""
+    in size, and the lock file stayed beside OUT. Now it stops the export as Ctrl-C does: nothing is left, exit 143.
+    SIGUSR1 (SLURM's `--signal=USR1@SECONDS` notice, which a training job's batch script sends to an export too) did
+    the same with no word at all (exit 138): now it stops the export as SIGTERM does."""
+    import signal
     import sys
 
     from llmasr.testing.launcher import launcher_env
@@ -250,7 +254,7 @@ def test_sigterm_during_export_leaves_no_staging_folder(runs, tmp_path):
         "write = ex.write_model_dir\n"
         "def write_then_stopped(*args, **kwargs):\n"
         "    write(*args, **kwargs)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"    os.kill(os.getpid(), signal.{name})\n"
         "ex.write_model_dir = write_then_stopped\n"
         "from llmasr.cli import main\n"
         "sys.exit(main(['export', '--checkpoint', sys.argv[1], '--output', sys.argv[2]]))\n"
@@ -258,8 +262,8 @@ def test_sigterm_during_export_leaves_no_staging_folder(runs, tmp_path):
     out = tmp_path / "m"
     done = subprocess.run([sys.executable, "-c", script, str(runs[0]), str(out)], capture_output=True, text=True,
                           env=launcher_env(), timeout=300)  # fmt: skip
-    assert done.returncode == 143, done.stderr[-2000:]
-    assert f"llmasr export: stopped by SIGTERM while writing {out}" in done.stderr
+    assert done.returncode == 128 + getattr(signal, name), done.stderr[-2000:]
+    assert f"llmasr export: stopped by {name} while writing {out}" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

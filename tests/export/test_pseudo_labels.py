@@ -14,6 +14,7 @@ from llmasr.commands.data_check import main as data_check_main
 from llmasr.commands.data_pseudo_label import main as pseudo_main
 from llmasr.commands.decode import main as decode_main
 from llmasr.data.manifest import Manifest
+from llmasr.data.transcript_text import has_invisible
 from llmasr.export.decode import DecodeOptions, decode_manifest
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import score_corpus
@@ -39,9 +40,15 @@ def results(out) -> list[dict]:
     return [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
 
 
+def kept(text: str) -> bool:
+    """Whether a transcript is a training line's target: written, and free of control or invisible characters (the
+    tiny LLM's byte tokens write some)."""
+    return bool(text.strip()) and not has_invisible(text)
+
+
 def targets(rows: list[dict]) -> list[str]:
     """The texts a pseudo-label run keeping every written transcript writes: a row's, or each of its windows'."""
-    return [w["hyp"] for r in rows for w in r.get("window_texts", [r]) if w["hyp"].strip()]
+    return [w["hyp"] for r in rows for w in r.get("window_texts", [r]) if kept(w["hyp"])]
 
 
 def window_keys(row: dict) -> list[str]:
@@ -57,8 +64,8 @@ def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, 
     assert pseudo_main([str(out), "--output", str(target), "--keep-truncated"]) == 0
     report = capsys.readouterr().out
     written = Manifest.open(target)
-    whole = [r for r in rows if r["windows"] == 1]
-    assert all(r["hyp"].strip() for r in whole)
+    whole = [r for r in rows if r["windows"] == 1 and kept(r["hyp"])]
+    assert all(r["hyp"].strip() for r in rows if r["windows"] == 1)
     (long,) = [r for r in rows if r["windows"] > 1]
     assert [u.target for u in written][: len(whole)] == [r["hyp"] for r in whole]
     source = Manifest.open(manifest, need_target=False)
@@ -66,23 +73,25 @@ def test_every_line_written_whole_becomes_a_training_line_of_its_audio(decoded, 
     for utt, row in zip(written, whole):
         assert utt.key == row["key"] and utt.source == by_key[row["key"]].source and utt.duration == row["duration"]
     # the long recording: a training line a window, its span of the recording and its own text
-    windows = [w for w in long["window_texts"] if w["hyp"].strip()]
+    windows = [w for w in long["window_texts"] if kept(w["hyp"])]
     assert len(long["window_texts"]) == long["windows"] >= 3 and len(windows) >= 3
     pieces = list(written)[len(whole) :]
-    assert [u.key for u in pieces] == [k for k, w in zip(window_keys(long), long["window_texts"]) if w["hyp"].strip()]
+    assert [u.key for u in pieces] == [k for k, w in zip(window_keys(long), long["window_texts"]) if kept(w["hyp"])]
     assert [u.target for u in pieces] == [w["hyp"] for w in windows]
     assert [(u.start, u.end) for u in pieces] == [(w["start"], w["end"]) for w in windows]
     assert all(u.source == by_key["long"].source and u.duration == pytest.approx(u.end - u.start) for u in pieces)
     # a training tool takes it: every line parses and its audio opens
     assert data_check_main([str(target)]) == 0
-    offered = len(whole) + long["windows"]
+    offered = len(rows) - 1 + long["windows"]
     assert f"pseudo-labels: {len(whole) + len(windows)} of {offered} lines kept" in report
     assert (
         f"1 long recording of the 7 decoded lines was decoded in windows: a line a window ({long['windows']} " in report
     )
     assert "cut without a pause" not in report  # the recording's windows meet at its pauses
-    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in rows])
-    assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over 7 lines" in report and "kept in part" not in report
+    scored = whole + [long] * (len(windows) == long["windows"])  # the lines kept whole
+    corpus, _ = score_corpus([(r["ref"], r["hyp"]) for r in scored])
+    assert f"kept {corpus.name} {100 * corpus.rate:.2f}% over {len(scored)} line" in report
+    assert ("kept in part" in report) == (len(windows) < long["windows"])
 
 
 def test_cut_transcripts_are_left_out_and_an_end_of_the_llms_own_is_kept(decoded, model, tmp_path, capsys):
@@ -120,12 +129,13 @@ def test_unsure_transcripts_and_windows_are_left_out_below_the_threshold(decoded
     assert pseudo_main([str(out), "--output", str(tmp_path / "sure.jsonl"), "--keep-truncated",
                         "--min-avg-logprob", f"{threshold}"]) == 0  # fmt: skip
     report = capsys.readouterr().out
-    kept = [u.key for u in Manifest.open(tmp_path / "sure.jsonl")]
-    whole = [r for r in rows if r["windows"] == 1]
-    windows = [k for k, avg in zip(window_keys(long), sure) if avg >= threshold]
-    assert kept == [r["key"] for r in whole if r["avg_logprob"] >= threshold] + windows
+    keys = [u.key for u in Manifest.open(tmp_path / "sure.jsonl")]
+    whole = [r for r in rows if r["windows"] == 1 and kept(r["hyp"])]  # those left out for their text are not low
+    written = [(k, avg) for k, avg, w in zip(window_keys(long), sure, long["window_texts"]) if kept(w["hyp"])]
+    windows = [k for k, avg in written if avg >= threshold]
+    assert keys == [r["key"] for r in whole if r["avg_logprob"] >= threshold] + windows
     assert 0 < len(windows) < len(sure)
-    low = sum(r["avg_logprob"] < threshold for r in whole) + len(sure) - len(windows)
+    low = sum(r["avg_logprob"] < threshold for r in whole) + len(written) - len(windows)
     assert f"left out, avg_logprob below the threshold: {low}" in report
     # the recording kept in part is scored in neither rate: its windows have no references of their own
     assert "(1 recording kept in part, in neither: a window has no reference of its own)" in report
@@ -252,6 +262,50 @@ def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, ca
     assert not (tmp_path / "pl.jsonl").exists()
 
 
+def test_transcripts_holding_control_or_invisible_characters_are_left_out_and_counted(decoded, tmp_path, capsys):
+    """An untrained LLM's byte token wrote U+0013 into a transcript: pseudo-label kept it, and `llmasr check` and
+    `llmasr train` then warned of the manifest it wrote. Such a line (a window too) is left out and counted."""
+    manifest, out = decoded
+    rows = results(out)
+    rows[1]["hyp"] = "three\x13 four"
+    (long,) = [r for r in rows if r["windows"] > 1]
+    long["window_texts"][0]["hyp"] = "zero\u200b one"  # a zero-width space: format, not control
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = tmp_path / "pl.jsonl"
+    assert pseudo_main([str(copy), "--output", str(target), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    hidden = sum(has_invisible(w["hyp"]) for r in rows for w in r.get("window_texts", [r]))  # 2, and the LLM's own
+    assert f"left out, invisible or control characters (training's transcript check warns of them): {hidden}" in report
+    written = [u.target for u in Manifest.open(target)]
+    assert "three\x13 four" not in written and "zero\u200b one" not in written and written == targets(rows)
+    assert data_check_main([str(target)]) == 0
+    assert "invisible characters in transcripts" not in capsys.readouterr().out
+
+
+def test_whitespace_the_llm_wrote_is_written_one_space_between_words_and_counted(decoded, tmp_path, capsys):
+    """A newline or a run of spaces the LLM wrote went into the training line's target as it stood: `llmasr check`
+    and `llmasr train` then warned of whitespace in the manifest pseudo-label wrote, and training taught it."""
+    manifest, out = decoded
+    rows = results(out)
+    rows[0]["hyp"], rows[2]["hyp"] = "zero one\ntwo", "five  six\tseven"
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = tmp_path / "pl.jsonl"
+    assert pseudo_main([str(copy), "--output", str(target), "--keep-truncated"]) == 0
+    report = capsys.readouterr().out
+    assert (
+        "2 kept transcripts written with the whitespace the LLM wrote (newlines, tabs, spaces in a row) as one "
+        in report
+    )
+    written = {u.key: u.target for u in Manifest.open(target)}
+    assert (written["test000"], written["test002"]) == ("zero one two", "five six seven")
+    assert data_check_main([str(target)]) == 0
+    assert "whitespace in transcripts" not in capsys.readouterr().out
+
+
 def test_a_line_decoded_twice_in_one_results_file_is_refused(decoded, tmp_path, capsys):
     manifest, out = decoded
     copy = tmp_path / "decoded"
@@ -272,7 +326,11 @@ def test_lines_whose_audio_is_not_where_this_reads_it_are_refused(decoded, tmp_p
     assert pseudo_main([str(out), "--output", str(tmp_path / "pl.jsonl"), "--manifest", str(away),
                         "--keep-truncated"]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert f"{away}:1 (key 'test000'): audio {tmp_path / 'wav/test0.wav'} is not there, nor that of 6 more lines" in err
+    more = sum(any(kept(w["hyp"]) for w in r.get("window_texts", [r])) for r in results(out)) - 1  # lines with any kept
+    assert (
+        f"{away}:1 (key 'test000'): audio {tmp_path / 'wav/test0.wav'} is not there, nor that of {more} more lines"
+        in err
+    )
     assert "give the decoded manifest itself with --manifest" in err and not (tmp_path / "pl.jsonl").exists()
 
 

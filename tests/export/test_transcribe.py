@@ -791,3 +791,30 @@ def test_loading_leaves_the_callers_random_stream_as_it_found_it(exported_dir, r
         after = torch.rand(4)
         torch.manual_seed(7)
         assert torch.equal(after, torch.rand(4)), source
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_during_the_command_is_named(exported_dir, clips, name):
+    """SIGTERM and SIGUSR1 (a scheduler's time limit, SLURM's notice before it) ended `llmasr transcribe` with no word
+    from it (exit 143, 138): they are named as a decode names them, with the same exit status."""
+    import signal
+    import subprocess
+    import sys
+
+    from llmasr.testing.launcher import launcher_env
+
+    script = (
+        "import os, signal, sys\n"
+        "from llmasr.export.transcribe import Transcriber\n"
+        "transcripts = Transcriber.transcripts\n"
+        "def transcribed_then_stopped(*args, **kwargs):\n"
+        "    transcripts(*args, **kwargs)\n"
+        f"    os.kill(os.getpid(), signal.{name})\n"
+        "Transcriber.transcripts = transcribed_then_stopped\n"
+        "from llmasr.cli import main\n"
+        "sys.exit(main(['transcribe', '--model', sys.argv[1], '--max-new-tokens', '2', sys.argv[2]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(exported_dir), str(clips[1][0])], capture_output=True,
+                          text=True, env=launcher_env(), timeout=300)  # fmt: skip
+    assert done.returncode == 128 + getattr(signal, name), done.stderr[-2000:]
+    assert f"llmasr transcribe: stopped by {name} while transcribing" in done.stderr

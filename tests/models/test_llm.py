@@ -99,3 +99,27 @@ def test_lora_given_in_python_is_a_loraconfig_or_its_dict_checked_before_the_loa
     ):
         with pytest.raises(ConfigError, match=said):
             load_llm(tiny_llm_dir, lora=lora)
+
+
+@pytest.mark.parametrize(
+    "dtype, loaded",
+    [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32), ("bfloat16", torch.bfloat16),
+     (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)],
+)  # fmt: skip
+def test_load_llm_takes_every_dtype_spelling_the_exports_take(tiny_llm_dir, dtype, loaded):
+    """`load_llm(path, dtype="bf16")` had been refused ("model.llm.dtype: 'bf16' is not one of [...]"), though
+    export_model, load_exported and Transcriber.load take bf16/fp16/fp32 and torch dtypes: one reading now."""
+    from llmasr.models.llm import load_llm
+
+    model, _ = load_llm(tiny_llm_dir, dtype=dtype, pretrained=False)
+    assert {p.dtype for p in model.parameters()} == {loaded}
+
+
+@pytest.mark.parametrize("dtype", ["half", "", torch.int8])
+def test_a_dtype_of_no_llm_weights_is_refused_naming_the_spellings_taken(tiny_llm_dir, dtype):
+    from llmasr.models.llm import load_llm
+    from llmasr.models.tokenizer import LLMLoadError
+
+    with pytest.raises(LLMLoadError, match=r"dtype must be one of bf16, fp16, fp32 \(or bfloat16, float16, float32, or "
+                       rf"their torch dtypes\); got {dtype!r}"):  # fmt: skip
+        load_llm(tiny_llm_dir, dtype=dtype, pretrained=False)

@@ -496,3 +496,27 @@ def test_a_batch_without_ctc_labels_is_refused_by_a_model_that_trains_a_ctc_head
         model(batch())
     assert len(model.generate(batch(), max_new_tokens=2)) == len(TARGETS)  # decoding reads no labels
     assert model(batch(ctc_tokenizer=model.ctc_tokenizer)).ctc_loss_sum > 0
+
+
+def test_float64_features_a_user_made_with_numpy_are_read_as_the_encoder_s_dtype(model):
+    """`model(batch)` with float64 feats (numpy's default) had failed deep in the encoder with torch's "mixed dtype"
+    error; they are cast to the encoder's dtype, as the trainer casts a batch to its training dtype."""
+    import dataclasses
+
+    model.eval()
+    batch = random_batch(model, TARGETS[:2])
+    wide = dataclasses.replace(batch, feats=batch.feats.double())
+    with torch.no_grad():
+        assert torch.equal(model(wide).loss, model(batch).loss)
+        assert model.generate(wide, max_new_tokens=3) == model.generate(batch, max_new_tokens=3)
+        assert model.encode_audio(wide.feats, wide.feat_lens)[0].dtype == torch.float32
+
+
+def test_integer_features_are_refused_naming_both_dtypes(model):
+    import dataclasses
+
+    batch = random_batch(model, TARGETS[:2])
+    samples = dataclasses.replace(batch, feats=(batch.feats * 1000).to(torch.int16))
+    with pytest.raises(ValueError, match=r"batch\.feats is torch\.int16, not floating-point features .*the model's "
+                       r"encoder computes in torch\.float32"):  # fmt: skip
+        model(samples)
