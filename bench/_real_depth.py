@@ -124,7 +124,7 @@ def ctc_batch(sb: sm.SyntheticBatch, vocab_size: int) -> sm.SyntheticBatch:
 
 def configure(models, name: str):
     """Set the shared model up for variant `name`; returns (model, batch key, step function)."""
-    from llmasr.models.llm import set_activation_checkpointing
+    from llmasr.models.llm_checkpointing import set_activation_checkpointing
 
     formulation, compress, enc_ckpt, every = VARIANTS[name]
     plain, ctc = models

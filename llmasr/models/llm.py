@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from llmasr.config_io import ConfigError, checked
 from llmasr.config_paths import nested_hint, not_found
 from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
+from llmasr.models.llm_checkpointing import set_activation_checkpointing
 from llmasr.models.llm_files import (
     LLMWeightsError,
     check_adapter_weights,
@@ -33,6 +35,11 @@ from llmasr.models.tokenizer import TOKENIZER_FILES, LLMLoadError, load_tokenize
 from llmasr.text_files import not_utf8
 
 log = logging.getLogger(__name__)
+
+# transformers builds a model with class-wide switches set for the while (PreTrainedModel.tie_weights made a no-op,
+# then put back): two builds in two threads at once put back each other's no-op, and every later load in the process
+# left tied embeddings untied. One build at a time (a Transcriber loaded per thread, a test's thread ranks).
+_BUILDING = threading.RLock()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The spellings the Python API and the command line take for the LLM's dtype -> its DTYPES name
@@ -246,7 +253,7 @@ def dtype_argument(dtype: torch.dtype) -> dict:
 def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretrained: bool, shapes_only: bool):
     """The causal LM of `path`: its weights read (`pretrained`), or fresh ones from config.json with the weight
     files' names and shapes checked against it (`shapes_only`), or fresh ones alone."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
@@ -259,20 +266,8 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
         stored_shapes(weight_files(path))
     info = {}  # what the load found missing or of another shape (ignore_mismatched_sizes: listed there, not raised)
     try:
-        if pretrained and not trust_remote_code:
-            # the files' names and shapes first, as `llmasr check` checks them: ZeRO-3's partitioned load raises its
-            # own size-mismatch error, which names no directory
-            with torch.device("meta"), _outside_zero3():
-                check_llm_weights(path, AutoModelForCausalLM.from_config(config))
-        if pretrained:
-            model, info = AutoModelForCausalLM.from_pretrained(
-                str(path), config=config, local_files_only=True, trust_remote_code=trust_remote_code,
-                output_loading_info=True, ignore_mismatched_sizes=True, **dtype_argument(dtype),
-            )  # fmt: skip
-        else:
-            model = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=trust_remote_code, **dtype_argument(dtype)
-            )
+        with _BUILDING:
+            model, info = _built(path, config, dtype, trust_remote_code, pretrained=pretrained)
     except ConfigError:
         raise  # the weight files' own refusal (check_llm_weights)
     except ValueError as err:
@@ -285,6 +280,26 @@ def _causal_lm(path: Path, dtype: torch.dtype, trust_remote_code: bool, *, pretr
     return model
 
 
+def _built(path: Path, config, dtype: torch.dtype, trust_remote_code: bool, *, pretrained: bool) -> tuple:
+    """(model, loading info) as transformers builds them (_causal_lm's checks around it; under _BUILDING)."""
+    from transformers import AutoModelForCausalLM
+
+    info = {}
+    if pretrained and not trust_remote_code:
+        # the files' names and shapes first, as `llmasr check` checks them: ZeRO-3's partitioned load raises its
+        # own size-mismatch error, which names no directory
+        with torch.device("meta"), _outside_zero3():
+            check_llm_weights(path, AutoModelForCausalLM.from_config(config))
+    if pretrained:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), config=config, local_files_only=True, trust_remote_code=trust_remote_code,
+            output_loading_info=True, ignore_mismatched_sizes=True, **dtype_argument(dtype),
+        )  # fmt: skip
+    else:
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **dtype_argument(dtype))
+    return model, info
+
+
 def _outside_zero3():
     """A context in which transformers builds a model whole even while an HfDeepSpeedConfig of ZeRO-3 is live (its
     zero.Init would partition a meta-device model built only for its shapes)."""
@@ -293,37 +308,6 @@ def _outside_zero3():
     from transformers import modeling_utils
 
     return getattr(modeling_utils, "set_zero3_state", nullcontext)()
-
-
-def set_activation_checkpointing(model: nn.Module, every: int) -> int:
-    """Recompute activations in the backward for every `every`-th decoder layer of an HF causal LM (1: all of them,
-    0: none); the other layers keep theirs. Returns how many modules recompute. Checkpointing every second layer
-    frees about half the activation memory for about half the recompute time of checkpointing all."""
-    if every < 0:
-        raise ValueError(f"every must be >= 0, got {every}")
-    if every == 0:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
-        return 0
-    # transformers 5 renamed it activation checkpointing; 4.x only has the old name.
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    if every == 1:
-        return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True)
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError as err:
-        raise ConfigError(
-            "model.llm.checkpoint_every > 1 needs per-layer checkpointing flags (transformers >= 4.52)"
-        ) from err
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
-        raise ConfigError(f"model.llm.checkpoint_every: {type(model).__name__} has no per-layer checkpointing flags")
-    for i, layer in enumerate(layers):
-        layer.gradient_checkpointing = i % every == 0  # the per-layer flag transformers' layers read
-    return sum(bool(layer.gradient_checkpointing) for layer in layers)
 
 
 def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Module:

@@ -123,3 +123,41 @@ def test_a_dtype_of_no_llm_weights_is_refused_naming_the_spellings_taken(tiny_ll
     with pytest.raises(LLMLoadError, match=r"dtype must be one of bf16, fp16, fp32 \(or bfloat16, float16, float32, or "
                        rf"their torch dtypes\); got {dtype!r}"):  # fmt: skip
         load_llm(tiny_llm_dir, dtype=dtype, pretrained=False)
+
+
+def test_llms_loaded_in_two_threads_at_once_are_built_one_at_a_time_and_stay_tied(tmp_path, monkeypatch):
+    """transformers makes PreTrainedModel.tie_weights a no-op while it builds a model, then puts it back: two builds
+    in two threads at once put back each other's no-op, and every later load in the process left tied embeddings
+    untied (a test's thread ranks decoding broke eight later tests that way). The builds take turns."""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    from llmasr.models.llm import load_llm
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+
+    path = write_tiny_llm_dir(tmp_path / "tied", tie_word_embeddings=True)
+    real, tie = AutoModelForCausalLM.from_pretrained, PreTrainedModel.tie_weights
+    inside, most, count = [0], [0], threading.Lock()
+
+    def load(*args, **kwargs):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.3)  # long enough for the other thread to come in, were it let
+            return real(*args, **kwargs)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load)
+    models = []
+    threads = [threading.Thread(target=lambda: models.append(load_llm(path)[0])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(models) == 2 and most[0] == 1 and PreTrainedModel.tie_weights is tie
+    assert all(m.get_output_embeddings().weight is m.get_input_embeddings().weight for m in models)

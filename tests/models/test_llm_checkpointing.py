@@ -9,7 +9,8 @@ import torch
 from llmasr.config_io import ConfigError
 from llmasr.models.builder import build_model
 from llmasr.models.config import LLMConfig
-from llmasr.models.llm import load_llm, set_activation_checkpointing
+from llmasr.models.llm import load_llm
+from llmasr.models.llm_checkpointing import set_activation_checkpointing
 from llmasr.testing.tiny_llm import write_tiny_llm_dir
 from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
 
