@@ -15,7 +15,7 @@ from llmasr.config_paths import output_problem
 from llmasr.errors import command
 from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
-from llmasr.run_dir import RECIPE_FILE
+from llmasr.run_dir import DS_CONFIG_FILE, RECIPE_FILE, holds_run
 from llmasr.slurm_env import other_launcher_rank
 from llmasr.train.check import check
 from llmasr.train.run_log import command_logging
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--world-size must be >= 1, got {args.world_size}")
     if args.out is not None and (problem := output_problem(Path(args.out))):  # before the minutes of planning
         p.error(f"--out {args.out}: {problem}")
-    if args.out is not None and (Path(args.out) / RECIPE_FILE).is_file():  # plot_dir's rule, which --out bypassed
+    if args.out is not None and holds_run(args.out):  # plot_dir's rule, which --out bypassed
         p.error(
-            f"--out {args.out} holds a run ({RECIPE_FILE}): its lr_schedule.csv/png record what that run trained "
-            f"with; pass another folder, such as {Path(args.out) / 'check'}"
+            f"--out {args.out} holds a run ({RECIPE_FILE}, {DS_CONFIG_FILE}): its lr_schedule.csv/png record what "
+            f"that run trained with; pass another folder, such as {Path(args.out) / 'check'}"
         )
     recipe = load_recipe(args.config, args.overrides)
     try:

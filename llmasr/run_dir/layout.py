@@ -46,6 +46,12 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def holds_run(folder: str | Path) -> bool:
+    """Whether `folder` is a run's (its resolved recipe and DeepSpeed JSON, which a run writes first), whose
+    lr_schedule.* record what it trained with; a recipe file named recipe.yaml alone in a folder is not."""
+    return (Path(folder) / RECIPE_FILE).is_file() and (Path(folder) / DS_CONFIG_FILE).is_file()
+
+
 def abandoned_dir(path: Path) -> bool:
     """RUN_DIR/checkpoints/abandoned_at_update_N[_k]: where a resume from update N set the later checkpoints aside
     (run_dir.bookkeeping.set_aside_later); a checkpoints folder of its own, with its `latest` and best.json."""

@@ -29,7 +29,7 @@ from llmasr.models.sanm_chunk import chunk_lines
 from llmasr.models.start_from import check_start_folder
 from llmasr.models.start_notes import start_notes
 from llmasr.models.tokenizer import one_tokenizer_load
-from llmasr.run_dir import LR_CSV, RECIPE_FILE
+from llmasr.run_dir import LR_CSV, holds_run
 from llmasr.train.check_course import best_k_lines, early_stop_lines, key_updates
 from llmasr.train.check_ds import ds_lines
 from llmasr.train.check_languages import language_query_lines
@@ -72,7 +72,7 @@ def param_counts(model) -> dict:
 def plot_dir(run_dir: Path) -> Path:
     """Where check's lr curves go without --out: the run directory, unless it already holds a run, whose own
     lr_schedule.* record what that run trained with (a check beside a live run must not overwrite them)."""
-    return run_dir / "check" if (run_dir / RECIPE_FILE).exists() else run_dir
+    return run_dir / "check" if holds_run(run_dir) else run_dir
 
 
 def _weights_lines(m) -> list[str]:

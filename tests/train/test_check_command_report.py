@@ -331,6 +331,7 @@ def test_a_run_folder_keeps_its_own_lr_schedule(recipe_file, capsys):
     assert code == 0, err
     assert (run / "lr_schedule.csv").is_file() and f"wrote {run / 'lr_schedule.csv'}" in out
     (run / "recipe.yaml").write_text("# a run started here\n")
+    (run / "ds_config.json").write_text("{}\n")  # a run writes both first
     (run / "lr_schedule.csv").write_text("the run's own\n")
     code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "train.epochs=9")
     assert code == 0, err
@@ -559,15 +560,25 @@ def test_out_at_a_run_folder_is_refused_before_it_overwrites_the_run_s_curves(re
     run = recipe_file.parent / "run"
     run.mkdir(exist_ok=True)
     (run / "recipe.yaml").write_text("# a run started here\n")
+    (run / "ds_config.json").write_text("{}\n")
     (run / "lr_schedule.csv").write_text("the run's own\n")
     with pytest.raises(SystemExit) as exit_:
         main(["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(run)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2
-    assert f"--out {run} holds a run (recipe.yaml)" in err and f"such as {run / 'check'}" in err
+    assert f"--out {run} holds a run (recipe.yaml, ds_config.json)" in err and f"such as {run / 'check'}" in err
     assert (run / "lr_schedule.csv").read_text() == "the run's own\n"
     code, out, err = run_check(
         capsys, "--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(run / "check")
     )
     assert code == 0, err
     assert (run / "check" / "lr_schedule.csv").is_file() and (run / "lr_schedule.csv").read_text() == "the run's own\n"
+    # a folder holding a recipe named recipe.yaml is no run: its own check writes the curves beside it
+    mine = recipe_file.parent / "mine"
+    mine.mkdir()
+    (mine / "recipe.yaml").write_text(recipe_file.read_text())
+    code, out, err = run_check(
+        capsys, "--config", str(mine / "recipe.yaml"), "--deepspeed", "zero2", "--out", str(mine)
+    )
+    assert code == 0, err
+    assert (mine / "lr_schedule.csv").is_file()
