@@ -57,10 +57,10 @@ from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
-from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
-from llmasr.models.llm import DTYPES
+from llmasr.models.llm import DTYPES, dtype_name
 from llmasr.models.sensevoice import asked_language
 from llmasr.run_dir import CheckpointError
 from llmasr.train.decode_rows import DecodeRows, over_budget
@@ -388,8 +388,9 @@ def load_decode_model(
     recipe = info["recipe"]
     # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
     # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.
+    llm_dtype = DTYPES[dtype_name(recipe.model.llm.dtype if dtype is None else dtype, error=ExportedModelError)]
     try:
-        as_exported(model, DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
+        as_exported(model, llm_dtype)
     except ExportError as err:  # a weight float16 cannot hold, as the export refuses it
         raise CheckpointError(f"checkpoint {checkpoint}: {err}") from None
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
