@@ -39,7 +39,6 @@ from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
-from llmasr.data.manifest_names import set_names
 from llmasr.data.record_fields import target_stand_in
 from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
@@ -395,12 +394,3 @@ def load_decode_model(
         raise CheckpointError(f"checkpoint {checkpoint}: {err}") from None
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=info["longest_seconds"])
-
-
-def out_dirs(data: list[str], output: Path) -> list[Path]:
-    """One output folder per manifest: OUTPUT itself for one, OUTPUT/NAME for several, NAME the manifest's set name
-    (llmasr.data.manifest_names: the `valid[NAME]` of training on them), its folders nested as the manifests' are
-    (OUTPUT/clean/test/ for clean/test.jsonl beside other/test.jsonl)."""
-    if len(data) == 1:
-        return [output]
-    return [output.joinpath(*name.split("/")) for name in set_names(data)]
