@@ -5,6 +5,7 @@ at start-up instead of being ignored for a whole run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -313,6 +314,11 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
     raise ConfigError(f"{path}: expected a string, got {shown}")
 
 
+# from_dict's mark on what it built: its fields as they stood when the checks passed, which `checked` trusts while they
+# stand so (a recipe's section passed to build_dataloader is not checked again; one edited since is)
+_PASSED = "_config_io_passed"
+
+
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build dataclass `cls` from `data`; unknown keys and bad types raise ConfigError with the dotted path."""
     hints = typing.get_type_hints(cls)
@@ -332,15 +338,22 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     check = getattr(obj, "validate", None)
     if callable(check):
         check(path or cls.__name__)
+    with contextlib.suppress(AttributeError):  # (a class with __slots__ is checked again each time)
+        object.__setattr__(obj, _PASSED, to_dict(obj))
     return obj
 
 
 def checked(cls: type[T], value: Any, path: str) -> T:
     """`value`, a `cls` built in Python or a dict of its keys, held to a recipe's rules (types, ranges, keys read by
-    nothing), as a new `cls`; ConfigError naming `path`.KEY. A dataclass's own constructor checks none of them, so an
-    object made in a notebook had reached the model or the loader unchecked, to fail deep in torch or not at all."""
+    nothing), as a new `cls`, or `value` itself where from_dict built it and it is unchanged since (checking it again
+    reads files again: a hotword distractor list); ConfigError naming `path`.KEY. A dataclass's own constructor checks
+    none of them, so an object made in a notebook had reached the model or the loader unchecked, to fail deep in
+    torch or not at all."""
     if isinstance(value, cls):
-        value = to_dict(value)
+        fields = to_dict(value)
+        if getattr(value, _PASSED, None) == fields:
+            return value
+        value = fields
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a {cls.__name__} or a dict of its keys, got {_shown(value)}")
     return from_dict(cls, value, path)

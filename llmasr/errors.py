@@ -65,10 +65,15 @@ IN_CHECK_REPORT = {"in_check_report": True}
 (llmasr.train.run_log.command_logging), where it had come twice."""
 
 
+def marked(obj, mark: dict) -> bool:
+    """Whether `obj` (a log record, an error) carries `mark` (EVERY_RANK, IN_CHECK_REPORT)."""
+    return all(getattr(obj, key, None) == value for key, value in mark.items())
+
+
 def rank_specific(err: BaseException, rank: int) -> None:
     """Mark `err` as possibly this rank's alone: every rank that has it reports it. One that says `every_rank` (the
     ranks raised it together, from what they shared) stays rank 0's to report."""
-    if not getattr(err, "every_rank", False):
+    if not marked(err, EVERY_RANK):
         err.llmasr_rank = rank  # type: ignore[attr-defined]
 
 

@@ -30,7 +30,6 @@ from llmasr.export.decode import (
     DecodeOptions,
     decode_manifest,
     load_decode_model,
-    out_dirs,
     search_boost,
     unguided_boost,
 )
@@ -39,6 +38,7 @@ from llmasr.export.decode_folders import (
     clear_for_decode,
     earlier_folders,
     manifest_folder_problem,
+    out_dirs,
     write_manifest_index,
     written_since_cleared,
 )

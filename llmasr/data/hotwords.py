@@ -93,7 +93,7 @@ def read_phrase_file(path: str | Path) -> list[str]:
         raise PhraseFileError(f"{path}: no phrases (one phrase a line)")
     warn_weighted([f"{path}:{line} {text!r}" for text, line in phrases.items()], list(phrases), str(path))
     # a prompt would render it twice (a drawn training list never does), its tokens spent again; said once a file, which
-    # a start-up reads several times (the recipe's check, each loader's)
+    # a start-up reads twice (the recipe's check, the training loader's sampler)
     if repeats and _first_time("repeats", str(path), *repeats):
         more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
         log.warning("%s: %d repeated phrase(s) left out, line (first line): %s%s", path, len(repeats),
@@ -105,7 +105,7 @@ def read_phrase_file(path: str | Path) -> list[str]:
 # one, so such a file has a weight on every line. Where only some phrases end in a number they are phrases ("iPhone
 # 15", "Windows 11"), and so may a single one be: two or more, every one ending so, are warned of.
 _WEIGHTED = re.compile(r" [+-]?\d+$")
-# The lists warned of (a training start reads a distractor file several times), by a digest each and the latest few
+# The lists warned of (a training start reads a distractor file twice), by a digest each and the latest few
 # only: a long-lived Transcriber given a list per call had kept every list, its phrases too.
 _WARNED: OrderedDict[bytes, None] = OrderedDict()
 WARNED_KEPT = 1024

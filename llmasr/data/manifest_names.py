@@ -1,6 +1,6 @@
 """The name of each of several manifests, wherever they are told apart: training's `valid[NAME]` lines and
 valid/NAME/* scalars (llmasr.train.valid_sets), and the OUTPUT/NAME/ folder a decode of several writes each into
-(llmasr.export.decode.out_dirs), so the folder of a set is the name its validation line had."""
+(llmasr.export.decode_folders.out_dirs), so the folder of a set is the name its validation line had."""
 
 from __future__ import annotations
 

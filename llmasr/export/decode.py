@@ -39,7 +39,6 @@ from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.device_features import resolve_features_on
 from llmasr.data.loader import build_decode_loader
 from llmasr.data.manifest import Manifest
-from llmasr.data.manifest_names import set_names
 from llmasr.data.record_fields import target_stand_in
 from llmasr.data.records import language_of
 from llmasr.data.speech_loader import SpeechDataLoader
@@ -57,10 +56,10 @@ from llmasr.models.context import ContextError, decoding_fit, decoding_prompt
 from llmasr.models.ctc_align import sound_ends
 from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import MIN_WINDOW_SECONDS, DecodeConfig
-from llmasr.models.exported import MODEL_FILE, ExportedModelError, llm_dtype_name, load_exported, read_description
+from llmasr.models.exported import MODEL_FILE, ExportedModelError, load_exported, read_description
 from llmasr.models.fsmn_vad import load_vad
 from llmasr.models.line_prompts import LinePrompts
-from llmasr.models.llm import DTYPES
+from llmasr.models.llm import DTYPES, dtype_name
 from llmasr.models.sensevoice import asked_language
 from llmasr.run_dir import CheckpointError
 from llmasr.train.decode_rows import DecodeRows, over_budget
@@ -388,18 +387,10 @@ def load_decode_model(
     recipe = info["recipe"]
     # LoRA merged and the LLM in the dtype asked for, else the run's model.llm.dtype, as an export's is by default
     # (the speech branches stay float32): a checkpoint decodes as its default export does, weight for weight.
+    llm_dtype = DTYPES[dtype_name(recipe.model.llm.dtype if dtype is None else dtype, error=ExportedModelError)]
     try:
-        as_exported(model, DTYPES[llm_dtype_name(dtype, recipe.model.llm.dtype)])
+        as_exported(model, llm_dtype)
     except ExportError as err:  # a weight float16 cannot hold, as the export refuses it
         raise CheckpointError(f"checkpoint {checkpoint}: {err}") from None
     opts = DecodeOptions(max_bad_fraction=float(recipe.data.max_bad_fraction))
     return model, recipe.decode, dataclasses.replace(opts, training_max_seconds=info["longest_seconds"])
-
-
-def out_dirs(data: list[str], output: Path) -> list[Path]:
-    """One output folder per manifest: OUTPUT itself for one, OUTPUT/NAME for several, NAME the manifest's set name
-    (llmasr.data.manifest_names: the `valid[NAME]` of training on them), its folders nested as the manifests' are
-    (OUTPUT/clean/test/ for clean/test.jsonl beside other/test.jsonl)."""
-    if len(data) == 1:
-        return [output]
-    return [output.joinpath(*name.split("/")) for name in set_names(data)]

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+from llmasr.data.manifest_names import set_names
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +175,12 @@ def write_manifest_index(output: Path, manifests: list[str], folders: list[Path]
     """MANIFEST_INDEX: which manifest each subfolder of a decode of several holds, {folder under output: manifest}."""
     index = {f.relative_to(output).as_posix(): m for f, m in zip(folders, manifests)}
     write_atomic(output / MANIFEST_INDEX, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+
+
+def out_dirs(data: list[str], output: Path) -> list[Path]:
+    """One output folder per manifest: OUTPUT itself for one, OUTPUT/NAME for several, NAME the manifest's set name
+    (llmasr.data.manifest_names: the `valid[NAME]` of training on them), its folders nested as the manifests' are
+    (OUTPUT/clean/test/ for clean/test.jsonl beside other/test.jsonl)."""
+    if len(data) == 1:
+        return [output]
+    return [output.joinpath(*name.split("/")) for name in set_names(data)]

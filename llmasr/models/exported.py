@@ -39,7 +39,7 @@ from llmasr.models.config import AdaptorConfig, ModelConfig
 from llmasr.models.ctc_config import CTCDecoderConfig
 from llmasr.models.devices import usable_device
 from llmasr.models.encoders import entry_for_class
-from llmasr.models.llm import DTYPE_NAMES, dtype_name
+from llmasr.models.llm import dtype_name
 from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.rotary import ROTARY_DTYPES
 from llmasr.models.whisper import encoder_conf as whisper_encoder_conf
@@ -98,8 +98,7 @@ def read_description(model_dir: str | Path) -> dict:
     gone += [f"{part}.conf" for part in ("encoder", "adaptor") if not isinstance(desc[part].get("conf", {}), dict)]
     if gone:
         raise ExportedModelError(f"{path}: {', '.join(gone)} missing or not a mapping (a damaged or hand-edited file?)")
-    if desc["llm"].get("dtype", "float32") not in DTYPE_NAMES:
-        raise ExportedModelError(f"{path}: llm.dtype must be one of bf16, fp16, fp32; got {desc['llm']['dtype']!r}")
+    dtype_name(desc["llm"].get("dtype", "float32"), what=f"{path}: llm.dtype", error=ExportedModelError)
     if desc["llm"].get("rotary_dtype") not in (None, *ROTARY_DTYPES):
         raise ExportedModelError(
             f"{path}: llm.rotary_dtype must be one of {', '.join(ROTARY_DTYPES)} or null; got "
@@ -113,10 +112,6 @@ def _file(model_dir: Path, name: str, what: str) -> str:
     if not path.is_file():
         raise ExportedModelError(f"{path}: missing ({what} weights)")
     return str(path)
-
-
-def llm_dtype_name(name: str | torch.dtype | None, default: str) -> str:
-    return dtype_name(default if name is None else name, error=ExportedModelError)
 
 
 def remote_code_allowed(model_dir: Path, entry: dict, trust_remote_code: bool) -> bool:
@@ -246,7 +241,7 @@ def exported_model_section(
         "llm": _llm_section(
             model_dir,
             desc["llm"],
-            llm_dtype_name(dtype, desc["llm"].get("dtype", "float32")),
+            dtype_name(desc["llm"].get("dtype", "float32") if dtype is None else dtype, error=ExportedModelError),
             trust_remote_code=trust_remote_code,
             read_llm=read_llm,
             base_llm=base_llm,

@@ -53,8 +53,9 @@ def _decoding(method):
 
 def _check_token_ids(text_ids: torch.Tensor, rows: int | None) -> None:
     """Ids past the LLM's embedding rows come from another tokenizer (a batch another model's loader made): named,
-    not torch's "index out of range in self" (on a GPU, a device-side assert that ends the process). The merge that
-    follows waits for the device anyway, so the check's own wait costs nothing."""
+    not torch's "index out of range in self" (on a GPU, a device-side assert that ends the process). Made before the
+    encoder is queued, its wait is for the batch's copy alone (SAN-M's and SenseVoice's check of their input lengths
+    waits there too); after it, the wait had held the queue between the encoder and the merge."""
     if rows is not None and text_ids.numel() and bool(((text_ids < 0) | (text_ids >= rows)).any()):
         raise ValueError(
             f"batch.text_ids hold token id {int(text_ids.max())}, past this model's {rows} LLM embeddings: a batch "
@@ -223,10 +224,10 @@ class SpeechLLM(nn.Module):
         return feats.to(batch.feats.dtype), batch.feat_lens
 
     def _embed(self, batch: Batch, for_generation: bool):
-        enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         embed, _, _ = causal_lm_parts(self.llm)
         text_ids = batch.text_ids
         _check_token_ids(text_ids, getattr(embed, "num_embeddings", None))  # (under ZeRO-3 the weight is a shard)
+        enc, enc_lens, log_probs, audio, audio_lens = self._encode(*self.batch_features(batch), batch.languages)
         merged = merge_audio_into_text(
             embed(text_ids),
             text_ids,

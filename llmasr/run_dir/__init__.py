@@ -63,9 +63,8 @@ from llmasr.safe_load import CheckpointError
 __all__ = [
     "BEST", "CHECKPOINTS", "CheckpointError", "CheckpointMeta", "CheckpointPolicy", "CheckpointRef", "DS_CONFIG_FILE",
     "LATEST", "LOCK_FILE", "LR_CSV", "LR_PNG", "META", "RECIPE_FILE", "TENSORBOARD", "TRAIN_LOG", "UNIVERSAL_SUFFIX",
-    "abandoned_dir", "checkpoints_dir",
-    "holds_run", "clear_tag", "finish_save", "finish_unnamed", "latest", "list_tags",
-    "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
+    "abandoned_dir", "checkpoints_dir", "clear_tag", "finish_save", "finish_unnamed", "holds_run", "latest",
+    "list_tags", "read_best", "read_meta", "record_metrics", "require_latest", "resolve_checkpoint", "resolve_resume",
     "resume_asked", "resume_or_start", "resume_point", "rotate", "run_dir_of", "select_tags", "set_aside_later",
     "tag_for", "unnamed_save", "update_best", "update_of", "write_atomic", "write_meta",
 ]  # fmt: skip

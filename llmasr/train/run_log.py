@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmasr.errors import process_rank
+from llmasr.errors import EVERY_RANK, IN_CHECK_REPORT, marked, process_rank
 
 
 def console_bar(bar, drawn=None) -> None:
@@ -37,7 +37,7 @@ class SaidOnce(logging.Filter):
         self.rank, self.said = rank, set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "every_rank", False):
+        if not marked(record, EVERY_RANK):
             return True
         key = (record.name, record.getMessage())
         if self.rank != 0 or key in self.said:
@@ -98,7 +98,7 @@ def command_logging(level: int = logging.INFO, *, check_report: bool = False) ->
     for handler in root.handlers:
         handler.addFilter(SaidOnce(process_rank()))
         if check_report:
-            handler.addFilter(lambda record: not getattr(record, "in_check_report", False))
+            handler.addFilter(lambda record: not marked(record, IN_CHECK_REPORT))
 
 
 def setup_logging(run_dir: Path | None, rank: int, *, run_starts: bool = False) -> logging.Handler | None:

@@ -36,3 +36,22 @@ def test_manifests_and_sections_may_be_given_as_python_writes_them(tmp_path):
         assert sorted(k for batch in build(data_cfg, given)[0] for k in batch.keys) == [f"train{i}" for i in range(4)]
     with pytest.raises(ConfigError, match=r"^frontend: expected a FrontendConfig \(the model's, model.frontend\)"):
         build_dataloader(data_cfg, [Path(manifest)], None, prompt_builder=None, train=True)
+
+
+def test_a_recipes_data_section_is_not_checked_again_and_one_edited_since_is(tmp_path, monkeypatch):
+    """The trainer's loaders (train, valid) and `llmasr check`'s had each checked the recipe's data section again,
+    its data.hotwords.distractors file read again each time; one edited in Python since the recipe was read is."""
+    from llmasr.recipe import load_recipe
+
+    manifest = good_corpus(tmp_path, 4)
+    data = {"train": [str(manifest)], "num_workers": 0, "batching": {"max_seconds": 6.0, "num_buckets": 2}}
+    recipe = load_recipe(data={"data": data, "train": {"output_dir": str(tmp_path / "run")}})
+    checks = []
+    validate = DataConfig.validate
+    monkeypatch.setattr(DataConfig, "validate", lambda self, path: checks.append(path) or validate(self, path))
+    assert len(build(recipe.data, recipe.data.train)[1]) > 0
+    assert checks == []
+    recipe.data.num_workers = -1
+    with pytest.raises(ConfigError, match=r"^data.num_workers: must be >= 0, got -1$"):
+        build(recipe.data, recipe.data.train)
+    assert checks == ["data"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,14 @@ def decoded(exported_dir, tmp_path_factory):
 
 def results(out) -> list[dict]:
     return [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
+
+
+def edited_decode(out, rows: list[dict], tmp_path) -> Path:
+    """A copy of the decode folder `out` in `tmp_path`, its results.jsonl holding `rows` (edited by a test)."""
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return copy
 
 
 def kept(text: str) -> bool:
@@ -215,13 +224,10 @@ def test_the_manifest_wer_json_names_is_an_input_and_must_be_there(decoded, tmp_
 
 def test_kept_lines_without_references_are_said_so(decoded, tmp_path, capsys):
     manifest, out = decoded
-    rows = results(out)
-    copy = tmp_path / "decoded"
-    shutil.copytree(out, copy)
     # the one line kept (sure of itself) has no reference; the others are scored and left out
     edited = [{**r, "ref": None, "avg_logprob": -0.5} if n == 0 else {**r, "avg_logprob": -100.0}
-              for n, r in enumerate(rows)]  # fmt: skip
-    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+              for n, r in enumerate(results(out))]  # fmt: skip
+    copy = edited_decode(out, edited, tmp_path)
     assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated", "--min-avg-logprob",
                         "-1"]) == 0  # fmt: skip
     assert "against the references: kept no line with a reference; all decoded" in capsys.readouterr().out
@@ -253,9 +259,7 @@ def test_an_edited_results_row_is_refused_naming_its_field(decoded, tmp_path, ca
     manifest, out = decoded
     rows = results(out)
     rows[1].update(edit)
-    copy = tmp_path / "decoded"
-    shutil.copytree(out, copy)
-    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    copy = edited_decode(out, rows, tmp_path)
     assert pseudo_main([str(copy), "--output", str(tmp_path / "pl.jsonl"), "--keep-truncated",
                         "--min-avg-logprob", "-100"]) == 2  # fmt: skip
     assert f"{copy / 'results.jsonl'}:2: {said}" in capsys.readouterr().err
@@ -270,9 +274,7 @@ def test_transcripts_holding_control_or_invisible_characters_are_left_out_and_co
     rows[1]["hyp"] = "three\x13 four"
     (long,) = [r for r in rows if r["windows"] > 1]
     long["window_texts"][0]["hyp"] = "zero\u200b one"  # a zero-width space: format, not control
-    copy = tmp_path / "decoded"
-    shutil.copytree(out, copy)
-    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    copy = edited_decode(out, rows, tmp_path)
     target = tmp_path / "pl.jsonl"
     assert pseudo_main([str(copy), "--output", str(target), "--keep-truncated"]) == 0
     report = capsys.readouterr().out
@@ -290,9 +292,7 @@ def test_whitespace_the_llm_wrote_is_written_one_space_between_words_and_counted
     manifest, out = decoded
     rows = results(out)
     rows[0]["hyp"], rows[2]["hyp"] = "zero one\ntwo", "five  six\tseven"
-    copy = tmp_path / "decoded"
-    shutil.copytree(out, copy)
-    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    copy = edited_decode(out, rows, tmp_path)
     target = tmp_path / "pl.jsonl"
     assert pseudo_main([str(copy), "--output", str(target), "--keep-truncated"]) == 0
     report = capsys.readouterr().out

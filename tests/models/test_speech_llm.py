@@ -479,6 +479,23 @@ def test_a_batch_of_another_tokenizer_is_named_not_an_index_error(model):
     assert model(batch).loss.isfinite()
 
 
+def test_the_token_id_check_comes_before_the_encoder_runs(model, monkeypatch):
+    """Its wait for the device (on a GPU) falls where the encoder's own check of its input lengths waits: made after
+    the encoder, it had held the queue between the encoder and the merge on every forward."""
+    import dataclasses
+
+    batch = random_batch(model, TARGETS[:2], frames=[12, 20], seed=5)
+    ids = batch.text_ids.clone()
+    ids[0, 0] = model.llm.get_input_embeddings().weight.shape[0]
+
+    def encoder_ran(*args, **kwargs):
+        raise AssertionError("the encoder ran before the token ids were checked")
+
+    monkeypatch.setattr(model.encoder, "forward", encoder_ran)
+    with pytest.raises(ValueError, match=r"^batch.text_ids hold token id"):
+        model(dataclasses.replace(batch, text_ids=ids))
+
+
 def test_a_batch_without_ctc_labels_is_refused_by_a_model_that_trains_a_ctc_head(model, tmp_path):
     """A loader built without ctc_tokenizer=model.ctc_tokenizer (the README's call with it left out, or another
     model's loader) had given batches whose CTC loss, over no labels, taught the head blank for every frame."""
