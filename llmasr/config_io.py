@@ -13,6 +13,7 @@ import os
 import re
 import types
 import typing
+import weakref
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -314,9 +315,16 @@ def _coerce_scalar(value: Any, tp: type, path: str) -> Any:
     raise ConfigError(f"{path}: expected a string, got {shown}")
 
 
-# from_dict's mark on what it built: its fields as they stood when the checks passed, which `checked` trusts while they
-# stand so (a recipe's section passed to build_dataloader is not checked again; one edited since is)
-_PASSED = "_config_io_passed"
+# What from_dict built, by id while it lives: its fields as they stood when the checks passed, which `checked` trusts
+# while they stand so (a recipe's section passed to build_dataloader is not checked again; one edited since is).
+# Kept beside the objects, not on them: an attribute of its own had shown in their vars() (a fingerprint's input).
+_PASSED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _passed(obj) -> None:
+    key = id(obj)
+    with contextlib.suppress(TypeError):  # (a class without weak references is checked again each time)
+        _PASSED[key] = (weakref.ref(obj, lambda _, key=key: _PASSED.pop(key, None)), to_dict(obj))
 
 
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
@@ -338,8 +346,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     check = getattr(obj, "validate", None)
     if callable(check):
         check(path or cls.__name__)
-    with contextlib.suppress(AttributeError):  # (a class with __slots__ is checked again each time)
-        object.__setattr__(obj, _PASSED, to_dict(obj))
+    _passed(obj)
     return obj
 
 
@@ -351,7 +358,8 @@ def checked(cls: type[T], value: Any, path: str) -> T:
     torch or not at all."""
     if isinstance(value, cls):
         fields = to_dict(value)
-        if getattr(value, _PASSED, None) == fields:
+        ref, passed = _PASSED.get(id(value), (None, None))
+        if ref is not None and ref() is value and passed == fields:
             return value
         value = fields
     if not isinstance(value, dict):

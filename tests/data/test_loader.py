@@ -1,6 +1,7 @@
 """build_dataloader called from Python as the README's Python API calls it: a DataConfig made there is held to a
 recipe's rules, and manifests may be given as paths of either kind, one or a list."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_a_recipes_data_section_is_not_checked_again_and_one_edited_since_is(tmp
     monkeypatch.setattr(DataConfig, "validate", lambda self, path: checks.append(path) or validate(self, path))
     assert len(build(recipe.data, recipe.data.train)[1]) > 0
     assert checks == []
+    # what was checked is kept beside the section, not on it: its vars() (a fingerprint's input) are its fields
+    assert set(vars(recipe.data)) == {f.name for f in dataclasses.fields(DataConfig)}
     recipe.data.num_workers = -1
     with pytest.raises(ConfigError, match=r"^data.num_workers: must be >= 0, got -1$"):
         build(recipe.data, recipe.data.train)
