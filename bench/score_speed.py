@@ -8,7 +8,7 @@ full-width punctuation, each hypothesis a few percent of its words substituted, 
 
 Reported: the seconds of the whole command (reading, scoring both systems, their comparison and bootstrap intervals,
 the report; in this process, the faster of --repeats) and its CPU seconds (steadier on a shared machine), the seconds
-of scoring.normalize over every reference line, and the report's first rate line (the same before and after a
+of text_units.normalize over every reference line, and the report's first rate line (the same before and after a
 speed-up).
 """
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from llmasr.commands.score import main as score_main
-    from llmasr.scoring import normalize
+    from llmasr.text_units import normalize
 
     rng = np.random.default_rng(0)
     refs = sentences(args.lines, args.kind, rng)

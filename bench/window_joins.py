@@ -44,7 +44,8 @@ from llmasr.data.window_join import (  # noqa: E402
     shared_runs,
 )
 from llmasr.demo.synth import CorpusConfig, make_text  # noqa: E402
-from llmasr.scoring import UNIT, score_utterance, uses_characters  # noqa: E402
+from llmasr.scoring import score_utterance
+from llmasr.text_units import UNIT, uses_characters  # noqa: E402
 
 # public-domain prose (the Gettysburg Address, the opening of Alice in Wonderland): many short words recur
 PROSE = """four score and seven years ago our fathers brought forth on this continent a new nation conceived in

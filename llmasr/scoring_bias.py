@@ -1,7 +1,7 @@
 """Scoring against biasing lists (hotwords): B-WER / U-WER, phrase recall and precision, distractor leaks.
 
 Each utterance has its own list of phrases (what was rendered into its prompt). A phrase is normalised like the
-transcripts (scoring.normalize) and cut into units as they are (scoring.tokens under the metric asked for: with
+transcripts (text_units.normalize) and cut into units as they are (text_units.tokens under the metric asked for: with
 "auto" each character of a script written without spaces and each other word, so "New York" is two words inside a
 Chinese sentence scored in characters); a multi-word phrase matches a contiguous span. Phrases equal after normalisation
 count once; a phrase with no unit left (punctuation only) cannot be scored and is counted as such.
@@ -34,7 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from llmasr.scoring import EditOp, UttScore, normalize, plural, tokens
+from llmasr.scoring import EditOp, UttScore, plural
+from llmasr.text_units import normalize, tokens
 
 
 @dataclass

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from llmasr.data.languages import bare_label
-from llmasr.scoring import CorpusScore, UttScore, score_corpus, tokens
+from llmasr.scoring import CorpusScore, UttScore, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, score_lists
 from llmasr.scoring_bootstrap import LEVEL, RESAMPLES, paired_change, rate_interval
+from llmasr.text_units import tokens
 
 NO_LANGUAGE = "(none)"  # the group of scored lines that give no `lang`
 

@@ -219,8 +219,8 @@ def test_phrases_are_looked_for_only_where_their_first_unit_is_and_score_as_if_l
     every phrase looked for in both (distractors counted, missed and leaked texts in the list's order)."""
     from dataclasses import replace
 
-    from llmasr.scoring import tokens
     from llmasr.scoring_bias import BiasedUttScore, _spans, count_phrases, split_errors, whole_phrases
+    from llmasr.text_units import tokens
 
     rng = random.Random(0)
     vocab = ["new", "york", "bora", "anna", "的", "北京", "x", "y"]

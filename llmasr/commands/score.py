@@ -11,9 +11,10 @@ from llmasr.atomic_file import write_atomic
 from llmasr.config_paths import output_file_problem
 from llmasr.data.hotwords import read_phrase_file
 from llmasr.errors import command
-from llmasr.scoring import METRICS, collector_paused
+from llmasr.scoring import collector_paused
 from llmasr.scoring_inputs import EXAMPLES, MISSING, pair, read_hypotheses, read_references
 from llmasr.scoring_report import SystemScore, compare
+from llmasr.text_units import METRICS
 from llmasr.written_by import KEY, written_by
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 
-from llmasr.scoring import UNIT, is_no_space_char
+from llmasr.text_units import UNIT, is_no_space_char
 
 
 def _is_punct(ch: str) -> bool:

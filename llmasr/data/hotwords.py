@@ -32,8 +32,8 @@ from llmasr.config_paths import path_field
 from llmasr.data.corpus_stats import CorpusStats
 from llmasr.data.hotword_units import glued_units, holds, join_units, ngrams, units
 from llmasr.data.records import phrase_text
-from llmasr.scoring import normalize
 from llmasr.text_files import not_utf8
+from llmasr.text_units import normalize
 from llmasr.unread_fields import as_section, changed
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ class HotwordSampler:
         return out
 
     def _scored(self, text: str) -> tuple[str, ...]:
-        """`text` as scoring reads it (llmasr.scoring.normalize: "New-York" is the words new and york), in units."""
+        """`text` as scoring reads it (llmasr.text_units.normalize: "New-York" is the words new and york), in units."""
         text = normalize(text)
         return tuple(text.replace(" ", "") if self.cfg.unit == "char" else units(text, self.cfg.unit))
 

@@ -13,7 +13,7 @@ import math
 import re
 import unicodedata
 
-from llmasr.scoring import NO_SPACE_RANGES, UNIT, uses_characters
+from llmasr.text_units import NO_SPACE_RANGES, UNIT, uses_characters
 
 TOKENS_PER_SECOND = 5.0  # words an overlap may hold: how far a join looks for shared words
 CHARS_PER_SECOND = 12.0  # the same in characters, for scripts written without spaces (fast Japanese, Chinese)

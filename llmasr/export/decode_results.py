@@ -306,7 +306,7 @@ def _counts_of(s) -> dict:
     """A results.jsonl row's error counts (None each for a row without a reference)."""
     counts = (s.errors, s.substitutions, s.deletions, s.insertions, s.ref_len, s.ref_len) if s else (None,) * 6
     unit = None if s is None else ("word" if s.unit == "wer" else "char")
-    # the texts as scored (llmasr.scoring.normalize): what another toolkit's scorer must be given to agree
+    # the texts as scored (llmasr.text_units.normalize): what another toolkit's scorer must be given to agree
     texts = {"ref_norm": None if s is None else s.ref_norm, "hyp_norm": None if s is None else s.hyp_norm}
     return {"unit": unit, **dict(zip(("errors", "sub", "del", "ins", "ref_units", "words"), counts)), **texts}
 

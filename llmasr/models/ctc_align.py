@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from llmasr.models.ctc_vocab import CTCTokenizer
-from llmasr.scoring import UNIT
+from llmasr.text_units import UNIT
 
 Word = tuple[str, float, float]  # (unit, start seconds, end seconds)
 WORD_TAIL_S = 1.0  # a word's sound ends at most this long after the CTC head's last frame of it

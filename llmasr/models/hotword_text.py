@@ -44,7 +44,7 @@ from llmasr.models.hotword_tokens import (
     word_bytes,
 )
 from llmasr.models.hotword_trie import Node, chain, ends_word, transition, walk, walk_steps
-from llmasr.scoring import uses_characters
+from llmasr.text_units import uses_characters
 
 
 def is_text_phrase(text: str) -> bool:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from llmasr.scoring import is_no_space_char
+from llmasr.text_units import is_no_space_char
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmasr.data.window_join import join_pair, join_texts, join_words
-from llmasr.scoring import UNIT
+from llmasr.text_units import UNIT
 
 
 @pytest.mark.parametrize(

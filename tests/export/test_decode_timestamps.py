@@ -16,8 +16,8 @@ from llmasr.commands.transcribe import main as transcribe_main
 from llmasr.config_io import ConfigError
 from llmasr.export.decode import DecodeOptions, decode_manifest, search_boost
 from llmasr.models.decoding import DecodeConfig
-from llmasr.scoring import UNIT
 from llmasr.testing.run_dirs import write_corpus, write_joined_recording
+from llmasr.text_units import UNIT
 
 TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
 

@@ -12,8 +12,8 @@ import torch
 from llmasr.models.hotword_boost import HotwordBoost
 from llmasr.models.hotword_text import byte_phrases, is_text_phrase
 from llmasr.models.hotword_tokens import token_bytes
-from llmasr.scoring import is_no_space_char
 from llmasr.testing.tiny_llm import train_bpe_tokenizer
+from llmasr.text_units import is_no_space_char
 
 PHRASES = ["通义千问", "千问", "阿里云", "千问模型", "语音识别"]
 # "我用通义" and "千问吧" recur as words of their own, so BPE learns tokens that reach across the phrase's edges, and
