@@ -231,9 +231,30 @@ def load_audio(
             "download cut short?)"
         )  # fmt: skip
     wav = data[:, channel] if channel is not None else data.mean(axis=1)
+    if channel is None and data.shape[1] > 1:
+        _refuse_cancelled(path, data, wav)
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     if not np.all(np.isfinite(wav)):
         raise AudioError(path, "corrupt audio: non-finite samples")
     if sr != sample_rate:
         wav = resample(wav, sr, sample_rate)
     return wav
+
+
+# The average of a file's channels this far below the channels themselves: they cancel (one is stored inverted, a
+# phone line wired in anti-phase). Independent channels average about 3 dB below, one silent side 3 dB below too.
+CANCELLED_DB = -20.0
+
+
+def _refuse_cancelled(path: str, data: np.ndarray, mix: np.ndarray) -> None:
+    """Refuse a mix of channels that cancel: it trains and decodes as near silence however loud each channel is."""
+    flat = data.reshape(-1)  # dot products: no squared copy of a long recording
+    channels = float(np.dot(flat, flat)) / flat.size
+    if channels < 1e-8:  # below -80 dBFS: a silent file, nothing to cancel
+        return
+    db = 10.0 * np.log10(max(float(np.dot(mix, mix)) / mix.size, 1e-30) / channels)
+    if db < CANCELLED_DB:
+        raise AudioError(
+            path, f"its {data.shape[1]} channels cancel when averaged (the mix is {db:.0f} dB below them: one is "
+            f"inverted, anti-phase); give the line a `channel` (0-{data.shape[1] - 1}) to read one of them"
+        )  # fmt: skip

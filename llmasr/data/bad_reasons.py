@@ -20,6 +20,7 @@ REASON_CATEGORIES = (
     ("past the end", "segment outside the audio"),
     ("past the audio", "segment outside the audio"),
     ("lhotse cut: type", "unsupported lhotse record"),  # its advice names channels: it is no channel of a cut
+    ("cancel when averaged", "channels that cancel (anti-phase)"),  # before "channel": no channel is bad
     ("channel", "bad channel"),
     ("NUL character", "NUL in a path"),  # before the fallback, which had cut the path out: "audio path  holds a ..."
     ("malformed JSON", "malformed line"),

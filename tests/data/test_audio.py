@@ -60,6 +60,25 @@ def test_channels_select_and_mixdown(tmp_path):
         load_audio(path, sample_rate=sr, channel=2)
 
 
+def test_channels_that_cancel_when_averaged_are_refused_naming_the_fix(tmp_path):
+    # one channel stored inverted (a phone line wired in anti-phase): the average is silence however loud each is
+    sr = 16000
+    voice = sine(300, sr, 1.0)
+    path = tmp_path / "antiphase.wav"
+    sf.write(path, np.stack([voice, -voice * 0.9], axis=1), sr, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"2 channels cancel when averaged .*-2\d dB.*`channel`") as err:
+        load_audio(path, sample_rate=sr)
+    assert str(path) in str(err.value)
+    assert reason_category(str(err.value)) == "channels that cancel (anti-phase)"
+    np.testing.assert_array_equal(load_audio(path, sample_rate=sr, channel=0), voice)  # the fix it names works
+    # two independent talkers (a call's two sides), one side silent, or a silent file: averaged as before
+    for name, right in (("talkers", sine(1200, sr, 1.0, amp=0.25)), ("one_side", np.zeros(sr, np.float32))):
+        sf.write(tmp_path / f"{name}.wav", np.stack([voice, right], axis=1), sr, subtype="FLOAT")
+        np.testing.assert_allclose(load_audio(tmp_path / f"{name}.wav", sample_rate=sr), (voice + right) / 2, atol=1e-7)
+    sf.write(tmp_path / "silent.wav", np.zeros((sr, 2), np.float32), sr, subtype="FLOAT")
+    assert not load_audio(tmp_path / "silent.wav", sample_rate=sr).any()
+
+
 def test_load_resamples_to_model_rate(tmp_path):
     path = tmp_path / "a22k.wav"
     sf.write(path, sine(523, 22050, 1.0), 22050)
