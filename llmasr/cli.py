@@ -11,7 +11,7 @@ import os
 import sys
 from importlib import import_module
 
-from llmasr import errors, slurm_env
+from llmasr import errors, slurm_env, written_by
 
 VERBS = {
     "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
@@ -65,7 +65,7 @@ def strip_local_rank(argv: list[str]) -> list[str]:
 def usage() -> str:
     lines = ["usage: llmasr VERB [ARGS...]", "", "verbs:"]
     lines += [f"  {verb:<10} {help_}" for verb, (_, help_) in VERBS.items()]
-    lines += ["", "`llmasr VERB --help` describes each verb's arguments."]
+    lines += ["", "`llmasr VERB --help` describes each verb's arguments; `llmasr --version` names the versions."]
     return "\n".join(lines)
 
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = strip_debug(strip_local_rank(list(sys.argv[1:] if argv is None else argv)))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):  # what a bug report needs: llmasr's version and commit, and the stack's
+        print(written_by.software())
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:

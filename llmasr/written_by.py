@@ -8,6 +8,7 @@ Nothing here imports llmasr: every layer that writes a file may use it.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +26,24 @@ def written_by() -> dict:
     except PackageNotFoundError:  # run from a checkout on PYTHONPATH
         installed = None
     return {"llmasr": installed, "commit": _commit(Path(__file__).resolve().parent.parent)}
+
+
+# The packages whose release changes what a run computes or reads: named in train.log and by `llmasr --version`,
+# so that a run's numbers (or a failure) can be traced to the versions that gave them
+STACK = ("torch", "transformers", "peft", "deepspeed", "kaldi-native-fbank", "numpy")
+
+
+@lru_cache(maxsize=1)
+def software() -> str:
+    """ "llmasr 0.1.0 (commit 1a2b3c4d5e6f), Python 3.11.9: torch 2.13.0+cpu, transformers ...": read from the
+    installed packages' metadata, importing none of them."""
+    parts = []
+    for name in STACK:
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    return f"{writer(written_by())}, Python {platform.python_version()}: {', '.join(parts)}"
 
 
 def _commit(root: Path) -> str | None:

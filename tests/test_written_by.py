@@ -14,7 +14,7 @@ from llmasr import run_dir as ck
 from llmasr.export.decode_results import llm_summary
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import MODEL_FILE, ExportedModelError, read_description
-from llmasr.written_by import BEFORE, _commit, writer, written_by
+from llmasr.written_by import BEFORE, STACK, _commit, software, writer, written_by
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,19 @@ def test_this_llmasr_names_its_version_and_the_commit_checked_out():
     if head.returncode == 0:  # the suite runs from a clone: the record names its commit
         assert record["commit"] == head.stdout.strip()
         assert writer(record).endswith(f"(commit {record['commit']})")
+
+
+def test_llmasr_version_names_this_llmasr_and_the_installed_stack(capsys):
+    from importlib.metadata import version
+
+    from llmasr.cli import main
+
+    assert main(["--version"]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said == software() and said.startswith(writer(written_by()))
+    assert f"torch {version('torch')}" in said and f"deepspeed {version('deepspeed')}" in said
+    assert [name for name in STACK if f"{name} " in said] == list(STACK)
+    assert main(["-V"]) == 0 and capsys.readouterr().out.strip() == said
 
 
 def test_a_folder_that_is_no_checkout_has_no_commit_and_a_file_without_the_record_is_from_before_it(tmp_path):

@@ -38,6 +38,7 @@ from llmasr.train.run_dir import LrCourse, claim_run_dir, write_lr_files, write_
 from llmasr.train.run_log import StartupLog, setup_logging
 from llmasr.train.schedulers import build_group_schedules, warmup_warnings
 from llmasr.train.valid_sets import ValidSets
+from llmasr.written_by import software
 
 log = logging.getLogger("llmasr.train")
 
@@ -99,6 +100,7 @@ class RunSetup:
         self.log_handler = setup_logging(self.run_dir, self.rank)
         self.startup_log.replay(self.log_handler)
         errors.traceback_to(self.run_dir / "train.log")  # a failure's traceback, beside the log of the run
+        log.info("software: %s", software())  # which versions gave this run's numbers (or its failure)
         for note in self.lock.notes if self.lock is not None else []:
             log.warning(note)
         resolve.seed_everything(tc.seed)

@@ -17,6 +17,7 @@ from llmasr.testing.tiny_corpus import tiny_recipe_dict, write_tiny_corpus
 from llmasr.train.progress import Progress, logged_updates, parse_log_line
 from llmasr.train.run_log import setup_logging
 from llmasr.train.trainer import train
+from llmasr.written_by import software
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
@@ -101,6 +102,8 @@ def test_a_resume_says_which_updates_train_log_holds_twice(tiny_llm_dir, tmp_pat
     lines = (run / "train.log").read_text().splitlines()
     at = next(i for i, line in enumerate(lines) if said[0] in line)
     assert [parse_log_line(x)["update"] for x in lines[at:] if " train update=" in x][0] == 5
+    # each start names the software it ran with (a resume may run on other versions than the run it continues)
+    assert [x.endswith(f"software: {software()}") for x in lines if "software: " in x] == [True, True]
 
 
 def noted_encoder(tmp_path):
