@@ -38,9 +38,9 @@ REFERENCE = TEXT[: TEXT.index("\n## Benchmarks")]  # the benchmark tables are me
 FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 
 # Flags of other programs the README shows beside llmasr's: the launchers, TensorBoard, Kaldi's extract-segments,
-# SLURM's sbatch and scancel, and the global --debug that llmasr.cli takes before any verb.
+# SLURM's sbatch and scancel, and the global --debug and --version that llmasr.cli takes before any verb.
 OTHER_PROGRAMS = {"--num_gpus", "--module", "--hostfile", "--nproc_per_node", "--logdir", "--max-overshoot", "--debug",
-                  "--signal", "--autotuning", "--nodes", "--ntasks-per-node", "--gpus-per-node",
+                  "--version", "--signal", "--autotuning", "--nodes", "--ntasks-per-node", "--gpus-per-node",
                   "--cpus-per-task", "--gpus-per-task", "--kill-on-bad-exit"}  # fmt: skip
 
 # The commands whose flags each section may name (a section may also name the flags of a bench/ script it names).
