@@ -66,12 +66,13 @@ def test_a_checkpoint_meta_keeps_its_writer_and_a_newer_one_s_entries_are_refuse
         ck.read_meta(tmp_path)
 
 
-def test_a_decode_s_wer_json_names_its_writer(tmp_path):
+def test_a_decode_s_wer_json_names_its_writer_and_the_software_it_ran_on(tmp_path):
     rows = [dict(key="a", ref="one", hyp="one", duration=2.0, truncated=None, hotwords=None)]
     found = dict(manifest="data/test.jsonl", lines=1, skipped=0, skipped_by_reason={})
     timing = dict(audio_seconds=2.0, decode_seconds=1.0, device="cpu", mode="greedy")
     llm_summary(tmp_path, rows, found, DecodeConfig(), timing)
-    assert json.loads((tmp_path / "wer.json").read_text())["written_by"] == written_by()
+    summary = json.loads((tmp_path / "wer.json").read_text())
+    assert summary["written_by"] == written_by() and summary["software"] == software()
 
 
 def test_an_export_description_of_a_newer_format_is_refused_naming_its_writer(tmp_path):

@@ -20,7 +20,7 @@ from llmasr.scoring import kaldi_key, plural, score_corpus
 from llmasr.scoring_bias import BiasedCorpus, hotword_list, score_lists
 from llmasr.scoring_bootstrap import rate_interval
 from llmasr.scoring_report import add_languages, interval_text
-from llmasr.written_by import KEY, written_by
+from llmasr.written_by import KEY, software, written_by
 
 
 def hotword_counts(rows: list[dict], opts, cap: int | None, boost: float = 0.0) -> dict:
@@ -350,6 +350,7 @@ def _write_summary(out_dir: Path, summary: dict, text: list[str]) -> None:
     """wer.txt and wer.json; the text joins the summary under "text"."""
     write_atomic(out_dir / "wer.txt", "\n".join(text) + "\n")
     summary[KEY] = written_by()  # so that a later llmasr that cannot read the decode names its writer
+    summary["software"] = software()  # the versions behind its numbers: generate's search changes between releases
     write_atomic(out_dir / "wer.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     summary["text"] = "\n".join(text)
 
