@@ -67,17 +67,17 @@ def _normalize_char_by_char(text: str) -> str:
     """normalize's rules read one character at a time, as it had run them: the oracle its one-pass form must equal."""
     import re
 
-    from llmasr import text_units as scoring
+    from llmasr import text_units
 
-    text = scoring._ACCENT_APOSTROPHE.sub("'", text)
+    text = text_units._ACCENT_APOSTROPHE.sub("'", text)
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold().replace("i\u0307", "i"))
-    text = scoring._TAGS.sub(" ", text)
+    text = text_units._TAGS.sub(" ", text)
     out, n = [], len(text)
     for i, ch in enumerate(text):
         cat = unicodedata.category(ch)
-        if ch in scoring._APOSTROPHES:
+        if ch in text_units._APOSTROPHES:
             inside = 0 < i < n - 1 and all(
-                c.isalnum() and not scoring.is_no_space_char(c) for c in text[i - 1 : i + 2 : 2]
+                c.isalnum() and not text_units.is_no_space_char(c) for c in text[i - 1 : i + 2 : 2]
             )
             out.append("'" if inside else " ")
         elif ch in ".,\u066b\u066c" and 0 < i < n - 1 and text[i - 1 : i + 2 : 2].isdecimal():

@@ -20,7 +20,7 @@ CHARS_PER_SECOND = 12.0  # the same in characters, for scripts written without s
 EDGE_TOKENS = 2  # tokens a shared run may leave at a window's edge (a cut word); farther runs are chance matches
 MAX_DISAGREE = 2  # neighbours of a true one-token run that errors at both windows' edges may garble (seam)
 
-# Scripts written without spaces: each character is a token (and texts join without a space). scoring.UNIT matches
+# Scripts written without spaces: each character is a token (and texts join without a space). text_units.UNIT matches
 # the tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
 _NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)  # the scripts scoring counts in characters
 # Punctuation of those scripts (CJK symbols and punctuation, full-width forms): no space before or after it either.
