@@ -261,6 +261,10 @@ def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
 INTO = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
 
 
+# what the tool reads (libsndfile's format name): another file makes the command fail, not read as that file
+INPUT_FORMATS = {"sph2pipe": ("NIST", "reads NIST SPHERE files"), "flac": ("FLAC", "decodes FLAC files")}
+
+
 class PipeRefused(ValueError):
     """A wav.scp pipe command not read as a file: why, and what to do instead."""
 
@@ -339,6 +343,9 @@ def read_as_file(command: str, base: Path) -> PipedFile:
         header = probe_header(path)
     except AudioError as err:
         raise _refused(command, f"it reads {read.file}, which llmasr cannot open: {err.reason}", INTO) from None
+    if (needs := INPUT_FORMATS.get(read.tool)) and header.format != needs[0]:
+        part = f"{read.tool} {needs[1]}, and {read.file} is {header.format} (the command fails)"
+        raise _refused(command, part, _advice(command, base))
     channel = None if read.pick_ignored_on_mono and header.channels == 1 else read.channel
     if channel is not None and channel >= header.channels:
         raise _refused(command, f"{read.tool} picks channel {channel + 1} of {read.file}, which has "

@@ -170,15 +170,18 @@ REFUSED = [
     ("flac -c -d -s --until=2 {f} |", "flac option '--until=2'"),
     ("sph2pipe -f wav gone.sph |", "it reads gone.sph, which is not there (file not found)"),
     ("sph2pipe -f wav {w} |", "it reads {w}, which llmasr cannot open: NIST SPHERE audio compressed with shorten"),
+    ("sph2pipe -f wav {v} |", "sph2pipe reads NIST SPHERE files, and {v} is WAV (the command fails)"),
+    ("flac -c -d -s {f} |", "flac decodes FLAC files, and {f} is NIST (the command fails)"),
 ]
 
 
 @pytest.mark.parametrize("command, part", REFUSED, ids=[p for _, p in REFUSED])
 def test_pipe_commands_not_read_as_a_file_are_refused_naming_the_part(tmp_path, command, part):
     _two_channel_sph(tmp_path / "a.sph")
-    f, w = tmp_path / "a.sph", tmp_path / "w.wv1"
+    f, w, v = tmp_path / "a.sph", tmp_path / "w.wv1", tmp_path / "v.wav"
     write_shorten_sph(w)
-    command, part = command.format(f=f, w=w), part.format(f=f, w=w)
+    sf.write(v, np.zeros(800), SR)
+    command, part = command.format(f=f, w=w, v=v), part.format(f=f, w=w, v=v)
     counts = _kaldi(tmp_path, f"k {command}\n", "k x\n", base=tmp_path)
     assert counts["written"] == 0 and counts["unsupported_keys"] == ["k"] and counts["piped_read_as_files"] == 0
     (why,) = [str(p) for p in counts["problems"]]
