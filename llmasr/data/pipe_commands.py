@@ -207,7 +207,7 @@ def _sox_option(word: str, args: list[str]) -> tuple[str, str]:
 
 
 def _sox(args: list[str]) -> PipedRead:
-    """`sox [-q|-V|-D|-R] F [-t wav|-r N|-b N|-e ENC|-c 1] - [remix N|channels 1|rate [-q..-v] N]...`: one input,
+    """`sox [-q|-V|-D|-R] F [-t wav|wavpcm|-r N|-b N|-e ENC|-c 1] - [remix N|channels 1|rate [-q..-v] N]...`: one input,
     WAV to standard output; `remix N` picks channel N (1-based), `-c 1` and `channels 1` average."""
     args = list(args)
     while args and args[0].startswith("-") and args[0] != "-":
@@ -223,7 +223,7 @@ def _sox(args: list[str]) -> PipedRead:
         if not word.startswith("-"):
             raise NotUnderstood(f"a second input file {word!r}")
         letter, value = _sox_option(word, args)
-        if letter == "-t" and value.lower() != "wav":
+        if letter == "-t" and value.lower() not in ("wav", "wavpcm"):  # wavpcm: AMI's recipes
             raise NotUnderstood(f"sox output type {value!r} (a wav.scp command writes wav)")
         if (letter == "-r" and not _RATE.fullmatch(value)) or (letter == "-b" and value not in ("8", "16", "24", "32")):
             raise NotUnderstood(f"sox {letter} {value!r}")

@@ -136,7 +136,7 @@ def test_sox_lines_pick_average_or_pass_the_channels(tmp_path):
     counts = _kaldi(
         tmp_path,
         f"p sox {f} -t wav - |\nr sox {f} -t wav -r 16000 -b 16 - remix 2 |\nc sox -q {f} -c 1 -t wav - rate -h 16k |\n"
-        f"e sox -V1 {f} --type=wav -e signed-integer - channels 1 remix 1 |\n",
+        f"e sox -V1 {f} --type=wavpcm -e signed-integer - channels 1 remix 1 |\n",
         "p x\nr x\nc x\ne x\n",
     )
     assert counts["written"] == 4 and counts["piped_read_as_files_by_tool"] == {"sox": 4}
