@@ -254,7 +254,8 @@ def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
         elif effect == "rate" and value in SOX_RATE_QUALITY and args and _RATE.fullmatch(args[0]):
             args.pop(0)
         elif effect != "rate" or not _RATE.fullmatch(value):
-            raise NotUnderstood(f"sox effect {' '.join([effect, value]).strip()!r} (read: remix N, channels 1, rate)")
+            rest = " ".join([effect, value, *args]).strip()  # the effect and what follows it
+            raise NotUnderstood(f"sox effect {rest!r} (read: remix N, channels 1, rate)")
     return channel, mono
 
 
