@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         "in training; utt2lang: each line's `lang`, which decode rates each language by)",
     )  # fmt: skip
     p.add_argument("out", help="jsonl manifest to write")
-    p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
+    p.add_argument(
+        "--base-dir",
+        help="directory relative wav.scp paths, and the files pipe commands name, resolve against "
+        "(default: cwd, as Kaldi's recipes run)",
+    )
     args = p.parse_args(argv)
     d = Path(args.data_dir)
     if not (d / "wav.scp").is_file():
