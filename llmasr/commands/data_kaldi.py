@@ -13,14 +13,26 @@ from llmasr.data.kaldi import KaldiError, kaldi_to_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="llmasr data kaldi", description="Kaldi data directory -> FunASR-style jsonl")
+    p = argparse.ArgumentParser(
+        prog="llmasr data kaldi",
+        description="Kaldi data directory -> FunASR-style jsonl. A wav.scp pipe command that only decodes one audio "
+        "file is read as that file: `sph2pipe [-f FMT] [-p|-u|-a] [-c 1|2] [-t b:e|-s b:e] F |` (channel pick and "
+        "range written as the line's channel, start and end; a segment's times add to the range's start), `flac -c "
+        "-d [-s] F |`, `sox [-q|-V] F [-t wav -r N -b N -e ENC -c 1] - [remix N|channels 1|rate N] |`; the summary's "
+        "piped_read_as_files counts them (per tool). Any other command, option, effect, shell syntax, or a file "
+        "llmasr cannot open (shorten-compressed .sph) is refused with its line and the part at fault.",
+    )
     p.add_argument(
         "data_dir", help="Kaldi data directory with wav.scp, and text, segments, utt2dur and utt2lang where present "
         "(no text: a manifest of audio to transcribe, for llmasr decode; utt2dur: durations written, no header probed "
         "in training; utt2lang: each line's `lang`, which decode rates each language by)",
     )  # fmt: skip
     p.add_argument("out", help="jsonl manifest to write")
-    p.add_argument("--base-dir", help="directory relative wav.scp paths resolve against (default: cwd)")
+    p.add_argument(
+        "--base-dir",
+        help="directory relative wav.scp paths, and the files pipe commands name, resolve against "
+        "(default: cwd, as Kaldi's recipes run)",
+    )
     args = p.parse_args(argv)
     d = Path(args.data_dir)
     if not (d / "wav.scp").is_file():

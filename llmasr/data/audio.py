@@ -95,8 +95,26 @@ def _first_text_line(path: str | Path) -> str | None:
     return next((line.strip() for line in text.splitlines() if line.strip()), None)
 
 
+_SPHERE_CODING = re.compile(rb"^sample_coding -s[0-9]+ (\S+)", re.MULTILINE)
+
+
+def _sphere_shorten(path: str | Path) -> str | None:
+    """A NIST SPHERE file's sample_coding where its samples are shorten-compressed (WSJ's .wv1, some LDC corpora),
+    which libsndfile does not decode; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    m = _SPHERE_CODING.search(head) if head.startswith(b"NIST_1A") else None
+    return m.group(1).decode("ascii", "replace") if m and b"shorten" in m.group(1) else None
+
+
 def _open_error(path: str | Path, err: Exception) -> AudioError:
     gone = missing_audio(path)
+    if gone is None and (coding := _sphere_shorten(path)) is not None:
+        gone = AudioError(path, f"NIST SPHERE audio compressed with shorten (sample_coding {coding!r}), which "
+                          "libsndfile does not decode: decompress it (`sph2pipe -f wav F > F.wav`)")  # fmt: skip
     if gone is None and os.path.getsize(path) == 0:  # libsndfile calls it "Format not recognised"
         gone = AudioError(path, "empty audio (a file of 0 bytes)")
     if gone is None and (line := _first_text_line(path)) is not None and line.encode().startswith(LFS_POINTER):
@@ -129,11 +147,13 @@ def _overshoot(path: str | Path, start: float, end: float | None, total: float) 
 
 @dataclass(frozen=True)
 class AudioHeader:
-    """What a file's header says (no decode): its seconds, sample rate and channel count."""
+    """What a file's header says (no decode): its seconds, sample rate, channel count and libsndfile's name of its
+    format ("WAV", "FLAC", "NIST", ...)."""
 
     seconds: float
     sample_rate: int
     channels: int
+    format: str = ""
 
 
 def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
@@ -151,7 +171,9 @@ def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
         raise AudioError(path, "empty audio (0 samples)")
     if channel is not None and not 0 <= channel < info.channels:
         raise AudioError(path, f"channel {channel} requested but the file has {info.channels} channel(s)")
-    return AudioHeader(float(info.frames) / float(info.samplerate), int(info.samplerate), int(info.channels))
+    return AudioHeader(
+        float(info.frames) / float(info.samplerate), int(info.samplerate), int(info.channels), str(info.format)
+    )
 
 
 def probe_duration(path: str | Path, channel: int | None = None) -> float:

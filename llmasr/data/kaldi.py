@@ -8,11 +8,12 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from llmasr.atomic_file import manifest_writer
 from llmasr.data.audio import missing_audio
-from llmasr.data.audio_commands import piped_file
+from llmasr.data.pipe_commands import PipedFile, PipeRefused, read_as_file
 from llmasr.data.records import BadRecord
 from llmasr.text_files import key_text_lines
 
@@ -106,10 +107,13 @@ def kaldi_to_jsonl(
       missing_text   audio (wav.scp / segments) but no transcript in `text`
       missing_audio  a transcript (or segment) whose audio key is not in wav.scp (or segments)
       empty_text     a transcript line with no words
-      unsupported    wav.scp entries that are pipe commands (`... |`) or offsets (`FILE:123`), not plain paths
+      unsupported    wav.scp entries that are offsets (`FILE:123`), or pipe commands (`... |`) not read as a file
       bad_segments   segments lines that do not parse
       duplicate_keys a key repeated within one file (the first is kept)
-    plus `audio_not_found` and its first keys: wav.scp lines whose audio file is not there (their records written
+    A pipe command that only decodes a file llmasr reads (sph2pipe, flac, sox: llmasr.data.pipe_commands) is read
+    as that file, its channel pick and time range written on the line (a segment's times add to the range's start);
+    `piped_read_as_files` counts them (`piped_read_as_files_by_tool` per tool). Then
+    `audio_not_found` and its first keys: wav.scp lines whose audio file is not there (their records written
     all the same), `problems`: the first 20 BadRecords (file:line: reason), and with `utt2dur`,
     `durations_from_utt2dur` and `durations_unknown` (records written without a duration: utt2dur lacks their key),
     and with `utt2lang`, `languages_from_utt2lang` and `languages_unknown` (records written without a `lang`).
@@ -128,16 +132,17 @@ def kaldi_to_jsonl(
     skipped.duplicates(dups)
 
     # With segments, a recording without a usable path is counted by its segments (or as no_segments), not twice.
-    sources, why = _audio_sources(wavs, wav_scp, base, skipped if segments is None else _Skipped())
+    sources, why, piped = _audio_sources(wavs, wav_scp, base, skipped if segments is None else _Skipped())
     if segments is None:
-        records = _recording_records(wavs, texts, sources, wav_scp, text, skipped)
+        records = _recording_records(wavs, texts, (sources, piped), wav_scp, text, skipped)
     else:
-        records = _segment_records(segs, wavs, texts, (sources, why), (wav_scp, Path(segments)), text, skipped)
+        records = _segment_records(segs, wavs, texts, (sources, why, piped), (wav_scp, Path(segments)), text, skipped)
     found = _fill_durations(records, durs, Path(utt2dur)) if durs is not None else None
     named = _fill_languages(records, langs, Path(utt2lang)) if langs is not None else None
     gone = _audio_not_found(records, wavs, sources, wav_scp, base)
     written = _write_jsonl(records, texts, text, out_jsonl, skipped)
     counts = skipped.counts(written)
+    counts.update(_piped_counts(piped))
     counts.update(audio_not_found=len(gone), audio_not_found_keys=[bad.key for bad in gone[:5]])
     counts["problems"] = (gone + skipped.problems)[:20]
     if found is not None:
@@ -153,6 +158,15 @@ def kaldi_to_jsonl(
             log.warning("kaldi_to_jsonl: %d record(s) not in %s: written without a lang (decode's results rate them "
                         "as a group of their own)", unnamed, utt2lang)  # fmt: skip
     return counts
+
+
+def _piped_counts(piped: dict[str, PipedFile]) -> dict:
+    """How many wav.scp pipe commands were read as the files they decode, per tool (logged: not a silent change)."""
+    tools = Counter(p.read.tool for p in piped.values())
+    if piped:
+        log.info("kaldi_to_jsonl: %d wav.scp pipe command(s) read as the files they decode (%s)", len(piped),
+                 ", ".join(f"{tool}: {n}" for tool, n in tools.items()))  # fmt: skip
+    return {"piped_read_as_files": len(piped), "piped_read_as_files_by_tool": dict(tools)}
 
 
 def _audio_not_found(records: list[dict], wavs: dict, sources: dict, wav_scp: Path, base: Path) -> list[BadRecord]:
@@ -216,18 +230,24 @@ def _fill_languages(records: list[dict], table: dict, utt2lang: Path) -> int:
     return named
 
 
-def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> tuple[dict[str, str], dict]:
-    """(wav.scp key -> absolute audio path, for the entries that are plain paths; key -> why, for the others, which
-    are skipped)."""
+def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> tuple[dict[str, str], dict, dict]:
+    """(wav.scp key -> absolute audio path, for the entries that are plain paths or pipe commands read as their
+    file; key -> why, for the others, which are skipped; key -> PipedFile, for those pipe commands)."""
     sources: dict[str, str] = {}
     why: dict[str, str] = {}
+    piped: dict[str, PipedFile] = {}
     for key, (lineno, value) in wavs.items():
         if not value:
             why[key] = "no audio path"
         elif value == "-":
             why[key] = "'-' (standard input) is not an audio file"
         elif value.endswith("|"):
-            why[key] = f"pipe command {value[:60]!r} is not supported; {_pipe_advice(value, base)}"
+            try:
+                piped[key] = read_as_file(value, base)
+                sources[key] = piped[key].path
+                continue
+            except PipeRefused as err:
+                why[key] = str(err)
         elif "|" in value:  # Kaldi refuses it too: a pipe command missing its closing '|'
             why[key] = f"{value[:60]!r} holds a '|' but does not end with one (a pipe command ends with '|')"
         elif OFFSET.search(value) or ".ark:" in value or value.endswith(".ark"):
@@ -237,7 +257,7 @@ def _audio_sources(wavs: dict, wav_scp: Path, base: Path, skipped: _Skipped) -> 
             sources[key] = str(p if p.is_absolute() else (base / p).resolve())
             continue
         skipped.skip("unsupported", wav_scp, lineno, key, f"{key}: {why[key]}")
-    return sources, why
+    return sources, why, piped
 
 
 ARK_ADVICE = (
@@ -246,23 +266,12 @@ ARK_ADVICE = (
 )
 
 
-def _pipe_advice(command: str, base: Path) -> str:
-    """What to do with a wav.scp pipe command: where it only decodes an audio file llmasr reads itself (`flac -c -d
-    -s F |`, `sph2pipe -f wav F |`, `sox F -t wav - |`), name that file; else write the command's output to files."""
-    file = piped_file(command, [base])
-    into = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
-    if file is not None:
-        return (
-            f"it reads {file}, which llmasr opens itself (and resamples): where the command only decodes it (no "
-            f"channel pick, no effect), write that path in wav.scp instead; else {into}"
-        )
-    return into
-
-
 def _recording_records(
-    wavs: dict, texts: dict | None, sources: dict, wav_scp: Path, text: Path | None, skipped: _Skipped
+    wavs: dict, texts: dict | None, paths: tuple[dict, dict], wav_scp: Path, text: Path | None, skipped: _Skipped
 ) -> list[dict]:
-    """One record per whole recording (no segments file) that has both audio and a transcript (or any text)."""
+    """One record per whole recording (no segments file) that has both audio and a transcript (or any text);
+    `paths`: _audio_sources' (paths, pipe commands read as files)."""
+    sources, piped = paths
     records: list[dict] = []
     for key, (lineno, _) in wavs.items():
         if key not in sources:
@@ -270,7 +279,7 @@ def _recording_records(
         if texts is not None and key not in texts:
             skipped.skip("missing_text", wav_scp, lineno, key, f"{key}: in wav.scp but not in {text.name}")
             continue
-        records.append({"key": key, "source": sources[key]})
+        records.append({"key": key, "source": sources[key], **(piped[key].fields() if key in piped else {})})
     for key, (lineno, _) in (texts or {}).items():
         if key not in wavs:
             skipped.skip("missing_audio", text, lineno, key, f"{key}: in {text.name} but not in wav.scp")
@@ -282,8 +291,8 @@ def _segment_records(
     text: Path | None, skipped: _Skipped,
 ) -> list[dict]:  # fmt: skip
     """One record per segment whose line parses, whose recording has a readable path, and which has a transcript;
-    `paths`: _audio_sources' (paths, why not); `files`: the wav.scp and segments files."""
-    (sources, why), (wav_scp, segments) = paths, files
+    `paths`: _audio_sources' (paths, why not, pipe commands read as files); `files`: the wav.scp and segments files."""
+    (sources, why, piped), (wav_scp, segments) = paths, files
     records: list[dict] = []
     for seg, (lineno, value) in segs.items():
         parsed = _parse_segment(value)
@@ -300,6 +309,11 @@ def _segment_records(
             skipped.skip("unsupported", segments, lineno, seg, f"{seg}: recording {rec_id!r}: {why.get(rec_id)}")
         elif texts is not None and seg not in texts:
             skipped.skip("missing_text", segments, lineno, seg, f"{seg}: in segments but not in {text.name}")
+        elif rec_id in piped:
+            try:
+                records.append({"key": seg, "source": sources[rec_id], **piped[rec_id].segment(start, end, channel)})
+            except ValueError as err:
+                skipped.skip("bad_segments", segments, lineno, seg, f"{seg}: recording {rec_id!r}: {err}")
         else:
             r = {"key": seg, "source": sources[rec_id], "start": start}
             if channel is not None:

@@ -105,6 +105,14 @@ def write_tone_wav(path, seconds=1.0, sr=16000, channels=1, freq=440.0):
     return path
 
 
+def write_shorten_sph(path):
+    """WSJ's .wv1: NIST SPHERE whose samples are shorten-compressed, which libsndfile does not decode."""
+    head = b"NIST_1A\n   1024\nsample_count -i 8000\nsample_rate -i 16000\nchannel_count -i 1\nsample_n_bytes -i 2\n"
+    head += b"sample_coding -s26 pcm,embedded-shorten-v2.00\nsample_byte_format -s2 01\nend_head\n"
+    path.write_bytes(head.ljust(1024, b" ") + b"ajkg\x02" + bytes(400))
+    return path
+
+
 def write_jsonl(path, records):
     with open(path, "w") as f:
         for r in records:

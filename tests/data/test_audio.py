@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+from speech_fakes import write_shorten_sph
 
 from llmasr.data import audio
 from llmasr.data.audio import AudioError, load_audio, probe_duration
@@ -119,6 +120,19 @@ def test_corrupt_file(tmp_path):
     text.write_text("hello, I am not audio\n" * 20)
     with pytest.raises(AudioError, match="unreadable or corrupt"):
         load_audio(text, sample_rate=16000)
+
+
+def test_a_shorten_compressed_sphere_file_says_so(tmp_path):
+    # WSJ's .wv1 files are NIST SPHERE with shorten-compressed samples: libsndfile's "unimplemented format" named
+    # neither the compression nor the way out.
+    path = write_shorten_sph(tmp_path / "011c0201.wv1")
+    for read in (probe_duration, lambda p: load_audio(p, sample_rate=16000)):
+        with pytest.raises(AudioError) as e:
+            read(path)
+        assert e.value.reason == (
+            "NIST SPHERE audio compressed with shorten (sample_coding 'pcm,embedded-shorten-v2.00'), which libsndfile "
+            "does not decode: decompress it (`sph2pipe -f wav F > F.wav`)"
+        )
 
 
 def test_a_file_of_no_bytes_or_of_a_format_libsndfile_lacks_says_so(tmp_path):

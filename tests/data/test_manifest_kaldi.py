@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import soundfile as sf
 from speech_fakes import write_tone_wav as write_wav
 
 from llmasr.data.kaldi import kaldi_to_jsonl
@@ -19,7 +21,8 @@ def test_kaldi_to_jsonl_reports_mismatches(tmp_path):
     for k in ("u1", "u2", "u3"):
         write_wav(d / f"{k}.wav")
     (d / "wav.scp").write_text(
-        f"u1 {d / 'u1.wav'}\nu2 data/u2.wav\nu3 sox data/u3.wav -t wav - |\nu4 {d / 'u4.wav'}\nu6 raw.ark:1234\nu7 -\n"
+        f"u1 {d / 'u1.wav'}\nu2 data/u2.wav\nu3 sox data/u3.wav -t wav - gain -3 |\nu4 {d / 'u4.wav'}\n"
+        "u6 raw.ark:1234\nu7 -\n"
     )
     (d / "text").write_text("u1 HELLO WORLD\nu2 second one\nu3 piped\nu5 no audio here\nu6 ark\nu2 again\nu7 in\n")
     out = tmp_path / "out" / "train.jsonl"
@@ -218,19 +221,21 @@ def test_kaldi_to_jsonl_cut_short_leaves_the_old_manifest(tmp_path, monkeypatch)
 def test_a_pipe_command_is_refused_with_what_to_do(tmp_path):
     # "convert the audio to files first" left a LibriSpeech- or Switchboard-style folder (every line a pipe) with
     # nothing written and no way named: the refusal names the file a decoding command reads, which llmasr opens itself.
+    # (`flac -c -d -s F |` alone is now read as F: the refused line here has an option llmasr does not read.)
     d = tmp_path / "data"
     d.mkdir()
-    (d / "a.flac").write_bytes(b"fLaC")  # only its name is read
-    (d / "wav.scp").write_text("a flac -c -d -s data/a.flac |\nb sph2pipe -f wav -p -c 1 gone.sph |\n")
+    sf.write(d / "a.flac", np.zeros(1600, dtype=np.int16), 16000)
+    (d / "wav.scp").write_text("a flac -c -d -s -F data/a.flac |\nb sph2pipe -f wav -p -c 1 gone.sph |\n")
     (d / "text").write_text("a one\nb two\n")
     counts = kaldi_to_jsonl(d / "wav.scp", d / "text", tmp_path / "out.jsonl", base_dir=tmp_path)
     assert counts["written"] == 0 and counts["unsupported_keys"] == ["a", "b"]
     into = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
     assert [p.reason for p in counts["problems"]] == [
-        "unsupported: a: pipe command 'flac -c -d -s data/a.flac |' is not supported; it reads data/a.flac, which "
-        "llmasr opens itself (and resamples): where the command only decodes it (no channel pick, no effect), write "
-        f"that path in wav.scp instead; else {into}",
-        f"unsupported: b: pipe command 'sph2pipe -f wav -p -c 1 gone.sph |' is not supported; {into}",
+        "unsupported: a: pipe command 'flac -c -d -s -F data/a.flac |' is not supported (flac option '-F'); it reads "
+        "data/a.flac, which llmasr opens itself (and resamples): where the command only decodes it (no channel pick, "
+        f"no effect), write that path in wav.scp instead; else {into}",
+        "unsupported: b: pipe command 'sph2pipe -f wav -p -c 1 gone.sph |' is not supported (it reads gone.sph, which "
+        f"is not there (file not found): relative paths are read from {tmp_path} (--base-dir)); {into}",
     ]
 
 

@@ -1,0 +1,360 @@
+"""Kaldi wav.scp pipe commands that only decode an audio file llmasr reads itself: Switchboard's `sph2pipe -f wav -p
+-c 1 F.sph |`, WSJ's `sph2pipe -f wav F.wv1 |`, LibriSpeech's `flac -c -d -s F.flac |`, `sox F -t wav - remix 1 |`.
+
+Each is read strictly, as its tool parses its options (sph2pipe and flac with getopt, options anywhere; sox's global
+options, input file, output options, `-`, effects), into the file, a channel pick (0-based) and a time range. Options
+that only change the output's format (header, bits, rate: llmasr resamples) map to nothing. Anything else (another
+option or effect, a second file, shell syntax, another command) raises NotUnderstood naming the part at fault.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, missing_audio, probe_header
+from llmasr.data.audio_commands import piped_file
+
+
+class NotUnderstood(ValueError):
+    """A part of a pipe command llmasr does not read as a file (the message names it)."""
+
+
+@dataclass(frozen=True)
+class PipedRead:
+    """What a decode-only command reads: `file` as written, a 0-based `channel` pick, whether the stream is one
+    channel (`mono`: a pick, or sox's average), and [start, end) in seconds (`in_samples`: sample indices)."""
+
+    tool: str
+    file: str
+    channel: int | None = None
+    mono: bool = False
+    start: float = 0.0
+    end: float | None = None
+    in_samples: bool = False
+    pick_ignored_on_mono: bool = False  # sph2pipe: `-c 2` of a one-channel file outputs that channel
+
+
+TOOLS = ("sph2pipe", "flac", "sox")
+_SEPARATORS = {";": "a second command (';')", "&": "a second command or background job ('&')", "\n": "a newline"}
+_SHELL = set("<>()$`*?[]{}!\\")  # redirections, subshells, expansions, globs, escapes: the shell's, not the tool's
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _word_at(body: str, i: int) -> str:
+    left = max(body.rfind(" ", 0, i), body.rfind("\t", 0, i)) + 1
+    right = min((j for j in (body.find(" ", i), body.find("\t", i)) if j >= 0), default=len(body))
+    return body[left:right]
+
+
+def _words(command: str) -> list[str]:
+    """The command's words (its closing '|' dropped), quotes removed; NotUnderstood for any shell syntax beyond
+    words and quotes."""
+    body = command.rstrip()[:-1]
+    quote = None
+    for i, ch in enumerate(body):
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            elif quote == '"' and ch in "$`\\":
+                raise NotUnderstood(f"shell syntax {ch!r} inside double quotes in {_word_at(body, i)!r}")
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "|":
+            raise NotUnderstood("a second command in the pipeline ('|')")
+        elif ch in _SEPARATORS:
+            raise NotUnderstood(_SEPARATORS[ch])
+        elif ch in "<>":
+            raise NotUnderstood(f"a redirection {_word_at(body, i)!r}")
+        elif ch in _SHELL or (ch in "~#" and (i == 0 or body[i - 1] in " \t")):
+            raise NotUnderstood(f"shell syntax {ch!r} in {_word_at(body, i)!r}")
+    if quote is not None:
+        raise NotUnderstood(f"an unclosed quote ({quote})")
+    return shlex.split(body)
+
+
+def parse_pipe(command: str) -> PipedRead:
+    """The decode-only read `command` (a wav.scp value ending in '|') makes; NotUnderstood names what is not one."""
+    words = _words(command)
+    if not words:
+        raise NotUnderstood("no command before the '|'")
+    if _ASSIGNMENT.match(words[0]):
+        raise NotUnderstood(f"an environment assignment {words[0]!r}")
+    tool = Path(words[0]).name  # recipes write $KALDI_ROOT/tools/sph2pipe_v2.5/sph2pipe out in full
+    if tool not in TOOLS:
+        raise NotUnderstood(f"command {words[0]!r}: llmasr reads the decoding of {', '.join(TOOLS)} only")
+    return {"sph2pipe": _sph2pipe, "flac": _flac, "sox": _sox}[tool](words[1:])
+
+
+def _getopt(tool: str, args: list[str], shortopts: str, longopts: dict[str, str]) -> tuple[list, list[str]]:
+    """GNU getopt as the tools call it: clustered flags (-dcs), values attached or next (-c1, -c 1), options after
+    the file too, `--` ends them; long options by their full name. Returns ([(letter, value)], positionals)."""
+    opts: list[tuple[str, str | None]] = []
+    files: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        i += 1
+        if word == "--":
+            files += args[i:]
+            break
+        if word.startswith("--"):
+            if word not in longopts:
+                raise NotUnderstood(f"{tool} option {word!r}")
+            opts.append((longopts[word], None))
+        elif word.startswith("-") and word != "-":
+            j = 1
+            while j < len(word):
+                letter = word[j]
+                if letter not in shortopts.replace(":", ""):
+                    raise NotUnderstood(f"{tool} option '-{letter}'" + (f" (in {word!r})" if len(word) > 2 else ""))
+                if shortopts[shortopts.index(letter) + 1 : shortopts.index(letter) + 2] != ":":
+                    opts.append((letter, None))
+                    j += 1
+                    continue
+                if j + 1 < len(word):
+                    opts.append((letter, word[j + 1 :]))
+                elif i < len(args):
+                    opts.append((letter, args[i]))
+                    i += 1
+                else:
+                    raise NotUnderstood(f"{tool} option '-{letter}' without its value")
+                break
+        else:
+            files.append(word)
+    return opts, files
+
+
+def _one_file(tool: str, files: list[str], why_more: str) -> str:
+    if not files:
+        raise NotUnderstood(f"{tool} names no input file")
+    if len(files) > 1:
+        raise NotUnderstood(f"{why_more} {files[1]!r}")
+    if files[0] == "-":
+        raise NotUnderstood(f"{tool} reads standard input ('-'), not a file")
+    return files[0]
+
+
+SPH2PIPE_FORMATS = ("wav", "rif", "riff", "sph", "raw", "au", "aif", "aiff", "mac")
+
+
+def _sph2pipe_span(flag: str, value: str) -> tuple[float, float | None]:
+    """sph2pipe's `-t b:e` (seconds) or `-s b:e` (samples): either side may be left out; an end of 0 is its end."""
+    number = r"[0-9]+(\.[0-9]*)?|\.[0-9]+" if flag == "t" else r"[0-9]+"
+    b, colon, e = value.partition(":")
+    if not colon or not all(re.fullmatch(number, x) for x in (b, e) if x):
+        raise NotUnderstood(f"sph2pipe -{flag} {value!r} (expected b:e, {'seconds' if flag == 't' else 'samples'})")
+    start, end = float(b or 0), (float(e) if e and float(e) > 0 else None)
+    if start > 0 and end is not None and start >= end:
+        raise NotUnderstood(f"sph2pipe -{flag} {value!r}: its start is not before its end")
+    return start, end
+
+
+def _sph2pipe(args: list[str]) -> PipedRead:
+    """`sph2pipe [-h hdr] [-t|-s b:e] [-c 1|2] [-p|-u|-a] [-f typ] [-d] infile [outfile]` (getopt "daupf:c:t:s:h:")."""
+    opts, files = _getopt("sph2pipe", args, "daupf:c:t:s:h:", {})
+    file = _one_file("sph2pipe", files, "an output file (the audio goes there, not into the pipe):")
+    channel, span, unit = None, (0.0, None), None
+    for letter, value in opts:
+        if letter == "h":
+            raise NotUnderstood(f"sph2pipe -h {value!r} (a headerless file read with another file's header)")
+        if letter == "f" and value.lower() not in SPH2PIPE_FORMATS:
+            raise NotUnderstood(f"sph2pipe -f {value!r} (formats: sph, wav, raw, au, aif)")
+        if letter == "c":
+            if value not in ("1", "2"):
+                raise NotUnderstood(f"sph2pipe -c {value!r} (expected 1 or 2)")
+            channel = int(value) - 1
+        if letter in "ts":
+            if unit not in (None, letter):
+                raise NotUnderstood("sph2pipe -t and -s both given")
+            span, unit = _sph2pipe_span(letter, value), letter
+    return PipedRead("sph2pipe", file, channel, channel is not None, *span, unit == "s", pick_ignored_on_mono=True)
+
+
+def _flac(args: list[str]) -> PipedRead:
+    """`flac -c -d -s F` (--stdout, --decode, --silent; -dcs alike): decoding to standard output, nothing else."""
+    opts, files = _getopt("flac", args, "cds", {"--stdout": "c", "--decode": "d", "--silent": "s"})
+    file = _one_file("flac", files, "a second input file")
+    given = {letter for letter, _ in opts}
+    if "d" not in given:
+        raise NotUnderstood("flac without -d (--decode): it encodes")
+    if "c" not in given:
+        raise NotUnderstood("flac without -c (--stdout): it decodes into a file, not into the pipe")
+    return PipedRead("flac", file)
+
+
+_RATE = re.compile(r"([0-9]+(\.[0-9]+)?)k?")
+SOX_GLOBAL = ("-q", "--no-show-progress", "-D", "--no-dither", "-R", "-V")  # what it prints, dither: not the audio
+SOX_ENCODINGS = ("signed-integer", "unsigned-integer", "floating-point", "mu-law", "a-law")
+SOX_RATE_QUALITY = ("-q", "-l", "-m", "-h", "-v")
+
+
+def _sox_option(word: str, args: list[str]) -> tuple[str, str]:
+    """One output option and its value (`-t wav`, `-twav`, `--type wav`, `--type=wav`), taken from `args`."""
+    names = {"-t": "--type", "-r": "--rate", "-b": "--bits", "-e": "--encoding", "-c": "--channels"}
+    for short, long in names.items():
+        if word in (short, long):
+            if not args:
+                raise NotUnderstood(f"sox option {word!r} without its value")
+            return short, args.pop(0)
+        if word.startswith(long + "="):
+            return short, word[len(long) + 1 :]
+        if len(word) > 2 and word.startswith(short):
+            return short, word[2:]
+    raise NotUnderstood(f"sox option {word!r} (before the output '-')")
+
+
+def _sox(args: list[str]) -> PipedRead:
+    """`sox [-q|-V|-D|-R] F [-t wav|wavpcm|-r N|-b N|-e ENC|-c 1] - [remix N|channels 1|rate [-q..-v] N]...`: one input,
+    WAV to standard output; `remix N` picks channel N (1-based), `-c 1` and `channels 1` average."""
+    args = list(args)
+    while args and args[0].startswith("-") and args[0] != "-":
+        word = args.pop(0)
+        if word not in SOX_GLOBAL and not re.fullmatch(r"-V[0-6]", word):
+            raise NotUnderstood(f"sox option {word!r} (before the input file)")
+    if not args:
+        raise NotUnderstood("sox names no input file")
+    file = _one_file("sox", [args.pop(0)], "")
+    wav, average = False, False
+    while args and args[0] != "-":
+        word = args.pop(0)
+        if not word.startswith("-"):
+            raise NotUnderstood(f"a second input file {word!r}")
+        letter, value = _sox_option(word, args)
+        if letter == "-t" and value.lower() not in ("wav", "wavpcm"):  # wavpcm: AMI's recipes
+            raise NotUnderstood(f"sox output type {value!r} (a wav.scp command writes wav)")
+        if (letter == "-r" and not _RATE.fullmatch(value)) or (letter == "-b" and value not in ("8", "16", "24", "32")):
+            raise NotUnderstood(f"sox {letter} {value!r}")
+        if letter == "-e" and value not in SOX_ENCODINGS:
+            raise NotUnderstood(f"sox -e {value!r}")
+        if letter == "-c" and value != "1":
+            raise NotUnderstood(f"sox -c {value!r} (only -c 1, the channels averaged, is read)")
+        wav, average = wav or letter == "-t", average or letter == "-c"
+    if not args or not wav:
+        raise NotUnderstood("sox output is not '-t wav -' (WAV on standard output)")
+    args.pop(0)
+    channel, mono = _sox_effects(args)
+    return PipedRead("sox", file, channel, mono or average)
+
+
+def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
+    """(channel picked, stream is one channel) after `remix N`, `channels 1` and `rate` effects, in their order."""
+    channel, mono = None, False
+    while args:
+        effect = args.pop(0)
+        value = args.pop(0) if args else ""
+        if effect == "remix" and re.fullmatch(r"[1-9][0-9]*", value):
+            if mono and value != "1":
+                raise NotUnderstood(f"sox effect 'remix {value}' of a stream already one channel")
+            channel, mono = (int(value) - 1, True) if not mono else (channel, mono)
+        elif effect == "channels" and value == "1":
+            mono = True
+        elif effect == "rate" and value in SOX_RATE_QUALITY and args and _RATE.fullmatch(args[0]):
+            args.pop(0)
+        elif effect != "rate" or not _RATE.fullmatch(value):
+            rest = " ".join([effect, value, *args]).strip()  # the effect and what follows it
+            raise NotUnderstood(f"sox effect {rest!r} (read: remix N, channels 1, rate)")
+    return channel, mono
+
+
+INTO = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
+
+
+# what the tool reads (libsndfile's format name): another file makes the command fail, not read as that file
+INPUT_FORMATS = {"sph2pipe": ("NIST", "reads NIST SPHERE files"), "flac": ("FLAC", "decodes FLAC files")}
+
+
+class PipeRefused(ValueError):
+    """A wav.scp pipe command not read as a file: why, and what to do instead."""
+
+
+def _advice(command: str, base: Path) -> str:
+    """Where the command names one audio file llmasr opens, that file; else writing the command's output to files."""
+    file = piped_file(command, [base])
+    if file is not None:
+        return (
+            f"it reads {file}, which llmasr opens itself (and resamples): where the command only decodes it (no "
+            f"channel pick, no effect), write that path in wav.scp instead; else {INTO}"
+        )
+    return INTO
+
+
+def _refused(command: str, part: str, advice: str) -> PipeRefused:
+    return PipeRefused(f"pipe command {command[:60]!r} is not supported ({part}); {advice}")
+
+
+@dataclass(frozen=True)
+class PipedFile:
+    """A pipe command read as its file: the file (absolute), the stream's channel pick and range, the file's seconds."""
+
+    path: str
+    read: PipedRead
+    start: float
+    end: float | None
+    channel: int | None
+    seconds: float
+
+    def fields(self) -> dict:
+        """The manifest fields the whole stream reads as (its duration known from the header)."""
+        out: dict = {} if self.channel is None else {"channel": self.channel}
+        if self.start > 0 or self.end is not None:
+            out["start"] = self.start
+        if self.end is not None:
+            out["end"] = self.end
+        out["duration"] = round((self.seconds if self.end is None else self.end) - self.start, 6)
+        return out
+
+    def segment(self, start: float, end: float, channel: int | None) -> dict:
+        """The fields of a Kaldi segment of the stream (times relative to it, so after its start; end -1: its end;
+        `channel`: the segments file's, of the stream's channels); ValueError says why a segment cannot be read."""
+        if channel is not None and self.read.mono and channel != 0:
+            raise ValueError(f"channel {channel} of a piped stream of one channel ({self.read.tool} picks or mixes)")
+        first = round(self.start + start, 6)
+        last = self.end if end == -1 else round(self.start + end, 6)
+        if self.end is not None and last is not None and last > self.end:
+            if last - self.end >= MAX_OVERSHOOT_S:
+                raise ValueError(f"ends at {end:g}s of the piped stream, which is {self.end - self.start:g}s long")
+            last = self.end
+        if first >= (self.seconds if last is None else last):
+            raise ValueError(f"starts at {start:g}s, past the end of the piped stream")
+        out: dict = {"start": first}
+        picked = self.channel if channel is None or self.read.mono else channel
+        if picked is not None:
+            out["channel"] = picked
+        if last is not None:
+            out["end"] = last
+        out["duration"] = round((self.seconds if last is None else last) - first, 6)
+        return out
+
+
+def read_as_file(command: str, base: Path) -> PipedFile:
+    """The file a decode-only pipe command reads (relative to `base`, as the shell Kaldi runs it in), its header
+    probed; PipeRefused names the part not understood, a file not there or one llmasr cannot open."""
+    try:
+        read = parse_pipe(command)
+    except NotUnderstood as err:
+        raise _refused(command, str(err), _advice(command, base)) from None
+    path = Path(read.file) if Path(read.file).is_absolute() else (base / read.file).resolve()
+    if (gone := missing_audio(path)) is not None:
+        hint = "" if Path(read.file).is_absolute() else f": relative paths are read from {base} (--base-dir)"
+        raise _refused(command, f"it reads {read.file}, which is not there ({gone.reason}){hint}", INTO)
+    try:
+        header = probe_header(path)
+    except AudioError as err:
+        raise _refused(command, f"it reads {read.file}, which llmasr cannot open: {err.reason}", INTO) from None
+    if (needs := INPUT_FORMATS.get(read.tool)) and header.format != needs[0]:
+        part = f"{read.tool} {needs[1]}, and {read.file} is {header.format} (the command fails)"
+        raise _refused(command, part, _advice(command, base))
+    channel = None if read.pick_ignored_on_mono and header.channels == 1 else read.channel
+    if channel is not None and channel >= header.channels:
+        raise _refused(command, f"{read.tool} picks channel {channel + 1} of {read.file}, which has "
+                       f"{header.channels}", INTO)  # fmt: skip
+    scale = header.sample_rate if read.in_samples else 1
+    start, end = read.start / scale, (None if read.end is None else read.end / scale)
+    if start >= header.seconds:
+        raise _refused(command, f"it starts at {start:g}s, past the end of {read.file} ({header.seconds:g}s)", INTO)
+    if end is not None and end >= header.seconds:  # sph2pipe stops at the file's end
+        end = None
+    return PipedFile(str(path), read, start, end, channel, header.seconds)
