@@ -43,7 +43,7 @@ from llmasr.export.decode import (
 )
 from llmasr.export.decode_options import PROGRESS_EVERY_S, Pace
 from llmasr.export.transcribe_rows import ClipRows, Decoded, clip_row
-from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.models.decoding import DecodeConfig, decode_config, refuse_unknown
 from llmasr.models.devices import usable_device
 from llmasr.models.sensevoice import asked_language
 
@@ -107,6 +107,7 @@ class Transcriber:
                 f"Transcriber.load: {', '.join(per_call)} is given to each call, not to load: "
                 f"asr(audio, {per_call[0]}=...) or asr.transcripts([...], {per_call[0]}=...)"
             )
+        refuse_unknown(decode, "Transcriber.load")  # before the model loads: a typo is no reason to wait for it
         if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
             raise TranscribeError(
                 "Transcriber.load: give one model, an exported model directory (the first argument) or a training "

@@ -253,8 +253,10 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
     assert asr.cfg == dataclasses.replace(saved, num_beams=2, max_new_tokens=3)
     with pytest.raises(ConfigError, match="decode.num_beams"):
         Transcriber.load(exported_dir, num_beams=0)
-    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
-        Transcriber.load(exported_dir, beams=4)
+    with pytest.raises(TypeError, match=r"^Transcriber.load: unknown setting 'num_beam'; did you mean 'num_beams'\?$"):
+        Transcriber.load(exported_dir, num_beam=4)
+    with pytest.raises(TypeError, match=r"unknown setting 'beams'"):  # before the model loads (none is there)
+        Transcriber.load(exported_dir.parent / "nowhere", beams=4)
     # what each call takes (README: `Transcriber` `task=`) had been "unknown setting(s) ['task']", naming no way on
     with pytest.raises(TypeError, match=r"task is given to each call, not to load: asr\(audio, task=\.\.\.\)"):
         Transcriber.load(exported_dir, task="Transcribe this:")
