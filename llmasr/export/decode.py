@@ -310,18 +310,18 @@ def transcribe_loader(
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
     the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
     A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
-    manifest line and key). `progress`: a Pace, told of every batch. `each(rows)`: told of every batch too."""
+    manifest line and key). `progress`: a Pace, told of every batch. `each(rows, its indices)`: told of each too."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
     choose_attention_kernels(cudnn=False)  # every decoding step is a new shape (the cache grows): cuDNN's never pays
     manifest = loader.dataset.manifest
     name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
-    pace, each = progress or Pace("", None, len(loader)), each or (lambda rows: None)
+    pace, each = progress or Pace("", None, len(loader)), each or (lambda rows, indices: None)
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             pace.batch(0.0)
-            each(rows)  # its bad items are known now
+            each(rows, [])  # its bad items are known now
             continue
         items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
         more = f" and {len(items) - 3} more" if len(items) > 3 else ""
@@ -347,7 +347,7 @@ def transcribe_loader(
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
         pace.batch(audio := float(sum(batch.durations)))
-        each(rows)
+        each(rows, [int(i) for i in batch.indices])
         if clock is not None:
             clock.setdefault("first_batch", time.perf_counter() - t0)
             clock.setdefault("first_batch_share", audio)

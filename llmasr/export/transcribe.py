@@ -222,11 +222,11 @@ class Transcriber:
         positions = [i for i in range(len(names)) if i not in out.rows]  # the manifest's lines
         decoded, failed = Decoded(loader.dataset.manifest, positions, self.cfg.window_overlap), {}
 
-        def each(items):
+        def each(items, new):
             for b in loader.bad_data.examples:  # the loader keeps every one; a clip read through a link is named
                 i = int(b["key"])  # as given, not by the link the loader read
                 failed[i] = b["reason"].replace(links[i], names[i]) if i in links else b["reason"]
-            for i, row in decoded.done(items, set(failed) if keep_going else set()):
+            for i, row in decoded.done(items, new, failed if keep_going else ()):
                 if row is None:
                     out.error(i, failed[i])
                 else:
@@ -235,7 +235,7 @@ class Transcriber:
         pace = Pace(f"{len(positions)} clips", PROGRESS_EVERY_S, len(loader))  # INFO: logging's say
         transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)], progress=pace,
                           each=each)  # fmt: skip
-        each({})  # the bad lines the loader counts at its end
+        each({}, [])  # the bad lines the loader counts at its end
         if failed and not keep_going:
             why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
             raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")

@@ -60,26 +60,28 @@ class Decoded:
 
     def __init__(self, manifest, position: list[int], overlap: float):
         self.manifest, self.position, self.overlap = manifest, position, overlap
-        if isinstance(manifest, WindowedManifest):
-            items: dict[int, list[int]] = {}
-            for j, u in enumerate(manifest.origin.tolist()):
-                items.setdefault(u, []).append(j)
-        else:
-            items = {u: [u] for u in range(len(position))}
-        self.pending = items  # manifest line -> its items, for the lines not yet done
+        windowed = isinstance(manifest, WindowedManifest)
+        self.owner = manifest.origin.tolist() if windowed else list(range(len(position)))  # item -> manifest line
+        self.items: dict[int, list[int]] = {}
+        for j, u in enumerate(self.owner):
+            self.items.setdefault(u, []).append(j)
+        self.left = {u: len(its) for u, its in self.items.items()}  # the lines not done: items not yet decoded
+        self.line = {i: u for u, i in enumerate(position)}
 
-    def done(self, items: dict[int, dict], failed: set[int]) -> list[tuple[int, dict | None]]:
-        """(position, decode's utterance row) of each clip finished since the last call, None for one that `failed`
-        (positions): a window of it was bad data."""
+    def done(self, items: dict[int, dict], new: list[int], failed) -> list[tuple[int, dict | None]]:
+        """(position, decode's utterance row) of each clip finished by the batch of items `new`, None for one that
+        `failed` (positions): it, or a window of it, was bad data. Each clip once."""
         out = []
-        for u, its in list(self.pending.items()):
-            i = self.position[u]
-            if i in failed:
+        for i in failed:
+            if self.left.pop(self.line.get(i, -1), None) is not None:
                 out.append((i, None))
-            elif all(j in items for j in its):
-                (row,) = utterance_rows({j: items[j] for j in its}, self.manifest, self.overlap)
-                out.append((i, row))
-            else:
+        for j in new:
+            u = self.owner[j]
+            if u not in self.left:  # failed (a window of it was bad)
                 continue
-            del self.pending[u]
+            self.left[u] -= 1
+            if not self.left[u]:
+                del self.left[u]
+                (row,) = utterance_rows({k: items[k] for k in self.items[u]}, self.manifest, self.overlap)
+                out.append((self.position[u], row))
         return out
