@@ -1,10 +1,11 @@
 """`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--task TEXT] [--language LANG]
-[decode's search and guard flags] [--device D] [--timestamps] [--confidence]`: print each audio file's transcript,
-one "AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe); with --timestamps or --confidence
-one JSON line per file with its words' times or the LLM's log-probability of its text, and "truncated". A transcript
-a guard cut (the length cap, the repetition stop) is named on stderr, stdout's line unchanged, as is one a gate left
-empty (the VAD's, the CTC head's). A file that cannot be read is named on stderr where it falls, the others still
-print, and the exit status is 1."""
+[decode's search and guard flags] [--device D] [--timestamps] [--confidence]`: print each audio file's transcript, one
+"AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe), each printed and flushed as soon as it and
+those before it are done (a stopped run first prints the finished lines held back behind an undone file); with
+--timestamps or --confidence one JSON line per file with its words' times or the LLM's log-probability of its text, and
+"truncated". A transcript a guard cut (the length cap, the repetition stop) is named on stderr, stdout's line unchanged,
+as is one a gate left empty (the VAD's, the CTC head's). A file that cannot be read is named on stderr where it falls,
+the others still print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ from llmasr.models.exported import ExportedModelError
 from llmasr.run_dir import CheckpointError
 from llmasr.text_files import text_line
 from llmasr.train.run_log import command_logging
+
+# what loading and transcribing refuse, named in one line (exit status 2)
+REFUSED = (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,36 +222,47 @@ def _transcribe(args, device, given: dict, hotwords) -> int:
         )  # fmt: skip
         if vad_only := vad_flags_problem(given, asr.cfg):
             raise DecodeError(vad_only)
-        rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True, task=args.task, language=args.language)
-    except (CheckpointError, ExportedModelError, FileNotFoundError, ConfigError, TranscribeError, DecodeError) as err:
+    except REFUSED as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
-    for path, row in zip(args.audio, rows):
-        if "error" in row:  # named where it falls; the other files' lines still print
-            print(f"llmasr transcribe: error: {_one_line(path)}: {row['error']}", file=sys.stderr)
-            continue
-        if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
-            print(f"llmasr transcribe: warning: {_one_line(path)}: {stopped_by(row, asr.cfg)}", file=sys.stderr)
-        if row.get("no_speech"):  # an empty line on stdout is no failure: said why
-            print(f"llmasr transcribe: note: {_one_line(path)}: no speech found by {gates(asr.cfg)}: its text is empty",
-                  file=sys.stderr)  # fmt: skip
-        if args.timestamps or args.confidence:
-            line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
-            if row.get("no_speech"):  # a gate (the VAD's, the CTC head's) found none: the text is empty for that
-                line["no_speech"] = True
-            if args.timestamps:
-                line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
-            if args.confidence:
-                line.update(avg_logprob=row["avg_logprob"], logprob=row["logprob"])
-                if "window_confidence" in row:  # a long file decoded in windows: each window's own
-                    line["window_confidence"] = row["window_confidence"]
-            if "window_texts" in row:  # which window wrote what (an unsure or hallucinated one found by its span)
-                line["window_texts"] = row["window_texts"]
-            # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
-            print(json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line))
-        else:
-            print(f"{_one_line(path)}\t{' '.join(row['hyp'].split())}")  # one line a file, whatever the LLM wrote
+    try:  # each file's line as soon as it and those before it are done: a stopped run keeps the finished ones
+        rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True, task=args.task, language=args.language,
+                               on_row=lambda _, row: _print_row(row, args, asr.cfg))  # fmt: skip
+    except REFUSED as err:
+        print(f"llmasr transcribe: error: {err}", file=sys.stderr)
+        return errors.exit_status(err)
     failed = sum("error" in row for row in rows)
     if failed:
         print(f"llmasr transcribe: error: {failed} of {len(rows)} files could not be transcribed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_row(row: dict, args, cfg: DecodeConfig) -> None:
+    """One file's line on stdout (whole and flushed: a run stopped after it keeps it), its notes on stderr."""
+    path = row["audio"]
+    if "error" in row:  # named where it falls; the other files' lines still print
+        print(f"llmasr transcribe: error: {_one_line(path)}: {row['error']}", file=sys.stderr)
+        return
+    if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
+        print(f"llmasr transcribe: warning: {_one_line(path)}: {stopped_by(row, cfg)}", file=sys.stderr)
+    if row.get("no_speech"):  # an empty line on stdout is no failure: said why
+        print(f"llmasr transcribe: note: {_one_line(path)}: no speech found by {gates(cfg)}: its text is empty",
+              file=sys.stderr)  # fmt: skip
+    if args.timestamps or args.confidence:
+        line = {"audio": path, "text": row["hyp"], "truncated": row.get("truncated")}
+        if row.get("no_speech"):  # a gate (the VAD's, the CTC head's) found none: the text is empty for that
+            line["no_speech"] = True
+        if args.timestamps:
+            line["timestamps"] = None if row["timestamps"] is None else [list(w) for w in row["timestamps"]]
+        if args.confidence:
+            line.update(avg_logprob=row["avg_logprob"], logprob=row["logprob"])
+            if "window_confidence" in row:  # a long file decoded in windows: each window's own
+                line["window_confidence"] = row["window_confidence"]
+        if "window_texts" in row:  # which window wrote what (an unsure or hallucinated one found by its span)
+            line["window_texts"] = row["window_texts"]
+        # a name that is not UTF-8 as JSON escapes (\udcd2): its bytes would make the line no UTF-8 JSON
+        text = json.dumps(line, ensure_ascii=False) if utf8(path) else json.dumps(line)
+    else:
+        text = f"{_one_line(path)}\t{' '.join(row['hyp'].split())}"  # one line a file, whatever the LLM wrote
+    sys.stdout.write(text + "\n")  # one write: a stop between print's text and its end would tear the line
+    sys.stdout.flush()

@@ -32,7 +32,7 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.hotwords import HotwordSampler
 from llmasr.data.item_filters import counts_text
 from llmasr.data.llm_unk import unk_of_prompt
-from llmasr.data.mixed_manifest import epoch_mix
+from llmasr.data.mixed_manifest import epoch_items, epoch_mix
 from llmasr.data.noise_list import noise_problem
 from llmasr.data.sampler import DynamicBucketSampler
 from llmasr.data.sampler_settings import decode_batching, longest_kept, make_sampler
@@ -276,9 +276,8 @@ def build_dataloader(
     loader.languages = languages  # each manifest's lines per language (SenseVoice's per-line queries are said of it)
     st = sampler.stats()
     # valid_max_utts' subset: the lines it leaves out are said, or "N items, skipped none" read as all of them heard
-    items = f"{n} items"
-    if st["num_items"] != n and indices is None:  # a weighted mix's visits: "N items" had counted lines, check visits
-        items = f"{n} lines, {st['num_items']} visits in epoch {epoch} (data.{name}'s weights)"
+    # a weighted mix's visits: "N items" had counted lines, check visits
+    items = epoch_items(st["num_items"], n, epoch, name) if indices is None else f"{n} items"
     if indices is not None:
         left = n - indices.size
         items = (

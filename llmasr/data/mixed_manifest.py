@@ -146,6 +146,14 @@ class MixedManifest:
         return f"MixedManifest({len(self.manifests)} manifests, {len(self)} records, weights={self.weights})"
 
 
+def epoch_items(visits: int, lines: int, epoch: int, name: str = "train") -> str:
+    """What an epoch of data.NAME batches, as train.log's data line and `llmasr check` both say it: its items, or under
+    a weighted mix (some lines visited more than once, some not at all) its visits and lines."""
+    if visits == lines:
+        return f"{lines} items"
+    return f"{visits} visits of {lines} lines in epoch {epoch} (data.{name}'s weights)"
+
+
 def epoch_mix(manifest, sampler, epoch: int) -> tuple[list[str], list[str]]:
     """MixedManifest.epoch_lines over the batches `sampler` deals in `epoch` (`llmasr check` and train.log say it
     alike); nothing where `manifest` is one manifest read once."""

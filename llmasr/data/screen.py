@@ -23,6 +23,7 @@ import numpy as np
 from llmasr.data.audio import missing_audio
 from llmasr.data.bad_data import BadDataTracker, BadItem, TooMuchBadData
 from llmasr.data.ctc_frames import CTCSpelling
+from llmasr.data.key_repeats import KeyRepeats
 from llmasr.data.llm_unk import LLMUnk, gather_unk, merge_unk
 from llmasr.data.manifest import BadRecord
 from llmasr.data.record_fields import near_field, unread_fields, unread_text
@@ -54,6 +55,7 @@ def screen(
     share: ScreenShare | None = None, text_lens: tuple[np.ndarray, Callable] | None = None, unread: dict | None = None,
     unknown: dict | None = None, text: dict | None = None, llm_unk: tuple[LLMUnk, dict] | None = None,
     ctc_need: np.ndarray | None = None, prompts: dict | None = None, languages: dict | None = None,
+    keys: KeyRepeats | None = None,
 ) -> tuple[list[BadItem], float]:  # fmt: skip
     """Every line found unusable without loading audio (see the module docstring), sorted by index, and the seconds
     the screen took. `ctc_labels`: the dataset's CTC rule (a transcript -> ids, or why there are none). Fills
@@ -70,7 +72,8 @@ def screen(
     labels need (llmasr.data.ctc_frames.frames_needed; 0 where it has none), from the spelling pass's encoding.
     `prompts`, alike `unread`: the lines that give a prompt of their own, by manifest -> [lines, the first's index];
     `languages`, alike: each manifest's lines per language, (manifest, language key or None) -> [lines, the first's
-    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries)."""
+    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries); `keys`: filled with the keys
+    that stand on more than one line (llmasr.data.key_repeats)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -108,6 +111,8 @@ def screen(
                 seen[0], seen[1] = seen[0] + lines, min(seen[1], first)
     for part in screened if llm_unk is not None else ():
         merge_unk(llm_unk[1], part["llm_unk"])
+    if keys is not None:
+        keys.merge([part["keys"] for part in screened])
     took = time.perf_counter() - t0
     if shares is not None and share.part == 0 and share.parts > 1:
         log.info("%s: %d lines screened in %.1f s, shared by the %d ranks of this node", manifest.path, n, took,
@@ -128,6 +133,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     llm_unk: dict = {}
     prompts: dict[str, list[int]] = {}  # manifest -> [lines with a prompt of their own, first index]
     languages: dict[tuple, list[int]] = {}  # (manifest, language key or None) -> [lines, first index]
+    keys = KeyRepeats()
     spell = CTCSpelling(ctc_labels, count=ctc_need is not None) if ctc_labels is not None else None
     ask = getattr(ctc_labels, "unknown", None)
     for i in lines.tolist():
@@ -136,6 +142,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
         except BadRecord as rec:
             bad.append(BadItem.from_record(rec, i))
             continue
+        keys.note(utt.key, i)
         for name in unread_fields(rec):
             unread.setdefault(name, [0, i])[0] += 1
         gather_text(text, utt.target, i)
@@ -174,7 +181,7 @@ def _screen_part(manifest, lines: np.ndarray, ctc_labels, target_lens, text_lens
     probed = np.flatnonzero(probe)
     seconds = np.asarray(manifest.durations(), dtype=np.float32)[probed]
     return {"bad": bad, "unread": unread, "unknown": spelled_unk, "text": text, "llm_unk": llm_unk, "prompts": prompts,
-            "languages": languages,
+            "languages": languages, "keys": keys.part(),
             "probed": (probed, seconds),
             "target_lens": None if target_lens is None else target_lens[lines],
             "text_lens": None if text_lens is None else text_lens[0][lines],
@@ -230,10 +237,12 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     spelled_unk: dict[str, list[int]] = {}
     text: dict[str, list[int]] = {}
     unk_found: dict = {}
-    prompts = {} if prompts is None else prompts
+    prompts, keys = {} if prompts is None else prompts, KeyRepeats()
     static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
                           (llm_unk, unk_found) if llm_unk is not None else None, ctc_need, prompts,
-                          languages)  # fmt: skip
+                          languages, keys)  # fmt: skip
+    if rank == 0 and (repeated := keys.text(lambda i: "{}:{}".format(*where(manifest, i)))):
+        log.warning("%s: %s", name, repeated)
     if prompts and rank == 0:
         log.info("%s: %s", name, own_prompts_text(manifest, prompts))
     if unread and rank == 0:

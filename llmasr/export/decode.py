@@ -301,25 +301,27 @@ def decode_manifest(
 
 
 def transcribe_loader(
-    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None, progress=None
-) -> tuple[dict[int, dict], str]:
+    model, loader: SpeechDataLoader, cfg: DecodeConfig, device, clock: dict | None = None, name=None, progress=None,
+    each=None,
+) -> tuple[dict[int, dict], str]:  # fmt: skip
     """Rows {key, ref, hyp, ctc_hyp, truncated, duration, index, line (the manifest's), hotwords, hotwords_dropped,
     with cfg.timestamps timestamps, with cfg.confidence logprob and logprob_tokens} of every decoded item (an
     utterance or a window of one) by item index, and the search mode; ctc_hyp is None without a CTC head.
     `clock`: gets "first_batch" (seconds from the call until the first batch was decoded: the loader's start and
     the device's warm-up are in it) and "first_batch_share" (its share of the audio of the items decoded).
     A batch the model fails on is named in the error by its items, `name(item index, key)` each (default: the
-    manifest line and key). `progress`: a Pace, told of every batch."""
+    manifest line and key). `progress`: a Pace, told of every batch. `each(rows, its indices)`: told of each too."""
     rows: dict[int, dict] = {}
     mode = cfg.mode(0.0)
     choose_attention_kernels(cudnn=False)  # every decoding step is a new shape (the cache grows): cuDNN's never pays
     manifest = loader.dataset.manifest
     name = name or (lambda idx, key: f"{getattr(manifest, 'path', '?')}:{manifest.lineno(idx)} (key {key})")
     t0 = time.perf_counter()
-    pace = progress or Pace("", None, len(loader))
+    pace, each = progress or Pace("", None, len(loader)), each or (lambda rows, indices: None)
     for batch in loader:
         if not batch.size or batch.duplicate:  # every item bad (the loader counted them), or a rank's padding
             pace.batch(0.0)
+            each(rows, [])  # its bad items are known now
             continue
         items = list(dict.fromkeys(name(int(i), k) for i, k in zip(batch.indices, batch.keys)))  # windows: once
         more = f" and {len(items) - 3} more" if len(items) > 3 else ""
@@ -345,6 +347,7 @@ def transcribe_loader(
                 words = sound_ends(got.timestamps[i], batch.speech_runs[i])
                 rows[idx]["timestamps"] = shift_times(words, float(batch.leads[i]), within=dur)
         pace.batch(audio := float(sum(batch.durations)))
+        each(rows, [int(i) for i in batch.indices])
         if clock is not None:
             clock.setdefault("first_batch", time.perf_counter() - t0)
             clock.setdefault("first_batch_share", audio)

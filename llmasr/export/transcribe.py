@@ -33,7 +33,6 @@ from llmasr.config_io import ConfigError
 from llmasr.config_paths import file_problem
 from llmasr.data.hotwords import warn_weighted
 from llmasr.data.records import phrase_list, phrase_text
-from llmasr.data.windowed import utterance_rows, window_texts
 from llmasr.export.decode import (
     DecodeOptions,
     decode_loader,
@@ -42,9 +41,9 @@ from llmasr.export.decode import (
     transcribe_loader,
     unguided_boost,
 )
-from llmasr.export.decode_confidence import confidence_fields
 from llmasr.export.decode_options import PROGRESS_EVERY_S, Pace
-from llmasr.models.decoding import DecodeConfig, decode_config
+from llmasr.export.transcribe_rows import ClipRows, Decoded, clip_row
+from llmasr.models.decoding import DecodeConfig, decode_config, refuse_unknown
 from llmasr.models.devices import usable_device
 from llmasr.models.sensevoice import asked_language
 
@@ -108,6 +107,7 @@ class Transcriber:
                 f"Transcriber.load: {', '.join(per_call)} is given to each call, not to load: "
                 f"asr(audio, {per_call[0]}=...) or asr.transcripts([...], {per_call[0]}=...)"
             )
+        refuse_unknown(decode, "Transcriber.load")  # before the model loads: a typo is no reason to wait for it
         if (model_dir is None) == (checkpoint is None):  # one source: neither had failed on None, both used one
             raise TranscribeError(
                 "Transcriber.load: give one model, an exported model directory (the first argument) or a training "
@@ -137,7 +137,7 @@ class Transcriber:
 
     def transcripts(
         self, audio: list, sample_rate: int | None = None, hotwords: list[str] | None = None, *, keep_going=False,
-        task: str | None = None, language: str | None = None,
+        task: str | None = None, language: str | None = None, on_row=None,
     ) -> list:  # fmt: skip
         """Per clip, in order: {"audio" (the path, or "waveform i"), "hyp", "ctc_hyp" (the CTC branch's greedy
         text, None without a head), "truncated" (the guard that ended it, or None), "windows", "duration", decoded in
@@ -152,7 +152,9 @@ class Transcriber:
         as a manifest line's own `prompt` is decoded: the one a model trained on lines with prompts of their own
         ("语音转写：") was given. `language`: every clip's language ("zh", "en", "Japanese", "<|ko|>"; None or "auto":
         none), the query a SenseVoice encoder with queries.language per_line gets, as a manifest line's `lang` is
-        decoded."""
+        decoded. `on_row(position, row)`: called with each clip's row as soon as it and every clip before it are
+        done (the shortest clips are decoded first), so a caller can print each; a call stopped by an error or
+        Ctrl-C first gives it the rows it finished and held back, in order."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:
@@ -203,30 +205,40 @@ class Transcriber:
             names, manifest, bad, links = _manifest(list(audio), sample_rate, Path(tmp))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
                 raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
-            rows = []
-            if len(bad) < len(names):
-                loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
-                pace = Pace(f"{len(names) - len(bad)} clips", PROGRESS_EVERY_S, len(loader))  # INFO: logging's say
-                items, _ = transcribe_loader(self.model, loader, self.cfg, self.device,
-                                             name=lambda _, k: names[int(k)], progress=pace)  # fmt: skip
-                failed = {int(b["key"]): b["reason"] for b in loader.bad_data.examples}  # the loader keeps every one
-                # a clip read through a link is named as given, not by the link the loader read
-                failed = {i: why.replace(links[i], names[i]) if i in links else why for i, why in failed.items()}
-                if failed and not keep_going:
-                    why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
-                    raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")
-                bad.update(failed)
-                rows = utterance_rows(items, loader.dataset.manifest, self.cfg.window_overlap)
-        keep = ("hyp", "ctc_hyp", "truncated", "windows", "duration", "timestamps", "no_speech")
-        out = {int(r["key"]): {"audio": names[int(r["key"])], **{k: r[k] for k in keep if k in r}} for r in rows}
-        for r in rows:  # with decode.confidence: avg_logprob and logprob
-            out[int(r["key"])].update(confidence_fields(r))
-            if r.get("window_parts"):  # long audio, as results.jsonl has it: each window's span and own text
-                out[int(r["key"])]["window_texts"] = window_texts(r["window_parts"], "hyp")
-        for row in out.values():  # as results.jsonl states it: 0.9365, not the batch's float32 0.9365000128746033
-            row["duration"] = round(row["duration"], 4)
-        out.update({i: {"audio": names[i], "error": reason} for i, reason in bad.items()})
-        return [out[i] for i in range(len(names))]
+            out = ClipRows(names, on_row)
+            for i, why in bad.items():
+                out.error(i, why)
+            try:
+                if len(bad) < len(names):
+                    self._decode(manifest, opts, names, links, out, keep_going)
+            except BaseException:  # a stop (Ctrl-C, SIGTERM) or a batch the model fails on: finished rows first
+                out.held()
+                raise
+        return out.all()
+
+    def _decode(self, manifest, opts, names: list[str], links: dict[int, str], out: ClipRows, keep_going) -> None:
+        """transcripts' decoding of the clips `manifest` lists, each clip's row added to `out` once it is done."""
+        loader = decode_loader(self.model, manifest, self.cfg, opts, self.device)  # the list: every clip's
+        positions = [i for i in range(len(names)) if i not in out.rows]  # the manifest's lines
+        decoded, failed = Decoded(loader.dataset.manifest, positions, self.cfg.window_overlap), {}
+
+        def each(items, new):
+            for b in loader.bad_data.examples:  # the loader keeps every one; a clip read through a link is named
+                i = int(b["key"])  # as given, not by the link the loader read
+                failed[i] = b["reason"].replace(links[i], names[i]) if i in links else b["reason"]
+            for i, row in decoded.done(items, new, failed if keep_going else ()):
+                if row is None:
+                    out.error(i, failed[i])
+                else:
+                    out.add(i, clip_row(names[i], row))
+
+        pace = Pace(f"{len(positions)} clips", PROGRESS_EVERY_S, len(loader))  # INFO: logging's say
+        transcribe_loader(self.model, loader, self.cfg, self.device, name=lambda _, k: names[int(k)], progress=pace,
+                          each=each)  # fmt: skip
+        each({}, [])  # the bad lines the loader counts at its end
+        if failed and not keep_going:
+            why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
+            raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")
 
 
 def _manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path, dict[int, str], dict[int, str]]:

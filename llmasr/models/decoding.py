@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr import errors
 from llmasr.config_io import ConfigError, coerce, from_dict
 from llmasr.config_paths import path_field
 
@@ -259,33 +260,56 @@ def _field_types() -> dict:
     return typing.get_type_hints(DecodeConfig)
 
 
+def setting_names() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(DecodeConfig))
+
+
+def unknown_setting(key: str, where: str, known, what: str = "") -> str:
+    """The one wording of a setting no caller takes (`what`: what it is not), with the known one nearest it."""
+    return f"{where}: unknown setting {key!r}{what}{errors.nearest_hint(key, known)}"
+
+
+def settings_over(cfg: DecodeConfig, given: dict, path: str = "decode", *, none_keeps: bool) -> DecodeConfig:
+    """`cfg` with the DecodeConfig fields `given` put in place, each value's type checked as a recipe's (from_dict:
+    ConfigError naming the field under `path`). What None means is the caller's: `none_keeps`, cfg's value stays
+    (a flag not given, a Transcriber.load setting left out: decode_config); else it is set (transcribe(batch,
+    max_new_tokens=None): the cap by duration over a config with a cap: search_config)."""
+    put = {k: v for k, v in given.items() if v is not None or not none_keeps}
+    if not put:
+        return cfg
+    return from_dict(DecodeConfig, {**{k: getattr(cfg, k) for k in setting_names()}, **put}, path)
+
+
 def decode_config(saved: DecodeConfig, path: str = "decode", **given) -> DecodeConfig:
-    """`saved` with every `given` value that is not None put in its place, checked, types too (ConfigError naming
-    the field under `path`). Unknown names are a TypeError: they are a caller's bug, not a user's input.
-    max_new_tokens given as 0 unsets a saved cap (the cap by duration again, as a recipe's 0 is: validate_search):
-    None means "keep the saved value" here, so a flag or a Transcriber.load setting has no other way to say it."""
-    names = {f.name for f in dataclasses.fields(DecodeConfig)}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise TypeError(f"decode_config: unknown setting(s) {unknown}; known: {sorted(names)}")
-    fields = {**{name: getattr(saved, name) for name in names}, **{k: v for k, v in given.items() if v is not None}}
-    return from_dict(DecodeConfig, fields, path)  # each value's type checked as a recipe's (from_dict validates)
+    """`saved` with every `given` value that is not None put in its place (settings_over). An unknown name is a
+    TypeError, with the field nearest it. max_new_tokens given as 0 unsets a saved cap (the cap by duration again, as a
+    recipe's 0 is: validate_search): None means "keep the saved value" here, so a flag or a Transcriber.load setting
+    has no other way to say it."""
+    refuse_unknown(given, "decode_config")
+    return settings_over(saved, given, path, none_keeps=True)
+
+
+def refuse_unknown(given, where: str) -> None:
+    """TypeError naming each of `given` that is no DecodeConfig field, as Python names an unknown keyword."""
+    if unknown := sorted(set(given) - setting_names()):
+        raise TypeError("; ".join(unknown_setting(k, where, setting_names()) for k in unknown))
 
 
 def search_config(cfg: DecodeConfig | dict | None, settings: dict) -> tuple[DecodeConfig, dict]:
     """What a search called from Python runs under (SpeechLLM.transcribe, generate): `cfg` (a DecodeConfig, a dict of
     its keys, or None: the defaults) with the DecodeConfig fields among `settings` put over it (transcribe(batch,
-    num_beams=4) as generate takes them; they had reached the LLM's generate twice), and the other settings, which go
-    to the LLM's generate. The search's own checks (validate_search) follow in SpeechLLM."""
-    names = {f.name for f in dataclasses.fields(DecodeConfig)}
+    num_beams=4) as generate takes them; they had reached the LLM's generate twice), None included (settings_over),
+    and the other settings, which go to the LLM's generate. The search's own checks (validate_search) follow in
+    SpeechLLM."""
     if isinstance(cfg, dict):
         cfg = from_dict(DecodeConfig, cfg, "decode")
     elif cfg is None:
         cfg = DecodeConfig()
     elif not isinstance(cfg, DecodeConfig):
         raise ConfigError(f"decode: expected a DecodeConfig or a dict of its keys, got {cfg!r:.80}")
+    names = setting_names()
     ours = {k: v for k, v in settings.items() if k in names}
-    return dataclasses.replace(cfg, **ours) if ours else cfg, {k: v for k, v in settings.items() if k not in names}
+    return settings_over(cfg, ours, none_keeps=False), {k: v for k, v in settings.items() if k not in names}
 
 
 @dataclass

@@ -5,6 +5,7 @@ CTC head spells in its own vocabulary, a beam's n-best rescored with the head's 
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 
 import torch
@@ -15,7 +16,7 @@ from llmasr.models.ctc_gate import searched_rows_only
 from llmasr.models.ctc_guidance import CTCPrefixGuide, rescore_nbest
 from llmasr.models.ctc_prefix import CTCPrefixScorer
 from llmasr.models.decode_guards import EndTokens, Guards, caps_alone, other_end_ids
-from llmasr.models.decoding import DecodeConfig
+from llmasr.models.decoding import DecodeConfig, setting_names, unknown_setting
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.llm import base_lm
 
@@ -32,6 +33,32 @@ def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs
 
     synced = bool(generate_kwargs.get("synced_gpus"))
     return searched_rows_only(search, merged, batch, ctc, heard, synced, cfg.confidence, mode)
+
+
+def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
+    """TypeError naming each of `kwargs` (a search's settings no DecodeConfig field takes, for the LLM's generate) that
+    generate would refuse, with the nearest keyword: called before the encoder runs, where generate had refused a typo
+    only after it ("model_kwargs are not used by the model"). What generate takes is transformers' own reading: its
+    signature, the LLM's GenerationConfig (whose update takes what it has), and the model's inputs (its check of
+    model_kwargs, where this transformers has it; without it, such a keyword is left to generate)."""
+    from transformers import GenerationConfig
+    from transformers.generation.utils import GenerationMixin
+
+    base = base_lm(llm)
+    config = getattr(base, "generation_config", None) or GenerationConfig()
+    named = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}
+    inputs = getattr(base, "_validate_model_kwargs", None)
+    unknown = []
+    for key in (k for k in kwargs if k not in named and not hasattr(config, k)):
+        try:
+            if inputs is not None:
+                inputs({key: True})  # None would be let through unread
+        except ValueError:
+            unknown.append(key)
+    if unknown:
+        known = setting_names() | named | set(config.to_dict())
+        what = " (no DecodeConfig field, nor a keyword the LLM's generate takes)"
+        raise TypeError("; ".join(unknown_setting(k, where, known, what) for k in unknown))
 
 
 def llm_search(model, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dict, ctc, hotwords=None) -> tuple:

@@ -25,7 +25,7 @@ from llmasr.models.ctc_vocab import LLMCTCTokenizer
 from llmasr.models.decoding import DecodeConfig, Transcripts, search_config
 from llmasr.models.insert_audio import merge_audio_into_text
 from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
-from llmasr.models.llm_search import gated_search
+from llmasr.models.llm_search import gated_search, refuse_unknown_generate
 from llmasr.models.losses import group_rows, labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
 
@@ -335,6 +335,7 @@ class SpeechLLM(nn.Module):
         generate (e.g. synced_gpus=True under ZeRO-3).
         """
         cfg, generate_kwargs = search_config(cfg, settings)
+        refuse_unknown_generate(self.llm, generate_kwargs, "transcribe")  # before the encoder runs
         merged, ctc, ctc_texts, heard = self._prepare(batch, cfg)
         rows, truncated, mode, scores = gated_search(self, merged, batch, cfg, generate_kwargs, ctc, heard)
         llm = [self.prompt.decode(ids) if ok else "" for ids, ok in zip(rows, heard)]
@@ -366,6 +367,7 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"generate and generate_ids return the transcripts alone; {' and '.join(extras)} come "
                              f"from transcribe(batch, DecodeConfig({asked}))")  # fmt: skip
         cfg, kwargs = search_config(None, settings)
+        refuse_unknown_generate(self.llm, kwargs, "generate")
         merged, ctc, _, heard = self._prepare(batch, cfg, texts=False)
         return gated_search(self, merged, batch, cfg, kwargs, ctc, heard)[0]
 

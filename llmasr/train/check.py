@@ -20,7 +20,7 @@ import torch
 
 from llmasr.data.augment import cost_text
 from llmasr.data.item_filters import counts_text
-from llmasr.data.mixed_manifest import epoch_mix
+from llmasr.data.mixed_manifest import epoch_items, epoch_mix
 from llmasr.data.screen import own_prompts_text
 from llmasr.models.builder import build_model
 from llmasr.models.fsmn_vad import load_vad
@@ -163,7 +163,7 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
         f"efficiency {st['padding_efficiency']:.3f}",
         *([cost] if worst else []),
         *_llm_lines(sampler, st),
-        f"  items kept {st['kept_items']} of {_visits_text(st['num_items'], len(manifest))}; skipped: "
+        f"  kept {st['kept_items']} of {epoch_items(st['num_items'], len(manifest), 0)}; skipped: "
         f"{counts_text(st['filtered'])}; "
         f"padding batches (world-size remainder): {st['num_padding_batches']}{_dropped_text(st)}",
         *([f"  warning: {st['padding_warning']}"] if st["padding_warning"] else []),
@@ -178,18 +178,12 @@ def _data_lines(manifest, sampler, per_epoch: list[int], valid_loader, epoch: in
 
 def _dropped_text(st: dict) -> str:
     """What data.batching.drop_last leaves out of the epoch (its items kept, but not trained in it): had gone unsaid,
-    "items kept 20 of 20" read as every one of them trained."""
+    "kept 20 of 20 items" read as every one of them trained."""
     if not st["dropped_batches"]:
         return ""
     left = st["kept_items"] - st["num_real_items"]
     return (f"; left out by data.batching.drop_last: {st['dropped_batches']} batch(es), {left} "
             "utterance(s) of this epoch (drawn anew each epoch)")  # fmt: skip
-
-
-def _visits_text(visits: int, lines: int) -> str:
-    """An epoch's items: a weighted mix visits some lines more than once, or some not at all (train.log's data line
-    counts both the same way)."""
-    return str(visits) if visits == lines else f"{visits} visits ({lines} lines; data.train's weights)"
 
 
 def _llm_lines(sampler, st: dict) -> list[str]:

@@ -253,8 +253,10 @@ def test_settings_given_override_the_saved_ones_and_are_checked_at_load(exported
     assert asr.cfg == dataclasses.replace(saved, num_beams=2, max_new_tokens=3)
     with pytest.raises(ConfigError, match="decode.num_beams"):
         Transcriber.load(exported_dir, num_beams=0)
-    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['beams'\]"):
-        Transcriber.load(exported_dir, beams=4)
+    with pytest.raises(TypeError, match=r"^Transcriber.load: unknown setting 'num_beam'; did you mean 'num_beams'\?$"):
+        Transcriber.load(exported_dir, num_beam=4)
+    with pytest.raises(TypeError, match=r"unknown setting 'beams'"):  # before the model loads (none is there)
+        Transcriber.load(exported_dir.parent / "nowhere", beams=4)
     # what each call takes (README: `Transcriber` `task=`) had been "unknown setting(s) ['task']", naming no way on
     with pytest.raises(TypeError, match=r"task is given to each call, not to load: asr\(audio, task=\.\.\.\)"):
         Transcriber.load(exported_dir, task="Transcribe this:")
@@ -310,8 +312,11 @@ def test_a_transcript_with_line_breaks_prints_on_one_line(exported_dir, clips, m
 
     _, paths = clips
     real = Transcriber.transcripts
-    monkeypatch.setattr(Transcriber, "transcripts", lambda self, *a, **k: [
-        {**row, "hyp": "one\ntwo\r three"} for row in real(self, *a, **k)])  # fmt: skip
+
+    def broken(self, *args, on_row, **kwargs):  # each row as it is given out (the command prints it then)
+        return real(self, *args, on_row=lambda i, row: on_row(i, {**row, "hyp": "one\ntwo\r three"}), **kwargs)
+
+    monkeypatch.setattr(Transcriber, "transcripts", broken)
     assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), str(paths[1])]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{paths[0]}\tone two three", f"{paths[1]}\tone two three"]
 
@@ -818,3 +823,58 @@ def test_a_stop_signal_during_the_command_is_named(exported_dir, clips, name):
                           text=True, env=launcher_env(), timeout=300)  # fmt: skip
     assert done.returncode == 128 + getattr(signal, name), done.stderr[-2000:]
     assert f"llmasr transcribe: stopped by {name} while transcribing" in done.stderr
+
+
+def _stopped_at_batch(monkeypatch, stop: int, error: BaseException) -> list:
+    """Every Transcriber loaded from now on raises `error` when its model is given batch number `stop` (from 1);
+    returns the list that gets each batch's keys (the clips' positions)."""
+    load, calls = Transcriber.load.__func__, []
+
+    def loaded(cls, *args, **kwargs):
+        asr = load(cls, *args, **kwargs)
+        real = asr.model.transcribe
+
+        def transcribe(batch, cfg):
+            calls.append([int(k) for k in batch.keys])
+            if len(calls) == stop:
+                raise error
+            return real(batch, cfg)
+
+        monkeypatch.setattr(asr.model, "transcribe", transcribe)
+        return asr
+
+    monkeypatch.setattr(Transcriber, "load", classmethod(loaded))
+    return calls
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("CUDA out of memory")])
+def test_a_run_stopped_half_way_prints_the_files_it_finished(exported_dir, clips, monkeypatch, capsys, error):
+    """The lines printed only once every file was done: a run stopped half-way (Ctrl-C, SIGTERM, a batch the model
+    fails on) printed none of the files it had finished. Each file's line prints as soon as it and those before it
+    are done, and a stop first prints the finished lines held back behind an undone file, in the order given."""
+    from llmasr.cli import main
+
+    _, paths = clips
+    files = [str(paths[i]) for i in (2, 0, 1, 3)]  # 0.7, 0.5, 0.6, 0.8 s: decoded as files 1, 2, 0, 3
+    want = dict(zip(files, Transcriber.load(exported_dir, max_new_tokens=2)(files)))
+    batches = _stopped_at_batch(monkeypatch, 3, error)  # one file a batch, the shortest first
+    status = main(["transcribe", "--model", str(exported_dir), "--max-new-tokens", "2", "--batch-seconds", "0.1",
+                   *files])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert status == (130 if isinstance(error, KeyboardInterrupt) else 1), err
+    done = sorted(batches[0] + batches[1])
+    assert done == [1, 2]  # finished behind file 0, undone: held, then printed at the stop
+    assert out.splitlines() == [f"{files[i]}\t{want[files[i]]}" for i in done]
+
+
+def test_each_row_is_given_out_in_order_as_soon_as_it_and_those_before_it_are_done(asr, clips, monkeypatch):
+    _, paths = clips
+    files = [str(paths[0]), str(paths[2]), str(paths[1])]  # decoded shortest first: 0, 2, 1 (one a batch)
+    seen, batches = [], []
+    real = asr.model.transcribe
+    monkeypatch.setattr(asr.model, "transcribe", lambda b, cfg: (batches.append(list(seen)), real(b, cfg))[1])
+    monkeypatch.setattr(asr.cfg, "batch_seconds", 0.1)
+    rows = asr.transcripts(files, on_row=lambda i, row: seen.append((i, row["audio"])))
+    assert seen == [(0, files[0]), (1, files[1]), (2, files[2])] and [r["audio"] for r in rows] == files
+    # the first given before the next batch, the third held until the second, before it, was done
+    assert batches == [[], [(0, files[0])], [(0, files[0])]]

@@ -49,9 +49,10 @@ def test_a_transcript_the_length_cap_cut_is_named_and_stdout_keeps_its_format(ex
 
 
 def test_a_transcript_the_repetition_stop_ended_is_named(exported_dir, clip, monkeypatch, capsys):
-    real = Transcriber.transcripts
-    monkeypatch.setattr(Transcriber, "transcripts", lambda self, *a, **k: [
-        {**row, "truncated": "repetition"} for row in real(self, *a, **k)])  # fmt: skip
+    import llmasr.export.transcribe as transcribe  # each clip's row as it is made (the command prints it then)
+
+    real = transcribe.clip_row
+    monkeypatch.setattr(transcribe, "clip_row", lambda name, row: {**real(name, row), "truncated": "repetition"})
     assert main(["--model", str(exported_dir), clip, "--repeat-limit", "2", "--timestamps"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["truncated"] == "repetition"

@@ -537,3 +537,21 @@ def test_integer_features_are_refused_naming_both_dtypes(model):
     with pytest.raises(ValueError, match=r"batch\.feats is torch\.int16, not floating-point features .*the model's "
                        r"encoder computes in torch\.float32"):  # fmt: skip
         model(samples)
+
+
+def test_a_misspelt_generate_keyword_is_refused_before_the_encoder_runs(model, monkeypatch):
+    """`model.transcribe(batch, num_beam=4)` went on to the LLM's generate, which refused it only after the encoder
+    pass, as transformers' "model_kwargs are not used by the model": it is refused first, named with the nearest
+    keyword, by transformers' own reading of what generate takes. generate's own keywords still reach it."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    ran = []
+    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
+    for call in (model.transcribe, model.generate, model.generate_ids):
+        with pytest.raises(TypeError, match=r"unknown setting 'num_beam'.*; did you mean 'num_beams'\?$"):
+            call(batch, num_beam=4)
+    with pytest.raises(TypeError, match=r"unknown setting 'output_score'.*; did you mean 'output_scores'\?$"):
+        model.transcribe(batch, output_score=True)  # a GenerationConfig field's neighbour
+    assert ran == []  # refused before any work
+    want = model.transcribe(batch, max_new_tokens=3).llm
+    # a GenerationConfig field, a keyword of generate's own, an input of the model: transformers takes them
+    assert model.transcribe(batch, max_new_tokens=3, length_penalty=1.0, synced_gpus=False, use_cache=True).llm == want
