@@ -147,13 +147,14 @@ def _overshoot(path: str | Path, start: float, end: float | None, total: float) 
 
 @dataclass(frozen=True)
 class AudioHeader:
-    """What a file's header says (no decode): its seconds, sample rate, channel count and libsndfile's name of its
-    format ("WAV", "FLAC", "NIST", ...)."""
+    """What a file's header says (no decode): its seconds, sample rate, channel count and libsndfile's names of its
+    format ("WAV", "FLAC", "NIST", ...) and sample coding ("PCM_16", "ULAW", ...)."""
 
     seconds: float
     sample_rate: int
     channels: int
     format: str = ""
+    subtype: str = ""
 
 
 def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
@@ -171,9 +172,8 @@ def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
         raise AudioError(path, "empty audio (0 samples)")
     if channel is not None and not 0 <= channel < info.channels:
         raise AudioError(path, f"channel {channel} requested but the file has {info.channels} channel(s)")
-    return AudioHeader(
-        float(info.frames) / float(info.samplerate), int(info.samplerate), int(info.channels), str(info.format)
-    )
+    seconds = float(info.frames) / float(info.samplerate)
+    return AudioHeader(seconds, int(info.samplerate), int(info.channels), str(info.format), str(info.subtype))
 
 
 def probe_duration(path: str | Path, channel: int | None = None) -> float:
