@@ -189,7 +189,11 @@ def _flac(args: list[str]) -> PipedRead:
 
 _RATE = re.compile(r"([0-9]+(\.[0-9]+)?)k?")
 SOX_GLOBAL = ("-q", "--no-show-progress", "-D", "--no-dither", "-R", "-V")  # what it prints, dither: not the audio
-SOX_ENCODINGS = ("signed-integer", "unsigned-integer", "floating-point", "mu-law", "a-law")
+# sox's names (any unambiguous start of one, case aside, is read as it: recipes write `-e signed`); u-law is mu-law
+SOX_ENCODINGS = {
+    "signed-integer": "signed-integer", "unsigned-integer": "unsigned-integer", "floating-point": "floating-point",
+    "mu-law": "mu-law", "u-law": "mu-law", "a-law": "a-law",
+}  # fmt: skip
 SOX_RATE_QUALITY = ("-q", "-l", "-m", "-h", "-v")
 SOX_INPUT_TYPES = {"wav": ("WAV", "WAVEX"), "wavpcm": ("WAV", "WAVEX"), "flac": ("FLAC",), "sph": ("NIST",)}
 SOX_CODING = {  # libsndfile's sample coding -> sox's encoding and bits, which an input option must agree with
@@ -225,8 +229,11 @@ def _sox_option(word: str, args: list[str], where: str) -> tuple[str, str]:
         raise NotUnderstood(f"sox {where} type {value!r} (read: {', '.join(types)})")
     if (letter == "-r" and not _RATE.fullmatch(value)) or (letter == "-b" and value not in ("8", "16", "24", "32")):
         raise NotUnderstood(f"sox {letter} {value!r}")
-    if letter == "-e" and value not in SOX_ENCODINGS:
-        raise NotUnderstood(f"sox -e {value!r}")
+    if letter == "-e":
+        named = sorted({full for name, full in SOX_ENCODINGS.items() if value and name.startswith(value.lower())})
+        if len(named) != 1:
+            raise NotUnderstood(f"sox -e {value!r}" + (f" ({' or '.join(named)}?)" if named else ""))
+        value = named[0]
     if letter == "-c" and not re.fullmatch("1" if where == "output" else "[1-9][0-9]*", value):
         raise NotUnderstood(f"sox -c {value!r}" + " (only -c 1, the channels averaged, is read)" * (where == "output"))
     return letter, value

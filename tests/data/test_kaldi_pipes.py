@@ -167,6 +167,26 @@ def test_sox_input_options_of_real_recipes_read_where_the_header_agrees(tmp_path
     assert all(r["duration"] == 1.0 and "channel" not in r for r in (a, b, c, d))
 
 
+def test_sox_encodings_abbreviated_as_recipes_write_them(tmp_path):
+    """sox reads any unambiguous start of an encoding's name, case aside (`-e signed`, as Kaldi recipes write: `sox F
+    -b 16 -e signed -c 1 -t wav - |`, `sox -r 22050 -e signed -b 16 F -r 16000 -t wav - |`), and u-law as mu-law."""
+    y = (np.sin(np.arange(22050) / 5) * 0.3).astype(np.float32)
+    sf.write(tmp_path / "a.flac", y, 22050)
+    sf.write(tmp_path / "b.wav", y, 22050, subtype="PCM_16")
+    sf.write(tmp_path / "u.wav", y, 22050, subtype="ULAW")
+    counts = _kaldi(
+        tmp_path,
+        f"a sox {tmp_path / 'a.flac'} -b 16 -e signed -c 1 -t wav - |\n"
+        f"b sox -r 22050 -e Signed -b 16 {tmp_path / 'b.wav'} -r 16000 -t wav - |\n"
+        f"u sox -e u-law {tmp_path / 'u.wav'} -t wav - |\n",
+        "a x\nb x\nu x\n",
+    )
+    assert (counts["written"], counts["unsupported"], counts["piped_read_as_files"]) == (3, 0, 3)
+    assert [r["source"] for r in _lines(tmp_path / "out.jsonl")] == [
+        str(tmp_path / f) for f in ("a.flac", "b.wav", "u.wav")
+    ]
+
+
 REFUSED = [
     ("sox {f} -t wav - gain -3 |", "sox effect 'gain -3'"),
     ("sox {f} {f} -t wav - |", "a second input file"),
@@ -204,6 +224,12 @@ REFUSED = [
     ("sox -b 8 {v} -t wav - |", "sox's input option '-b 8' says {v} has 8 bits, and its header 16"),
     ("sox -t mp3 {v} -t wav - |", "sox input type 'mp3'"),
     ("sox -G {v} -t wav - |", "sox option '-G' (before the input file)"),
+    ("sox {v} -e u -t wav - |", "sox -e 'u' (mu-law or unsigned-integer?)"),
+    ("sox -e UNSIG {v} -t wav - |", "input option '-e unsigned-integer' says {v} is unsigned-integer, and its header"),
+    (
+        "sox -e float {v} -t wav - |",
+        "sox's input option '-e floating-point' says {v} is floating-point, and its header",
+    ),
 ]
 
 
