@@ -269,12 +269,17 @@ CANCELLED_DB = -20.0
 
 
 def _refuse_cancelled(path: str, data: np.ndarray, mix: np.ndarray) -> None:
-    """Refuse a mix of channels that cancel: it trains and decodes as near silence however loud each channel is."""
-    flat = data.reshape(-1)  # dot products: no squared copy of a long recording
-    channels = float(np.dot(flat, flat)) / flat.size
+    """Refuse a mix of channels that cancel: it trains and decodes as near silence however loud each is. Powers are
+    taken about each signal's mean: opposite DC offsets (a sound card's) that the average drops cancel no voice."""
+
+    def power(x: np.ndarray) -> float:  # one channel at a time: no copy of a long recording's every channel
+        x = x - x.mean()
+        return float(np.dot(x, x)) / x.size
+
+    channels = sum(power(data[:, j]) for j in range(data.shape[1])) / data.shape[1]
     if channels < 1e-8:  # below -80 dBFS: a silent file, nothing to cancel
         return
-    db = 10.0 * np.log10(max(float(np.dot(mix, mix)) / mix.size, 1e-30) / channels)
+    db = 10.0 * np.log10(max(power(mix), 1e-30) / channels)
     if db < CANCELLED_DB:
         raise AudioError(
             path, f"its {data.shape[1]} channels cancel when averaged (the mix is {db:.0f} dB below them: one is "
