@@ -30,20 +30,32 @@ def written_by() -> dict:
 
 # The packages whose release changes what a run computes or reads: named in train.log and by `llmasr --version`,
 # so that a run's numbers (or a failure) can be traced to the versions that gave them
-STACK = ("torch", "transformers", "peft", "deepspeed", "kaldi-native-fbank", "numpy")
+# (soundfile: every clip is read with the libsndfile it loads, which decides what reads, MP3 from 1.1, and how)
+STACK = ("torch", "transformers", "peft", "deepspeed", "kaldi-native-fbank", "numpy", "soundfile")
 
 
 @lru_cache(maxsize=1)
 def software() -> str:
     """ "llmasr 0.1.0 (commit 1a2b3c4d5e6f), Python 3.11.9: torch 2.13.0+cpu, transformers ...": read from the
-    installed packages' metadata, importing none of them."""
+    installed packages' metadata, importing none of them but soundfile, for its libsndfile's version."""
     parts = []
     for name in STACK:
         try:
             parts.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             parts.append(f"{name} not installed")
+            continue
+        if name == "soundfile":
+            parts[-1] += f" (libsndfile {_libsndfile()})"
     return f"{writer(written_by())}, Python {platform.python_version()}: {', '.join(parts)}"
+
+
+def _libsndfile() -> str:
+    try:
+        import soundfile
+    except (ImportError, OSError):  # the package without its library (a conda env missing libsndfile)
+        return "not loaded"
+    return str(getattr(soundfile, "__libsndfile_version__", "unknown"))
 
 
 def _commit(root: Path) -> str | None:

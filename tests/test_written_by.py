@@ -39,6 +39,10 @@ def test_llmasr_version_names_this_llmasr_and_the_installed_stack(capsys):
     assert f"torch {version('torch')}" in said and f"deepspeed {version('deepspeed')}" in said
     assert [name for name in STACK if f"{name} " in said] == list(STACK)
     assert main(["-V"]) == 0 and capsys.readouterr().out.strip() == said
+    # the library every clip is read with: its libsndfile decides what reads (MP3 from 1.1) and how
+    import soundfile
+
+    assert f"soundfile {version('soundfile')} (libsndfile {soundfile.__libsndfile_version__})" in said
 
 
 def test_a_folder_that_is_no_checkout_has_no_commit_and_a_file_without_the_record_is_from_before_it(tmp_path):

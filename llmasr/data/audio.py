@@ -147,13 +147,14 @@ def _overshoot(path: str | Path, start: float, end: float | None, total: float) 
 
 @dataclass(frozen=True)
 class AudioHeader:
-    """What a file's header says (no decode): its seconds, sample rate, channel count and libsndfile's name of its
-    format ("WAV", "FLAC", "NIST", ...)."""
+    """What a file's header says (no decode): its seconds, sample rate, channel count and libsndfile's names of its
+    format ("WAV", "FLAC", "NIST", ...) and sample coding ("PCM_16", "ULAW", ...)."""
 
     seconds: float
     sample_rate: int
     channels: int
     format: str = ""
+    subtype: str = ""
 
 
 def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
@@ -171,9 +172,8 @@ def probe_header(path: str | Path, channel: int | None = None) -> AudioHeader:
         raise AudioError(path, "empty audio (0 samples)")
     if channel is not None and not 0 <= channel < info.channels:
         raise AudioError(path, f"channel {channel} requested but the file has {info.channels} channel(s)")
-    return AudioHeader(
-        float(info.frames) / float(info.samplerate), int(info.samplerate), int(info.channels), str(info.format)
-    )
+    seconds = float(info.frames) / float(info.samplerate)
+    return AudioHeader(seconds, int(info.samplerate), int(info.channels), str(info.format), str(info.subtype))
 
 
 def probe_duration(path: str | Path, channel: int | None = None) -> float:
@@ -269,12 +269,17 @@ CANCELLED_DB = -20.0
 
 
 def _refuse_cancelled(path: str, data: np.ndarray, mix: np.ndarray) -> None:
-    """Refuse a mix of channels that cancel: it trains and decodes as near silence however loud each channel is."""
-    flat = data.reshape(-1)  # dot products: no squared copy of a long recording
-    channels = float(np.dot(flat, flat)) / flat.size
+    """Refuse a mix of channels that cancel: it trains and decodes as near silence however loud each is. Powers are
+    taken about each signal's mean: opposite DC offsets (a sound card's) that the average drops cancel no voice."""
+
+    def power(x: np.ndarray) -> float:  # one channel at a time: no copy of a long recording's every channel
+        x = x - x.mean()
+        return float(np.dot(x, x)) / x.size
+
+    channels = sum(power(data[:, j]) for j in range(data.shape[1])) / data.shape[1]
     if channels < 1e-8:  # below -80 dBFS: a silent file, nothing to cancel
         return
-    db = 10.0 * np.log10(max(float(np.dot(mix, mix)) / mix.size, 1e-30) / channels)
+    db = 10.0 * np.log10(max(power(mix), 1e-30) / channels)
     if db < CANCELLED_DB:
         raise AudioError(
             path, f"its {data.shape[1]} channels cancel when averaged (the mix is {db:.0f} dB below them: one is "

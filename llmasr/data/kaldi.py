@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llmasr.atomic_file import manifest_writer
 from llmasr.data.audio import missing_audio
-from llmasr.data.pipe_commands import PipedFile, PipeRefused, read_as_file
+from llmasr.data.piped_files import PipedFile, PipeRefused, read_as_file
 from llmasr.data.records import BadRecord
 from llmasr.text_files import key_text_lines
 

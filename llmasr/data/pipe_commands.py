@@ -2,9 +2,11 @@
 -c 1 F.sph |`, WSJ's `sph2pipe -f wav F.wv1 |`, LibriSpeech's `flac -c -d -s F.flac |`, `sox F -t wav - remix 1 |`.
 
 Each is read strictly, as its tool parses its options (sph2pipe and flac with getopt, options anywhere; sox's global
-options, input file, output options, `-`, effects), into the file, a channel pick (0-based) and a time range. Options
-that only change the output's format (header, bits, rate: llmasr resamples) map to nothing. Anything else (another
-option or effect, a second file, shell syntax, another command) raises NotUnderstood naming the part at fault.
+and input options, the latter checked against the file's header, input file, output options, `-`, effects), into the
+file, a channel pick (0-based) and a time range. Options that only change the output's format (header, bits, rate:
+llmasr resamples) map to nothing. Anything else (another option or effect, a second file, shell syntax, another
+command) raises NotUnderstood naming the part at fault. llmasr.data.piped_files reads what is parsed against the
+file itself.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.data.audio import MAX_OVERSHOOT_S, AudioError, missing_audio, probe_header
-from llmasr.data.audio_commands import piped_file
+from llmasr.data.audio import AudioHeader
 
 
 class NotUnderstood(ValueError):
@@ -35,6 +36,7 @@ class PipedRead:
     end: float | None = None
     in_samples: bool = False
     pick_ignored_on_mono: bool = False  # sph2pipe: `-c 2` of a one-channel file outputs that channel
+    declared: tuple[tuple[str, str], ...] = ()  # sox's input options: what the file is read as, over its header
 
 
 TOOLS = ("sph2pipe", "flac", "sox")
@@ -187,33 +189,65 @@ def _flac(args: list[str]) -> PipedRead:
 
 _RATE = re.compile(r"([0-9]+(\.[0-9]+)?)k?")
 SOX_GLOBAL = ("-q", "--no-show-progress", "-D", "--no-dither", "-R", "-V")  # what it prints, dither: not the audio
-SOX_ENCODINGS = ("signed-integer", "unsigned-integer", "floating-point", "mu-law", "a-law")
+# sox's names (any unambiguous start of one, case aside, is read as it: recipes write `-e signed`); u-law is mu-law
+SOX_ENCODINGS = {
+    "signed-integer": "signed-integer", "unsigned-integer": "unsigned-integer", "floating-point": "floating-point",
+    "mu-law": "mu-law", "u-law": "mu-law", "a-law": "a-law",
+}  # fmt: skip
 SOX_RATE_QUALITY = ("-q", "-l", "-m", "-h", "-v")
+SOX_INPUT_TYPES = {"wav": ("WAV", "WAVEX"), "wavpcm": ("WAV", "WAVEX"), "flac": ("FLAC",), "sph": ("NIST",)}
+SOX_CODING = {  # libsndfile's sample coding -> sox's encoding and bits, which an input option must agree with
+    "PCM_S8": ("signed-integer", 8), "PCM_16": ("signed-integer", 16), "PCM_24": ("signed-integer", 24),
+    "PCM_32": ("signed-integer", 32), "PCM_U8": ("unsigned-integer", 8), "FLOAT": ("floating-point", 32),
+    "DOUBLE": ("floating-point", 64), "ULAW": ("mu-law", 8), "ALAW": ("a-law", 8),
+}  # fmt: skip
+BEFORE = {"input": "the input file", "output": "the output '-'"}
 
 
-def _sox_option(word: str, args: list[str]) -> tuple[str, str]:
-    """One output option and its value (`-t wav`, `-twav`, `--type wav`, `--type=wav`), taken from `args`."""
+def _hz(rate: str) -> float:
+    return float(rate[:-1]) * 1000 if rate.endswith("k") else float(rate)
+
+
+def _sox_option(word: str, args: list[str], where: str) -> tuple[str, str]:
+    """One format option and its value (`-t wav`, `-twav`, `--type wav`, `--type=wav`; `-s`, sox's older
+    `-e signed-integer`), taken from `args`, its value checked; `where`: "input" or "output"."""
     names = {"-t": "--type", "-r": "--rate", "-b": "--bits", "-e": "--encoding", "-c": "--channels"}
+    letter, value = ("-e", "signed-integer") if word == "-s" else (None, "")
     for short, long in names.items():
-        if word in (short, long):
+        if letter is None and word in (short, long):
             if not args:
                 raise NotUnderstood(f"sox option {word!r} without its value")
-            return short, args.pop(0)
-        if word.startswith(long + "="):
-            return short, word[len(long) + 1 :]
-        if len(word) > 2 and word.startswith(short):
-            return short, word[2:]
-    raise NotUnderstood(f"sox option {word!r} (before the output '-')")
+            letter, value = short, args.pop(0)
+        elif letter is None and word.startswith(long + "="):
+            letter, value = short, word[len(long) + 1 :]
+        elif letter is None and len(word) > 2 and word.startswith(short):
+            letter, value = short, word[2:]
+    if letter is None:
+        raise NotUnderstood(f"sox option {word!r} (before {BEFORE[where]})")
+    types = SOX_INPUT_TYPES if where == "input" else ("wav", "wavpcm")  # wavpcm: AMI's recipes
+    if letter == "-t" and value.lower() not in types:
+        raise NotUnderstood(f"sox {where} type {value!r} (read: {', '.join(types)})")
+    if (letter == "-r" and not _RATE.fullmatch(value)) or (letter == "-b" and value not in ("8", "16", "24", "32")):
+        raise NotUnderstood(f"sox {letter} {value!r}")
+    if letter == "-e":
+        named = sorted({full for name, full in SOX_ENCODINGS.items() if value and name.startswith(value.lower())})
+        if len(named) != 1:
+            raise NotUnderstood(f"sox -e {value!r}" + (f" ({' or '.join(named)}?)" if named else ""))
+        value = named[0]
+    if letter == "-c" and not re.fullmatch("1" if where == "output" else "[1-9][0-9]*", value):
+        raise NotUnderstood(f"sox -c {value!r}" + " (only -c 1, the channels averaged, is read)" * (where == "output"))
+    return letter, value
 
 
 def _sox(args: list[str]) -> PipedRead:
-    """`sox [-q|-V|-D|-R] F [-t wav|wavpcm|-r N|-b N|-e ENC|-c 1] - [remix N|channels 1|rate [-q..-v] N]...`: one input,
-    WAV to standard output; `remix N` picks channel N (1-based), `-c 1` and `channels 1` average."""
-    args = list(args)
+    """`sox [-q|-V|-D|-R] [-t T -r N -b N -e ENC -c N] F [-t wav|wavpcm -r N -b N -e ENC -c 1] - [remix N|channels
+    1|rate [-q..-v] N]...`: one input (its format options kept, to check against its header), WAV to standard
+    output; `remix N` picks channel N (1-based), `-c 1` and `channels 1` average."""
+    args, declared = list(args), []
     while args and args[0].startswith("-") and args[0] != "-":
         word = args.pop(0)
         if word not in SOX_GLOBAL and not re.fullmatch(r"-V[0-6]", word):
-            raise NotUnderstood(f"sox option {word!r} (before the input file)")
+            declared.append(_sox_option(word, args, "input"))  # AMI's `sox -c 1 -t wavpcm -e signed-integer F`
     if not args:
         raise NotUnderstood("sox names no input file")
     file = _one_file("sox", [args.pop(0)], "")
@@ -222,21 +256,32 @@ def _sox(args: list[str]) -> PipedRead:
         word = args.pop(0)
         if not word.startswith("-"):
             raise NotUnderstood(f"a second input file {word!r}")
-        letter, value = _sox_option(word, args)
-        if letter == "-t" and value.lower() not in ("wav", "wavpcm"):  # wavpcm: AMI's recipes
-            raise NotUnderstood(f"sox output type {value!r} (a wav.scp command writes wav)")
-        if (letter == "-r" and not _RATE.fullmatch(value)) or (letter == "-b" and value not in ("8", "16", "24", "32")):
-            raise NotUnderstood(f"sox {letter} {value!r}")
-        if letter == "-e" and value not in SOX_ENCODINGS:
-            raise NotUnderstood(f"sox -e {value!r}")
-        if letter == "-c" and value != "1":
-            raise NotUnderstood(f"sox -c {value!r} (only -c 1, the channels averaged, is read)")
+        letter, _ = _sox_option(word, args, "output")
         wav, average = wav or letter == "-t", average or letter == "-c"
     if not args or not wav:
         raise NotUnderstood("sox output is not '-t wav -' (WAV on standard output)")
     args.pop(0)
     channel, mono = _sox_effects(args)
-    return PipedRead("sox", file, channel, mono or average)
+    return PipedRead("sox", file, channel, mono or average, declared=tuple(declared))
+
+
+def sox_misread(read: PipedRead, header: AudioHeader) -> str | None:
+    """Where a sox input option says other than the file's header (sox reads the samples as the option says), why."""
+    encoding, bits = SOX_CODING.get(header.subtype, (header.subtype, "?"))
+    for letter, value in read.declared:
+        if letter == "-t" and header.format not in SOX_INPUT_TYPES[value.lower()]:
+            said, real = f"is {SOX_INPUT_TYPES[value.lower()][0]}", header.format
+        elif letter == "-c" and int(value) != header.channels:
+            said, real = f"has {value} channel(s)", header.channels
+        elif letter == "-r" and _hz(value) != header.sample_rate:
+            said, real = f"has {_hz(value):g} Hz", f"{header.sample_rate} Hz"
+        elif (letter == "-e" and value != encoding) or (letter == "-b" and value != str(bits)):
+            said, real = (f"is {value}", encoding) if letter == "-e" else (f"has {value} bits", bits)
+        else:
+            continue
+        return (f"sox's input option '{letter} {value}' says {read.file} {said}, and its header {real} (sox reads it "
+                "as the option says, its samples misread)")  # fmt: skip
+    return None
 
 
 def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
@@ -257,104 +302,3 @@ def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
             rest = " ".join([effect, value, *args]).strip()  # the effect and what follows it
             raise NotUnderstood(f"sox effect {rest!r} (read: remix N, channels 1, rate)")
     return channel, mono
-
-
-INTO = "run each command into a file (its closing '|' replaced by '> KEY.wav') and write those paths in wav.scp"
-
-
-# what the tool reads (libsndfile's format name): another file makes the command fail, not read as that file
-INPUT_FORMATS = {"sph2pipe": ("NIST", "reads NIST SPHERE files"), "flac": ("FLAC", "decodes FLAC files")}
-
-
-class PipeRefused(ValueError):
-    """A wav.scp pipe command not read as a file: why, and what to do instead."""
-
-
-def _advice(command: str, base: Path) -> str:
-    """Where the command names one audio file llmasr opens, that file; else writing the command's output to files."""
-    file = piped_file(command, [base])
-    if file is not None:
-        return (
-            f"it reads {file}, which llmasr opens itself (and resamples): where the command only decodes it (no "
-            f"channel pick, no effect), write that path in wav.scp instead; else {INTO}"
-        )
-    return INTO
-
-
-def _refused(command: str, part: str, advice: str) -> PipeRefused:
-    return PipeRefused(f"pipe command {command[:60]!r} is not supported ({part}); {advice}")
-
-
-@dataclass(frozen=True)
-class PipedFile:
-    """A pipe command read as its file: the file (absolute), the stream's channel pick and range, the file's seconds."""
-
-    path: str
-    read: PipedRead
-    start: float
-    end: float | None
-    channel: int | None
-    seconds: float
-
-    def fields(self) -> dict:
-        """The manifest fields the whole stream reads as (its duration known from the header)."""
-        out: dict = {} if self.channel is None else {"channel": self.channel}
-        if self.start > 0 or self.end is not None:
-            out["start"] = self.start
-        if self.end is not None:
-            out["end"] = self.end
-        out["duration"] = round((self.seconds if self.end is None else self.end) - self.start, 6)
-        return out
-
-    def segment(self, start: float, end: float, channel: int | None) -> dict:
-        """The fields of a Kaldi segment of the stream (times relative to it, so after its start; end -1: its end;
-        `channel`: the segments file's, of the stream's channels); ValueError says why a segment cannot be read."""
-        if channel is not None and self.read.mono and channel != 0:
-            raise ValueError(f"channel {channel} of a piped stream of one channel ({self.read.tool} picks or mixes)")
-        first = round(self.start + start, 6)
-        last = self.end if end == -1 else round(self.start + end, 6)
-        if self.end is not None and last is not None and last > self.end:
-            if last - self.end >= MAX_OVERSHOOT_S:
-                raise ValueError(f"ends at {end:g}s of the piped stream, which is {self.end - self.start:g}s long")
-            last = self.end
-        if first >= (self.seconds if last is None else last):
-            raise ValueError(f"starts at {start:g}s, past the end of the piped stream")
-        out: dict = {"start": first}
-        picked = self.channel if channel is None or self.read.mono else channel
-        if picked is not None:
-            out["channel"] = picked
-        if last is not None:
-            out["end"] = last
-        out["duration"] = round((self.seconds if last is None else last) - first, 6)
-        return out
-
-
-def read_as_file(command: str, base: Path) -> PipedFile:
-    """The file a decode-only pipe command reads (relative to `base`, as the shell Kaldi runs it in), its header
-    probed; PipeRefused names the part not understood, a file not there or one llmasr cannot open."""
-    try:
-        read = parse_pipe(command)
-    except NotUnderstood as err:
-        raise _refused(command, str(err), _advice(command, base)) from None
-    path = Path(read.file) if Path(read.file).is_absolute() else (base / read.file).resolve()
-    if (gone := missing_audio(path)) is not None:
-        hint = "" if Path(read.file).is_absolute() else f": relative paths are read from {base} (--base-dir)"
-        raise _refused(command, f"it reads {read.file}, which is not there ({gone.reason}){hint}", INTO)
-    try:
-        header = probe_header(path)
-    except AudioError as err:
-        raise _refused(command, f"it reads {read.file}, which llmasr cannot open: {err.reason}", INTO) from None
-    if (needs := INPUT_FORMATS.get(read.tool)) and header.format != needs[0]:
-        part = f"{read.tool} {needs[1]}, and {read.file} is {header.format} (the command fails)"
-        raise _refused(command, part, _advice(command, base))
-    channel = None if read.pick_ignored_on_mono and header.channels == 1 else read.channel
-    if channel is not None and channel >= header.channels:
-        raise _refused(command, f"{read.tool} picks channel {channel + 1} of {read.file}, which has "
-                       f"{header.channels}", INTO)  # fmt: skip
-    scale = header.sample_rate if read.in_samples else 1
-    start, end = read.start / scale, (None if read.end is None else read.end / scale)
-    if start >= header.seconds:
-        raise _refused(command, f"it starts at {start:g}s, past the end of {read.file} ({header.seconds:g}s)", INTO)
-    if end is not None and end >= header.seconds:  # sph2pipe stops at the file's end
-        end = None
-    return PipedFile(str(path), read, start, end, channel, header.seconds)

@@ -80,6 +80,21 @@ def test_channels_that_cancel_when_averaged_are_refused_naming_the_fix(tmp_path)
     assert not load_audio(tmp_path / "silent.wav", sample_rate=sr).any()
 
 
+def test_channels_whose_offsets_differ_are_no_cancelling(tmp_path):
+    # a sound card's DC offset, opposite on its two inputs, dominates a quiet stretch (a pause a segment holds): the
+    # average drops it, which is no voice cancelled; only what varies about each channel's offset can cancel
+    sr = 16000
+    rng = np.random.default_rng(0)
+    hiss = rng.standard_normal((sr, 2)).astype(np.float32) * 0.001
+    path = tmp_path / "offsets.wav"
+    sf.write(path, hiss + np.array([0.01, -0.01], np.float32), sr, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(path, sample_rate=sr), hiss.mean(axis=1), atol=1e-6)
+    voice = sine(300, sr, 1.0)  # inverted on top of those offsets: still refused
+    sf.write(path, np.stack([voice + 0.01, -voice - 0.01], axis=1), sr, subtype="FLOAT")
+    with pytest.raises(AudioError, match="2 channels cancel when averaged"):
+        load_audio(path, sample_rate=sr)
+
+
 def test_load_resamples_to_model_rate(tmp_path):
     path = tmp_path / "a22k.wav"
     sf.write(path, sine(523, 22050, 1.0), 22050)

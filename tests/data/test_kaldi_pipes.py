@@ -146,6 +146,47 @@ def test_sox_lines_pick_average_or_pass_the_channels(tmp_path):
     np.testing.assert_allclose(_loaded(c), x.mean(axis=1), atol=1e-6)
 
 
+def test_sox_input_options_of_real_recipes_read_where_the_header_agrees(tmp_path):
+    """AMI's recipes (Kaldi egs/ami, ESPnet) write `sox -c 1 -t wavpcm -e signed-integer F -t wavpcm - |` (older
+    ones `-s`), others `sox -t flac F ...`: options before the file say what it is, and sox reads it so over its
+    header. Where the header agrees, the line is the file; where not, refused (see REFUSED)."""
+    y = (np.sin(np.arange(SR) / 5) * 0.3).astype(np.float32)
+    sf.write(tmp_path / "ES2002a.Headset-0.wav", y, SR, subtype="PCM_16")
+    sf.write(tmp_path / "f.flac", y, SR)
+    w = tmp_path / "ES2002a.Headset-0.wav"
+    counts = _kaldi(
+        tmp_path,
+        f"a sox -c 1 -t wavpcm -e signed-integer {w} -t wavpcm - |\nb sox -c 1 -t wavpcm -s {w} -t wavpcm - |\n"
+        f"c sox -t flac {tmp_path / 'f.flac'} -t wav -r 16k -b 16 --channels 1 - |\n"
+        f"d sox -q --rate 8k -b 16 {w} -t wav - |\n",
+        "a x\nb x\nc x\nd x\n",
+    )
+    assert (counts["written"], counts["unsupported"], counts["piped_read_as_files_by_tool"]) == (4, 0, {"sox": 4})
+    a, b, c, d = _lines(tmp_path / "out.jsonl")
+    assert [r["source"] for r in (a, b, c, d)] == [str(w), str(w), str(tmp_path / "f.flac"), str(w)]
+    assert all(r["duration"] == 1.0 and "channel" not in r for r in (a, b, c, d))
+
+
+def test_sox_encodings_abbreviated_as_recipes_write_them(tmp_path):
+    """sox reads any unambiguous start of an encoding's name, case aside (`-e signed`, as Kaldi recipes write: `sox F
+    -b 16 -e signed -c 1 -t wav - |`, `sox -r 22050 -e signed -b 16 F -r 16000 -t wav - |`), and u-law as mu-law."""
+    y = (np.sin(np.arange(22050) / 5) * 0.3).astype(np.float32)
+    sf.write(tmp_path / "a.flac", y, 22050)
+    sf.write(tmp_path / "b.wav", y, 22050, subtype="PCM_16")
+    sf.write(tmp_path / "u.wav", y, 22050, subtype="ULAW")
+    counts = _kaldi(
+        tmp_path,
+        f"a sox {tmp_path / 'a.flac'} -b 16 -e signed -c 1 -t wav - |\n"
+        f"b sox -r 22050 -e Signed -b 16 {tmp_path / 'b.wav'} -r 16000 -t wav - |\n"
+        f"u sox -e u-law {tmp_path / 'u.wav'} -t wav - |\n",
+        "a x\nb x\nu x\n",
+    )
+    assert (counts["written"], counts["unsupported"], counts["piped_read_as_files"]) == (3, 0, 3)
+    assert [r["source"] for r in _lines(tmp_path / "out.jsonl")] == [
+        str(tmp_path / f) for f in ("a.flac", "b.wav", "u.wav")
+    ]
+
+
 REFUSED = [
     ("sox {f} -t wav - gain -3 |", "sox effect 'gain -3'"),
     ("sox {f} {f} -t wav - |", "a second input file"),
@@ -173,6 +214,22 @@ REFUSED = [
     ("sph2pipe -f wav {w} |", "it reads {w}, which llmasr cannot open: NIST SPHERE audio compressed with shorten"),
     ("sph2pipe -f wav {v} |", "sph2pipe reads NIST SPHERE files, and {v} is WAV (the command fails)"),
     ("flac -c -d -s {f} |", "flac decodes FLAC files, and {f} is NIST (the command fails)"),
+    ("sox -c 1 {f} -t wav - |", "sox's input option '-c 1' says {f} has 1 channel(s), and its header 2 (sox reads"),
+    ("sox -r 16k {v} -t wav - |", "sox's input option '-r 16k' says {v} has 16000 Hz, and its header 8000 Hz"),
+    ("sox -t wav {f} -t wav - |", "sox's input option '-t wav' says {f} is WAV, and its header NIST"),
+    (
+        "sox -e floating-point {v} -t wav - |",
+        "input option '-e floating-point' says {v} is floating-point, and its header signed-integer",
+    ),
+    ("sox -b 8 {v} -t wav - |", "sox's input option '-b 8' says {v} has 8 bits, and its header 16"),
+    ("sox -t mp3 {v} -t wav - |", "sox input type 'mp3'"),
+    ("sox -G {v} -t wav - |", "sox option '-G' (before the input file)"),
+    ("sox {v} -e u -t wav - |", "sox -e 'u' (mu-law or unsigned-integer?)"),
+    ("sox -e UNSIG {v} -t wav - |", "input option '-e unsigned-integer' says {v} is unsigned-integer, and its header"),
+    (
+        "sox -e float {v} -t wav - |",
+        "sox's input option '-e floating-point' says {v} is floating-point, and its header",
+    ),
 ]
 
 
