@@ -64,7 +64,8 @@ def uses_characters(text: str) -> bool:
     return _NO_SPACE_CHAR.search(text) is not None  # one C-level scan: called on every scored reference
 
 
-_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
+# NO_SPACE_RANGES as a regex character class's body: "[{NO_SPACE_CLASS}]" matches one character of those scripts
+NO_SPACE_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)
 # The punctuation and symbols of those scripts (CJK symbols and punctuation, vertical, compatibility and small forms,
 # full-width forms): written with no space before or after, so they are units of their own, as their characters are
 # ("。2024" had been one unit, a number's time covering the full stop)
@@ -79,10 +80,10 @@ _IN_NUMBER = "".join(re.escape(c) for c in "\uff0c\uff0e\ufe50\ufe52")
 # The units of a text: a character of a script written without spaces or its punctuation, or a run of other non-space
 # characters. "auto" scoring counts these; long audio joins windows on them and word timestamps time them.
 UNIT = re.compile(
-    f"[{_NO_SPACE}]|(?![{_IN_NUMBER}])[{FULL_WIDTH_PUNCT}]|(?<!\\d)[{_IN_NUMBER}]|[{_IN_NUMBER}](?!\\d)"
-    f"|(?:[^\\s{_NO_SPACE}{FULL_WIDTH_PUNCT}]|(?<=\\d)[{_IN_NUMBER}](?=\\d))+"
+    f"[{NO_SPACE_CLASS}]|(?![{_IN_NUMBER}])[{FULL_WIDTH_PUNCT}]|(?<!\\d)[{_IN_NUMBER}]|[{_IN_NUMBER}](?!\\d)"
+    f"|(?:[^\\s{NO_SPACE_CLASS}{FULL_WIDTH_PUNCT}]|(?<=\\d)[{_IN_NUMBER}](?=\\d))+"
 )
-_NO_SPACE_CHAR = re.compile(f"[{_NO_SPACE}]")
+_NO_SPACE_CHAR = re.compile(f"[{NO_SPACE_CLASS}]")
 
 
 _APOSTROPHES = "'\u2019\u02bc"

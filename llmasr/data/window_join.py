@@ -13,7 +13,7 @@ import math
 import re
 import unicodedata
 
-from llmasr.text_units import NO_SPACE_RANGES, UNIT, uses_characters
+from llmasr.text_units import NO_SPACE_CLASS, NO_SPACE_RANGES, UNIT, uses_characters
 
 TOKENS_PER_SECOND = 5.0  # words an overlap may hold: how far a join looks for shared words
 CHARS_PER_SECOND = 12.0  # the same in characters, for scripts written without spaces (fast Japanese, Chinese)
@@ -22,14 +22,13 @@ MAX_DISAGREE = 2  # neighbours of a true one-token run that errors at both windo
 
 # Scripts written without spaces: each character is a token (and texts join without a space). text_units.UNIT matches
 # the tokens of a transcript: what windows are joined on and what word timestamps time (models.ctc_align).
-_NO_SPACE = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES)  # the scripts scoring counts in characters
 # Punctuation of those scripts (CJK symbols and punctuation, full-width forms): no space before or after it either.
 _NO_SPACE_PUNCT = "\u3000-\u303f\uff00-\uffef"
 # Chinese and Japanese (ideographs, kana, bopomofo and their punctuation) take no space beside a Latin word or a
 # number either ("我用iPhone手机", "2024年", "。2024年"), as FunASR's sentence_postprocess writes them: a seam there
 # had put a space into the text that no window wrote. Thai and the other scripts above keep one there.
 _CJK = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in NO_SPACE_RANGES if lo >= 0x3000) + _NO_SPACE_PUNCT
-_EDGE, _CJK_EDGE = re.compile(f"[{_NO_SPACE}{_NO_SPACE_PUNCT}]"), re.compile(f"[{_CJK}]")
+_EDGE, _CJK_EDGE = re.compile(f"[{NO_SPACE_CLASS}{_NO_SPACE_PUNCT}]"), re.compile(f"[{_CJK}]")
 
 
 def _norm(token: str) -> str:
