@@ -35,18 +35,24 @@ def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs
     return searched_rows_only(search, merged, batch, ctc, heard, synced, cfg.confidence, mode)
 
 
+# what generate takes out of its **kwargs itself, named neither by its signature nor by GenerationConfig (stop_strings
+# need tokenizer=, assisted decoding across vocabularies assistant_tokenizer=)
+GENERATE_KWARGS = frozenset({"tokenizer", "assistant_tokenizer", "trust_remote_code"})
+
+
 def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
     """TypeError naming each of `kwargs` (a search's settings no DecodeConfig field takes, for the LLM's generate) that
     generate would refuse, with the nearest keyword: called before the encoder runs, where generate had refused a typo
-    only after it ("model_kwargs are not used by the model"). What generate takes is transformers' own reading: its
-    signature, the LLM's GenerationConfig (whose update takes what it has), and the model's inputs (its check of
-    model_kwargs, where this transformers has it; without it, such a keyword is left to generate)."""
+    only after it ("model_kwargs are not used by the model"). What generate takes is read from transformers where it
+    says it: generate's signature, the LLM's GenerationConfig (whose update takes what it has) and the model's inputs
+    (its check of model_kwargs, where this transformers has it; without it, such a keyword is left to generate); the
+    few it takes out of its **kwargs itself, which nothing there names, are GENERATE_KWARGS."""
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
     base = base_lm(llm)
     config = getattr(base, "generation_config", None) or GenerationConfig()
-    named = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}
+    named = (set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}) | GENERATE_KWARGS
     inputs = getattr(base, "_validate_model_kwargs", None)
     unknown = []
     for key in (k for k in kwargs if k not in named and not hasattr(config, k)):
