@@ -241,7 +241,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
                           (llm_unk, unk_found) if llm_unk is not None else None, ctc_need, prompts,
                           languages, keys)  # fmt: skip
-    if rank == 0 and (repeated := keys.text(lambda i: "{}:{}".format(*where(manifest, i)))):
+    if rank == 0 and (repeated := keys.text(lambda i: "{}:{}".format(*where(manifest, i)),
+                                            lambda i: manifest.parsed(i)[1].key)):  # fmt: skip
         log.warning("%s: %s", name, repeated)
     if prompts and rank == 0:
         log.info("%s: %s", name, own_prompts_text(manifest, prompts))
