@@ -38,6 +38,16 @@ def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs
 # what generate takes out of its **kwargs itself, named neither by its signature nor by GenerationConfig (stop_strings
 # need tokenizer=, assisted decoding across vocabularies assistant_tokenizer=)
 GENERATE_KWARGS = frozenset({"tokenizer", "assistant_tokenizer", "trust_remote_code"})
+# what llm_search passes generate itself, beside DecodeConfig's fields (a caller's would reach it twice): the end
+# token, the guards, the boost and the guide are processors of its own, the n-best its own scores
+SEARCH_SETS = {
+    "inputs_embeds": "the audio and the prompt", "attention_mask": "the audio and the prompt",
+    "eos_token_id": "the prompt's end token (the LLM's other end tokens end a row too)",
+    "pad_token_id": "the prompt's padding",
+    "logits_processor": "the guards, the hotword boost and the CTC guide", "do_sample": "a search, never sampling",
+    "num_return_sequences": "the n-best the CTC head rescores", "output_scores": "the n-best the CTC head rescores",
+    "return_dict_in_generate": "the n-best the CTC head rescores",
+}  # fmt: skip
 
 
 def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
@@ -46,10 +56,13 @@ def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
     only after it ("model_kwargs are not used by the model"). What generate takes is read from transformers where it
     says it: generate's signature, the LLM's GenerationConfig (whose update takes what it has) and the model's inputs
     (its check of model_kwargs, where this transformers has it; without it, such a keyword is left to generate); the
-    few it takes out of its **kwargs itself, which nothing there names, are GENERATE_KWARGS."""
+    few it takes out of its **kwargs itself, which nothing there names, are GENERATE_KWARGS. One the search passes
+    generate itself (SEARCH_SETS) is refused too, saying what it sets there."""
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
+    if own := [k for k in kwargs if k in SEARCH_SETS]:
+        raise TypeError("; ".join(f"{where}: {k!r} is set by llmasr's search itself ({SEARCH_SETS[k]})" for k in own))
     base = base_lm(llm)
     config = getattr(base, "generation_config", None) or GenerationConfig()
     named = (set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}) | GENERATE_KWARGS

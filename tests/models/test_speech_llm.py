@@ -567,3 +567,16 @@ def test_generate_keywords_transformers_takes_outside_its_signature_still_reach_
     assert got == want
     with pytest.raises(TypeError, match=r"unknown setting 'tokeniser'.*; did you mean 'tokenizer'\?$"):
         model.transcribe(batch, tokeniser=model.prompt.tokenizer)
+
+
+@pytest.mark.parametrize("given", ["eos_token_id", "logits_processor", "output_scores", "do_sample", "attention_mask"])
+def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder_runs(model, monkeypatch, given):
+    """generate takes eos_token_id or logits_processor, so the typo check let them by, but the search passes them
+    itself: generate was called with two values for one keyword, a TypeError of Python's after the encoder pass.
+    They are refused first, named with why."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    ran = []
+    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
+    with pytest.raises(TypeError, match=rf"^transcribe: {given!r} is set by llmasr's search itself"):
+        model.transcribe(batch, **{given: None})
+    assert ran == []
