@@ -72,8 +72,8 @@ def screen(
     labels need (llmasr.data.ctc_frames.frames_needed; 0 where it has none), from the spelling pass's encoding.
     `prompts`, alike `unread`: the lines that give a prompt of their own, by manifest -> [lines, the first's index];
     `languages`, alike: each manifest's lines per language, (manifest, language key or None) -> [lines, the first's
-    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries); `keys`: filled with the keys
-    that stand on more than one line (llmasr.data.key_repeats)."""
+    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries); `keys`: given the lines whose
+    key an earlier line holds, each with that line (KeyRepeats.again)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
