@@ -23,6 +23,7 @@ import errno
 import functools
 import os
 import re
+import select
 import shutil
 import signal
 import sys
@@ -346,11 +347,29 @@ def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[st
             when = f" {err.when} (nothing to save)" if isinstance(err, Interrupted) else ""
             print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
         return signal_status(signum)
+    except BrokenPipeError as err:
+        if not stdout_reader_left():  # a socket's or a child's pipe: an error like any other
+            report(prog, err)
+            return exit_status(err)
+        # `llmasr transcribe ... | head`: the reader has what it wanted; no error, and no second one from Python's
+        # flush of stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return signal_status(signal.SIGPIPE)
     except Exception as err:
         report(prog, err)
         return exit_status(err)
     finally:
         traceback_to(None)
+
+
+def stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the pipe's writing end then polls as an error)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file behind stdout (captured), or no poll on this system
+        return False
 
 
 def command(prog: str) -> Callable:

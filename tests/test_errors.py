@@ -209,3 +209,25 @@ def test_a_directory_given_for_a_file_is_named_as_one(tmp_path):
         Manifest.open(tmp_path)
     with pytest.raises(PhraseFileError, match=f"{tmp_path}: a directory, not a hotword file"):
         read_phrase_file(tmp_path)
+
+
+def test_stdout_whose_reader_left_ends_the_command_quietly_as_sigpipe_would():
+    """`llmasr transcribe ... | head -2`: head leaves after its lines, and the next line's write raised BrokenPipeError,
+    reported as an error with the line it was raised at, exit status 1. The reader is gone, not the command at fault:
+    it ends quietly with the shell's status for SIGPIPE (141), as a tool SIGPIPE stops ends."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\nfrom llmasr import errors\n"
+        "def main(argv):\n"
+        "    for i in range(10 ** 6):\n"
+        "        sys.stdout.write(f'line {i}\\n')\n"
+        "        sys.stdout.flush()\n"
+        "sys.exit(errors.run('llmasr transcribe', main, []))\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout.readline() == b"line 0\n"
+        proc.stdout.close()  # the reader leaves, as head does
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 141 and err == ""

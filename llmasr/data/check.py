@@ -29,7 +29,6 @@ from llmasr.data.config import DataConfig, ManifestSpec
 from llmasr.data.ctc_frames import CTCSpelling, heard_lines, unaligned_text
 from llmasr.data.features import FeatureExtractor
 from llmasr.data.frontend import FrontendConfig
-from llmasr.data.key_repeats import KeyRepeats
 from llmasr.data.llm_unk import gather_unk
 from llmasr.data.loader import evenly_spaced
 from llmasr.data.manifest import BadRecord, Manifest
@@ -128,10 +127,10 @@ def _too_short(utt, seconds: float, fx: FeatureExtractor) -> dict | None:
     return {**where, "reason": reason}
 
 
-def _note_key(report: DataReport, keys: KeyRepeats, utt, here: int, spot) -> None:
+def _note_key(report: DataReport, first_seen: dict[str, int], utt, here: int, spot) -> None:
     """A key already seen is noted: training does not mind, but decoding's hyp.txt and ref.txt are keyed. `here`:
     the line's position among the lines checked; `spot(position)`: its (manifest, line)."""
-    first = keys.note(utt.key, here)
+    first = first_seen.setdefault(str(utt.key), here)
     if first != here and spot(first) != spot(here):  # a manifest listed twice is not its own repeat
         path, line = spot(here)
         report.repeated_keys.append(
@@ -193,7 +192,7 @@ def check_data(
         k = bisect.bisect_right(starts, position) - 1
         return spots[k][0], spots[k][1].lineno(position - starts[k])
 
-    keys = KeyRepeats()  # each key's first line, across all manifests
+    first_seen: dict[str, int] = {}  # key -> position of its first line, across all manifests
     fx = FeatureExtractor(dataclasses.replace(frontend, cmvn_file=None))  # counts frames only
     counting = ctc_frames is not None and ctc_labels is not None
     spell = CTCSpelling(ctc_labels, count=counting) if ctc_labels is not None else None
@@ -235,7 +234,7 @@ def check_data(
                 for i, (utt, tl, bad) in enumerate(parsed, start=lo):
                     dur, note = math.nan, None
                     if utt is not None:
-                        _note_key(report, keys, utt, starts[-1] + i, spot)
+                        _note_key(report, first_seen, utt, starts[-1] + i, spot)
                         dur, bad, note, form = next(probed)
                         if form is not None:  # what loading does to it: resampled, channels averaged
                             report.audio_formats.setdefault(form, [0, f"{utt.manifest}:{utt.line}"])[0] += 1

@@ -72,8 +72,8 @@ def screen(
     labels need (llmasr.data.ctc_frames.frames_needed; 0 where it has none), from the spelling pass's encoding.
     `prompts`, alike `unread`: the lines that give a prompt of their own, by manifest -> [lines, the first's index];
     `languages`, alike: each manifest's lines per language, (manifest, language key or None) -> [lines, the first's
-    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries); `keys`: filled with the keys
-    that stand on more than one line (llmasr.data.key_repeats)."""
+    index] (llmasr.train.check_languages words them for SenseVoice's per-line queries); `keys`: given the lines whose
+    key an earlier line holds, each with that line (KeyRepeats.again)."""
     t0 = time.perf_counter()
     n = len(manifest)
     shares = None
@@ -241,7 +241,8 @@ def start_tracker(manifest, data_cfg, *, name: str, indices, rank: int, world_si
     static, took = screen(manifest, ctc_labels, target_lens, share, text_lens, unread, spelled_unk, text,
                           (llm_unk, unk_found) if llm_unk is not None else None, ctc_need, prompts,
                           languages, keys)  # fmt: skip
-    if rank == 0 and (repeated := keys.text(lambda i: "{}:{}".format(*where(manifest, i)))):
+    if rank == 0 and (repeated := keys.text(lambda i: "{}:{}".format(*where(manifest, i)),
+                                            lambda i: manifest.parsed(i)[1].key)):  # fmt: skip
         log.warning("%s: %s", name, repeated)
     if prompts and rank == 0:
         log.info("%s: %s", name, own_prompts_text(manifest, prompts))

@@ -154,7 +154,8 @@ class Transcriber:
         none), the query a SenseVoice encoder with queries.language per_line gets, as a manifest line's `lang` is
         decoded. `on_row(position, row)`: called with each clip's row as soon as it and every clip before it are
         done (the shortest clips are decoded first), so a caller can print each; a call stopped by an error or
-        Ctrl-C first gives it the rows it finished and held back, in order."""
+        Ctrl-C first gives it the rows it finished and held back, in order; an on_row that raises stops the call
+        and is not called again."""
         if not isinstance(audio, (list, tuple)):  # a path's letters or a waveform's samples are no list of clips
             audio = [audio]
         if not audio:

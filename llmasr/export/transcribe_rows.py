@@ -25,7 +25,7 @@ def clip_row(name: str, r: dict) -> dict:
 
 class ClipRows:
     """The rows of a call's clips by position, each given to `on_row(position, row)` once it and every clip before
-    it have theirs: in the order given, each once."""
+    it have theirs: in the order given, each once. An on_row that raises stops the call and is not called again."""
 
     def __init__(self, names: list[str], on_row: Callable[[int, dict], None] | None = None):
         self.names, self.on_row = names, on_row
@@ -35,9 +35,18 @@ class ClipRows:
     def add(self, i: int, row: dict) -> None:
         self.rows[i] = row
         while self.given in self.rows:
-            if self.on_row is not None:
-                self.on_row(self.given, self.rows[self.given])
-            self.given += 1
+            self.given += 1  # counted before on_row runs: one that raises is not given this row again
+            self._give(self.given - 1)
+
+    def _give(self, i: int) -> None:
+        if self.on_row is None:
+            return
+        try:
+            self.on_row(i, self.rows[i])
+        except Exception:  # the caller's failure (a pipe whose reader left): held() gives it nothing more (a Ctrl-C
+            # that lands in it is no failure of it: the held rows are still given)
+            self.on_row = None
+            raise
 
     def error(self, i: int, why: str) -> None:
         self.add(i, {"audio": self.names[i], "error": why})
@@ -45,10 +54,9 @@ class ClipRows:
     def held(self) -> None:
         """A stopped call: the rows finished behind a clip still undone, given out in order (gaps where clips were
         not done), so a stop loses no finished transcript."""
-        for i in sorted(i for i in self.rows if i >= self.given):
-            if self.on_row is not None:
-                self.on_row(i, self.rows[i])
-        self.given = len(self.names)
+        held, self.given = sorted(i for i in self.rows if i >= self.given), len(self.names)
+        for i in held:
+            self._give(i)
 
     def all(self) -> list[dict]:
         return [self.rows[i] for i in range(len(self.names))]

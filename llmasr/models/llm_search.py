@@ -35,18 +35,37 @@ def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs
     return searched_rows_only(search, merged, batch, ctc, heard, synced, cfg.confidence, mode)
 
 
+# what generate takes out of its **kwargs itself, named neither by its signature nor by GenerationConfig (stop_strings
+# need tokenizer=, assisted decoding across vocabularies assistant_tokenizer=)
+GENERATE_KWARGS = frozenset({"tokenizer", "assistant_tokenizer", "trust_remote_code"})
+# what llm_search passes generate itself, beside DecodeConfig's fields (a caller's would reach it twice): the end
+# token, the guards, the boost and the guide are processors of its own, the n-best its own scores
+SEARCH_SETS = {
+    "inputs_embeds": "the audio and the prompt", "attention_mask": "the audio and the prompt",
+    "eos_token_id": "the prompt's end token (the LLM's other end tokens end a row too)",
+    "pad_token_id": "the prompt's padding",
+    "logits_processor": "the guards, the hotword boost and the CTC guide", "do_sample": "a search, never sampling",
+    "num_return_sequences": "the n-best the CTC head rescores", "output_scores": "the n-best the CTC head rescores",
+    "return_dict_in_generate": "the n-best the CTC head rescores",
+}  # fmt: skip
+
+
 def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
     """TypeError naming each of `kwargs` (a search's settings no DecodeConfig field takes, for the LLM's generate) that
     generate would refuse, with the nearest keyword: called before the encoder runs, where generate had refused a typo
-    only after it ("model_kwargs are not used by the model"). What generate takes is transformers' own reading: its
-    signature, the LLM's GenerationConfig (whose update takes what it has), and the model's inputs (its check of
-    model_kwargs, where this transformers has it; without it, such a keyword is left to generate)."""
+    only after it ("model_kwargs are not used by the model"). What generate takes is read from transformers where it
+    says it: generate's signature, the LLM's GenerationConfig (whose update takes what it has) and the model's inputs
+    (its check of model_kwargs, where this transformers has it; without it, such a keyword is left to generate); the
+    few it takes out of its **kwargs itself, which nothing there names, are GENERATE_KWARGS. One the search passes
+    generate itself (SEARCH_SETS) is refused too, saying what it sets there."""
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
+    if own := [k for k in kwargs if k in SEARCH_SETS]:
+        raise TypeError("; ".join(f"{where}: {k!r} is set by llmasr's search itself ({SEARCH_SETS[k]})" for k in own))
     base = base_lm(llm)
     config = getattr(base, "generation_config", None) or GenerationConfig()
-    named = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}
+    named = (set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}) | GENERATE_KWARGS
     inputs = getattr(base, "_validate_model_kwargs", None)
     unknown = []
     for key in (k for k in kwargs if k not in named and not hasattr(config, k)):

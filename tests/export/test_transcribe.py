@@ -878,3 +878,23 @@ def test_each_row_is_given_out_in_order_as_soon_as_it_and_those_before_it_are_do
     assert seen == [(0, files[0]), (1, files[1]), (2, files[2])] and [r["audio"] for r in rows] == files
     # the first given before the next batch, the third held until the second, before it, was done
     assert batches == [[], [(0, files[0])], [(0, files[0])]]
+
+
+def test_an_on_row_that_raises_stops_the_call_and_is_not_called_again(asr, clips, monkeypatch):
+    """on_row raising (a pipe whose reader left, a caller's own bug) had stopped the call with that row not counted as
+    given: the stop then gave it again, and the rows after it, to the on_row that had just failed (the command printed
+    that file's stderr note twice). Each row is given once, and an on_row that raised is not called again."""
+    _, paths = clips
+    files = [str(paths[0]), str(paths[2]), str(paths[1])]  # decoded shortest first: 0, 2, 1 (one a batch)
+    monkeypatch.setattr(asr.cfg, "batch_seconds", 0.1)
+    seen = []
+
+    def on_row(i, row):
+        seen.append(i)
+        if i == 0:
+            raise ValueError("the caller's own failure")
+
+    with pytest.raises(ValueError, match="the caller's own failure") as caught:
+        asr.transcripts(files, on_row=on_row)
+    assert seen == [0]
+    assert caught.value.__context__ is None  # raised once, not again while the stop gave out the held rows

@@ -555,3 +555,28 @@ def test_a_misspelt_generate_keyword_is_refused_before_the_encoder_runs(model, m
     want = model.transcribe(batch, max_new_tokens=3).llm
     # a GenerationConfig field, a keyword of generate's own, an input of the model: transformers takes them
     assert model.transcribe(batch, max_new_tokens=3, length_penalty=1.0, synced_gpus=False, use_cache=True).llm == want
+
+
+def test_generate_keywords_transformers_takes_outside_its_signature_still_reach_it(model):
+    """`stop_strings` needs generate's `tokenizer=` (and assisted decoding its `assistant_tokenizer=`), which generate
+    takes from its **kwargs, named by neither its signature nor GenerationConfig: the typo check refused them as
+    unknown settings. They reach generate."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    want = model.transcribe(batch, max_new_tokens=3).llm
+    got = model.transcribe(batch, max_new_tokens=3, stop_strings=["\x00never"], tokenizer=model.prompt.tokenizer).llm
+    assert got == want
+    with pytest.raises(TypeError, match=r"unknown setting 'tokeniser'.*; did you mean 'tokenizer'\?$"):
+        model.transcribe(batch, tokeniser=model.prompt.tokenizer)
+
+
+@pytest.mark.parametrize("given", ["eos_token_id", "logits_processor", "output_scores", "do_sample", "attention_mask"])
+def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder_runs(model, monkeypatch, given):
+    """generate takes eos_token_id or logits_processor, so the typo check let them by, but the search passes them
+    itself: generate was called with two values for one keyword, a TypeError of Python's after the encoder pass.
+    They are refused first, named with why."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    ran = []
+    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
+    with pytest.raises(TypeError, match=rf"^transcribe: {given!r} is set by llmasr's search itself"):
+        model.transcribe(batch, **{given: None})
+    assert ran == []

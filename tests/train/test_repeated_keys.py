@@ -48,6 +48,7 @@ def test_the_ranks_shares_of_the_screen_merge_to_the_repeats_of_the_whole():
     whole = KeyRepeats()
     for i, key in enumerate(keys):
         whole.note(key, i)
+    whole.merge([whole.part()])
     parts = []
     for part in range(3):
         share = KeyRepeats()
@@ -56,4 +57,26 @@ def test_the_ranks_shares_of_the_screen_merge_to_the_repeats_of_the_whole():
         parts.append(share.part())
     merged = KeyRepeats()
     merged.merge(parts)
-    assert merged.again == whole.again == [(2, "a"), (4, "b"), (5, "a")] and merged.first == whole.first
+    assert merged.again == whole.again == [(2, 0), (4, 1), (5, 0)]  # (a repeat, its key's first position)
+    said = merged.text(lambda i: f"m.jsonl:{i + 1}", keys.__getitem__)
+    assert said.startswith("3 line(s) repeat an earlier line's key: 'a' at m.jsonl:1 and m.jsonl:3; 'b' at m.jsonl:2 "
+                           "and m.jsonl:5; 'a' at m.jsonl:1 and m.jsonl:6 (")  # fmt: skip
+
+
+def test_the_screen_keeps_and_sends_a_few_bytes_a_line_not_every_key():
+    """The screen runs on every rank at train start-up over every line (tens of millions in a large corpus): a dict of
+    every key had held ~140 bytes a line on each rank, and each rank's share, pickled with its keys, was sent to every
+    rank. A key is kept, and sent, as a 64-bit hash and its position: as the manifest's own index, 8 bytes each."""
+    import pickle
+    import tracemalloc
+
+    n = 20_000
+    tracemalloc.start()
+    share = KeyRepeats()
+    for i in range(n):  # each key as parsed from its line, WenetSpeech's (30 characters)
+        share.note(f"Y{i:010d}_--5llN02F84_S{i % 997:05d}", i)
+    part = share.part()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert held < 40 * n, held  # the arrays, with their growth's slack
+    assert len(pickle.dumps(part)) < 20 * n
