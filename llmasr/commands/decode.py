@@ -160,10 +160,10 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
         if world.leader:
             print(f"llmasr decode: error: {stop}", file=sys.stderr)
         return stop.exit_code
-    model, cfg, opts = ready
+    model, cfg, opts, identity = ready
     try:  # each rank decodes its share with what it loaded: a node's other export would score as this model
         if world.size > 1:
-            world.same_everywhere(decode_identity(model, cfg, opts))
+            world.same_everywhere(identity)
     except ConfigError as err:  # every rank alike: rank 0 says it
         if world.leader:
             print(f"llmasr decode: error: {err}", file=sys.stderr)
@@ -173,7 +173,8 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
 
 
 def _prepare(args, world: DecodeWorld):
-    """(model, cfg, opts) for decoding, or Refused: what `args` ask for checked on this rank (its node's files)."""
+    """(model, cfg, opts, identity) for decoding, or Refused: what `args` ask for checked on this rank (its node's
+    files); identity (decode_identity, on N ranks: None on one) is what the ranks compare before decoding."""
     try:  # before the model loads: a bad list file fails at once
         hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
     except PhraseFileError as err:
@@ -222,11 +223,12 @@ def _prepare(args, world: DecodeWorld):
         given["language"] = asked_language(model, args.language, "--language")  # as Transcriber's language= is
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
+        identity = decode_identity(model, cfg, opts) if world.size > 1 else None  # a VAD that fails: gathered
     except (ConfigError, DecodeError, ValueError) as err:
         raise Refused(str(err)) from None
     if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
         log.warning("%s", unsafe)
-    return model, cfg, opts
+    return model, cfg, opts, identity
 
 
 def _hotword_flags(args) -> tuple[str, ...]:
