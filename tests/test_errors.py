@@ -2,6 +2,7 @@
 the full-disk diagnosis; and recipe errors inside optional sections naming their key."""
 
 import errno
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -173,6 +174,31 @@ def test_a_stop_signal_outside_training_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save)\n"
     assert errors.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "llmasr decode: stopped by SIGINT\n"
+    monkeypatch.setenv("RANK", "1")  # a launcher's rank 1, stopped as training starts: it had said nothing
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
+    assert (
+        capsys.readouterr().err == "llmasr train: rank 1 stopped by SIGTERM before training started (nothing to save)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_on_any_rank_is_one_line_naming_it(tmp_path, name):
+    """A launcher's rank 1 stopped by a signal where its command installed no handler (the model loading): it ended
+    without a word, by the signal; it now says so with its rank, and exits 128 + N as a shell reports it."""
+    import signal
+    import subprocess
+    import sys
+
+    stop = f"lambda argv: os.kill(os.getpid(), signal.{name})"
+    script = f"import os, signal, sys\nfrom llmasr import errors\nsys.exit(errors.run('llmasr decode', {stop}, []))\n"
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 128 + getattr(signal, name), done.stderr
+    assert done.stderr == f"llmasr decode: rank 1 stopped by {name}\n"
+    one = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=one, timeout=120)
+    assert (done.returncode, done.stderr) == (128 + getattr(signal, name), f"llmasr decode: stopped by {name}\n")
 
 
 @dataclass

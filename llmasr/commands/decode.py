@@ -140,7 +140,8 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
     """main's decode once the ranks have met; `held`: what stays held until it ends (rank 0's lock on --output)."""
     failure = ready = None
     try:
-        ready = _prepare(args, world)
+        with errors.stop_signals_raise("while loading the model"):  # before rank 0's lock on --output
+            ready = _prepare(args, world)
         if world.leader:  # a second decode into it is refused at once, not at its end (written_since_cleared)
             held.enter_context(
                 writing(Path(args.output), flag="--output", error=Refused, writer="decode", lockless_ok=True)
@@ -244,11 +245,15 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
         clear_earlier_folders(output, folders)
         for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
             clear_for_decode(folder)  # every folder before the first manifest: decode_manifest clears none again
-    for data, out_dir in zip(manifests, folders):
+    for done, (data, out_dir) in enumerate(zip(manifests, folders)):
         name = out_dir.relative_to(output).as_posix() if len(manifests) > 1 else None  # its folder: clean/test
-        try:
-            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True,
-                                      name=name)  # fmt: skip
+        # rank 0 writes (its lock's handler says so between manifests); the others decode their share
+        doing = f"while writing {output}, decoding {data}" if world.leader else f"while decoding {data}"
+        doing += f", {done} of {len(manifests)} manifests done" if len(manifests) > 1 else ""
+        try:  # a rank without the lock (rank 0's, on --output) is stopped here as well
+            with errors.stop_signals_raise(doing):
+                summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True,
+                                          name=name)  # fmt: skip
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
             # decoding may be one rank's, which going on to the next manifest would pair with another's rows
             if world.leader:  # rank 0 says it, once (its folder was cleared at the start: nothing written there)
