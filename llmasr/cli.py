@@ -2,7 +2,8 @@
 
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
 `--local_rank=N` to the arguments, under torchrun, which sets LOCAL_RANK in the environment, and as the tasks of an
-srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env).
+srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env). RANK / WORLD_SIZE left over in a shell are
+told from a launcher's before a one-process verb starts (llmasr.launched_ranks).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from importlib import import_module
 
 from llmasr import errors, slurm_env
+from llmasr.launched_ranks import left_over_ranks
 
 VERBS = {
     "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
@@ -99,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
     if verb not in RANKED and not helps:
+        if stale := left_over_ranks():  # each says it: no launcher's rank 0 speaks for them
+            print(f"{prog}: error: {stale}", file=sys.stderr)
+            return 2
         refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
         if verb not in LAUNCHER_TAKEN and not refused:
             refused = slurm_env.launcher_refusal(f"`{prog}`", "rank would run it whole, into the same files")
