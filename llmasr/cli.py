@@ -100,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
+    # each rank says it: a rank > 0 stays silent for its rank 0, a ranked verb's waits for it in the process group
+    if not helps and (stale := left_over_ranks()):
+        print(f"{prog}: error: {stale}", file=sys.stderr)
+        return 2
     if verb not in RANKED and not helps:
-        if stale := left_over_ranks():  # each says it: no launcher's rank 0 speaks for them
-            print(f"{prog}: error: {stale}", file=sys.stderr)
-            return 2
         refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
         if verb not in LAUNCHER_TAKEN and not refused:
             refused = slurm_env.launcher_refusal(f"`{prog}`", "rank would run it whole, into the same files")

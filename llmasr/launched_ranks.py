@@ -3,8 +3,9 @@ by an earlier job (`export RANK=1 WORLD_SIZE=2`, a job's environment sourced aga
 
 A one-process verb (check, export, score, data ...) started as rank R > 0 of a launcher stays silent: rank 0 says
 what there is to say, once (llmasr.cli). Left over in a shell, the same variables made a plain `llmasr check` exit
-at once without a word. The environment cannot tell the two apart (a stale export may hold every variable a launcher
-sets, MASTER_ADDR and TORCHELASTIC_* included), so:
+at once without a word, and `llmasr decode` wait in its process group for a rank 0 that never comes. The
+environment cannot tell the two apart (a stale export may hold every variable a launcher sets, MASTER_ADDR and
+TORCHELASTIC_* included), so:
 
 - the process's parent is asked first: deepspeed's launcher (`deepspeed.launcher.launch`, which its runner starts on
   every node) and torchrun (`torch.distributed.run`, accelerate's launch) start each rank themselves. Nothing is

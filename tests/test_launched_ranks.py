@@ -1,7 +1,8 @@
 """RANK / WORLD_SIZE left over in a shell (an earlier job's, exported) against a launcher's ranks
 (llmasr.launched_ranks): a one-process verb on a launcher's rank > 0 stays silent, rank 0 speaking for it; the same
-variables in a plain shell made `llmasr check` exit at once without a word. Every case runs in subprocesses, as a
-user's shell and a launcher start them."""
+variables in a plain shell made `llmasr check` exit at once without a word (and `llmasr decode` wait for a rank 0
+in its process group, up to its timeout, with MASTER_ADDR / MASTER_PORT left over too). Every case runs in
+subprocesses, as a user's shell and a launcher start them."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ LEFT_OVER = (
 )
 VERBS = [["check", "--config", "r.yaml", "--deepspeed", "zero2"], ["export", "--checkpoint", "run", "--output", "out"],
          ["data", "check", "m.jsonl"], ["score", "--ref", "ref.txt", "--hyp", "hyp.txt"],
-         ["transcribe", "--model", "m", "a.wav"]]  # fmt: skip
+         ["transcribe", "--model", "m", "a.wav"], ["decode", "--model", "m", "--data", "d.jsonl", "--output", "o"],
+         ["train", "--config", "r.yaml", "--deepspeed", "zero2"]]  # fmt: skip
 
 
 def shell_env(**ranks) -> dict:
@@ -38,7 +40,8 @@ def llmasr(argv, env, cwd, **kw) -> subprocess.Popen:
 
 @pytest.mark.parametrize("argv", VERBS, ids=lambda argv: argv[0])
 def test_ranks_left_over_in_a_shell_are_named(tmp_path, argv):
-    """`export RANK=1 WORLD_SIZE=2 LOCAL_RANK=1` left in the shell: the verb said nothing and exited (0 for check)."""
+    """`export RANK=1 WORLD_SIZE=2 LOCAL_RANK=1` left in the shell: the verb said nothing and exited (0 for check; 1
+    for decode and train, whose process group wanted MASTER_ADDR, an error rank 0 alone would have said)."""
     env = shell_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
     out, err = llmasr(argv, env, tmp_path).communicate(timeout=120)
     prog = "llmasr " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
