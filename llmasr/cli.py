@@ -13,7 +13,6 @@ import sys
 from importlib import import_module
 
 from llmasr import errors, slurm_env
-from llmasr.launched_ranks import left_over_ranks
 
 VERBS = {
     "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
@@ -100,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
+    from llmasr.launched_ranks import left_over_ranks
+
     # each rank says it: a rank > 0 stays silent for its rank 0, a ranked verb's waits for it in the process group
     if not helps and (stale := left_over_ranks()):
         print(f"{prog}: error: {stale}", file=sys.stderr)
