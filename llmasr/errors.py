@@ -343,21 +343,11 @@ def _to_log(prefix: str, rank: int, tb: str) -> None:
             pass  # the log may be what failed (disk full); the message still goes out
 
 
-def stopped_line(prog: str, signum: int, when: str = "") -> str:
-    """The one line a process stopped by `signum` leaves, `when` saying what it was doing; every rank of a launch says
-    it, with its rank: one without the --output lock, or before a command installed its own handler, had ended
-    without a word (rank 0 alone spoke, and only where it held one)."""
-    from llmasr.slurm_env import launcher_ranks
-
-    rank = f"rank {process_rank()} " if launcher_ranks() is not None else ""
-    return f"{prog}: {rank}stopped by {signal_name(signum)}" + (f" {when} (nothing to save)" if when else "")
-
-
 def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
     """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc). SIGTERM
     and SIGUSR1 raise Interrupted from the start (stop_signals_raise), where a command's own handler (a `when` of
     its own, training's Preemption) does not stand in front."""
-    from llmasr.stop_watch import stuck_main_ends
+    from llmasr.stop_watch import stopped_line, stuck_main_ends
 
     try:
         with stop_signals_raise(""), stuck_main_ends(prog):

@@ -1,11 +1,11 @@
-"""A stop signal ends the process even where the main thread cannot take it.
+"""How a stop signal is said (`stopped_line`), and that it ends the process even where the main thread cannot take it.
 
 errors.run has SIGTERM and SIGUSR1 raise Interrupted (errors.stop_signals_raise), but Python runs a signal's handler
 only when the main thread returns to Python code: a rank blocked in a C++ call (a rendezvous that waits for a rank 0
 that never comes, a collective whose peer hangs) took no notice of SIGTERM at all, where the signal's default action
 had ended it. A watcher thread reads the signals off the wakeup fd (as training's Preemption does, whose own watcher
 stands in for this one while it is installed): when the main thread has not raised Interrupted within
-STUCK_GRACE_S, the watcher says the stop line itself (errors.stopped_line, saying where it was stuck) and ends the
+STUCK_GRACE_S, the watcher says the stop line itself (stopped_line, saying where it was stuck) and ends the
 process with 128 + N.
 """
 
@@ -20,8 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from llmasr import errors
+from llmasr.slurm_env import launcher_ranks
 
 STUCK_GRACE_S = 10.0  # a long C++ call that does return (a large tensor read) comes back well within it
+
+
+def stopped_line(prog: str, signum: int, when: str = "") -> str:
+    """The one line a process stopped by `signum` leaves, `when` saying what it was doing; every rank of a launch says
+    it, with its rank: one without the --output lock, or before a command installed its own handler, had ended
+    without a word (rank 0 alone spoke, and only where it held one)."""
+    rank = f"rank {errors.process_rank()} " if launcher_ranks() is not None else ""
+    return f"{prog}: {rank}stopped by {errors.signal_name(signum)}" + (f" {when} (nothing to save)" if when else "")
 
 
 @contextmanager
@@ -63,6 +72,6 @@ def _watch(prog: str, reader: socket.socket, ended: threading.Event) -> None:
             return
         where = errors.doing[-1] if errors.doing else ""
         when = (f"{where}, " if where else "while ") + f"stuck in a call that did not return within {STUCK_GRACE_S:g} s"
-        sys.stderr.write(errors.stopped_line(prog, signum, when) + "\n")
+        sys.stderr.write(stopped_line(prog, signum, when) + "\n")
         sys.stderr.flush()
         os._exit(errors.signal_status(signum))

@@ -201,6 +201,41 @@ def test_a_stop_signal_on_any_rank_is_one_line_naming_it(tmp_path, name):
     assert (done.returncode, done.stderr) == (128 + getattr(signal, name), f"llmasr decode: stopped by {name}\n")
 
 
+def test_a_stop_signal_ends_a_rank_stuck_in_a_call_that_does_not_return(tmp_path):
+    """A rank blocked in C++ (a rendezvous waiting for a rank 0 that never comes: RANK=1 left over in the shell, or a
+    collective whose peer hangs) took no notice of SIGTERM once Python's handler stood in for the default action: it
+    now ends STUCK_GRACE_S later, saying so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from llmasr.train.process_group import free_port
+
+    script = (
+        "import datetime, sys\n"
+        "import llmasr.stop_watch as w\n"
+        "w.STUCK_GRACE_S = 1.0\n"
+        "from llmasr import errors\n"
+        "def main(argv):\n"
+        "    from torch.distributed import TCPStore\n"
+        "    print('waiting', flush=True)\n"
+        "    with errors.stop_signals_raise('while meeting rank 0'):\n"
+        f"        TCPStore('127.0.0.1', {free_port()}, is_master=False, timeout=datetime.timedelta(seconds=120))\n"
+        "sys.exit(errors.run('llmasr decode', main, []))\n"
+    )
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "TORCH_CPP_LOG_LEVEL": "FATAL"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline() == "waiting\n"
+    time.sleep(1.0)  # into the store's connect: a signal before it is taken as anywhere else (the tests above)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)  # the store's own timeout: 120 s
+    assert proc.returncode == 143, err
+    assert err.endswith("llmasr decode: rank 1 stopped by SIGTERM while meeting rank 0, stuck in a call that did not "
+                        "return within 1 s (nothing to save)\n"), err  # fmt: skip
+
+
 @dataclass
 class Inner:
     warmup_steps: int = 0
@@ -235,38 +270,3 @@ def test_a_directory_given_for_a_file_is_named_as_one(tmp_path):
         Manifest.open(tmp_path)
     with pytest.raises(PhraseFileError, match=f"{tmp_path}: a directory, not a hotword file"):
         read_phrase_file(tmp_path)
-
-
-def test_a_stop_signal_ends_a_rank_stuck_in_a_call_that_does_not_return(tmp_path):
-    """A rank blocked in C++ (a rendezvous waiting for a rank 0 that never comes: RANK=1 left over in the shell, or a
-    collective whose peer hangs) took no notice of SIGTERM once Python's handler stood in for the default action: it
-    now ends STUCK_GRACE_S later, saying so."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from llmasr.train.process_group import free_port
-
-    script = (
-        "import datetime, sys\n"
-        "import llmasr.stop_watch as w\n"
-        "w.STUCK_GRACE_S = 1.0\n"
-        "from llmasr import errors\n"
-        "def main(argv):\n"
-        "    from torch.distributed import TCPStore\n"
-        "    print('waiting', flush=True)\n"
-        "    with errors.stop_signals_raise('while meeting rank 0'):\n"
-        f"        TCPStore('127.0.0.1', {free_port()}, is_master=False, timeout=datetime.timedelta(seconds=120))\n"
-        "sys.exit(errors.run('llmasr decode', main, []))\n"
-    )
-    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "TORCH_CPP_LOG_LEVEL": "FATAL"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    assert proc.stdout.readline() == "waiting\n"
-    time.sleep(1.0)  # into the store's connect: a signal before it is taken as anywhere else (the tests above)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)  # the store's own timeout: 120 s
-    assert proc.returncode == 143, err
-    assert err.endswith("llmasr decode: rank 1 stopped by SIGTERM while meeting rank 0, stuck in a call that did not "
-                        "return within 1 s (nothing to save)\n"), err  # fmt: skip
