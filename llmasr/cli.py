@@ -2,7 +2,8 @@
 
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
 `--local_rank=N` to the arguments, under torchrun, which sets LOCAL_RANK in the environment, and as the tasks of an
-srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env).
+srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env). RANK / WORLD_SIZE left over in a shell are
+told from a launcher's before a one-process verb starts (llmasr.launched_ranks).
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
+    from llmasr.launched_ranks import left_over_ranks
+
+    # each rank says it: a rank > 0 stays silent for its rank 0, a ranked verb's waits for it in the process group
+    if not helps and (stale := left_over_ranks()):
+        print(f"{prog}: error: {stale}", file=sys.stderr)
+        return 2
     if verb not in RANKED and not helps:
         refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
         if verb not in LAUNCHER_TAKEN and not refused:

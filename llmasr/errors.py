@@ -215,6 +215,10 @@ class Interrupted(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+doing: list[str] = []  # the `when` of each stop_signals_raise block the main thread is in, innermost last
+stops_handled: list[int] = []  # the stop signals whose Interrupted the main thread raised
+
+
 @contextmanager
 def stop_signals_raise(when: str) -> Iterator[None]:
     """SIGTERM and SIGUSR1 raise Interrupted inside the block, as Ctrl-C raises KeyboardInterrupt, so the block
@@ -226,12 +230,15 @@ def stop_signals_raise(when: str) -> Iterator[None]:
         return
 
     def stop(signum, frame):
+        stops_handled.append(signum)  # the main thread took it (llmasr.stop_watch waits for that)
         raise Interrupted(signum, when)
 
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    doing.append(when)
     try:
         yield
     finally:
+        doing.pop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -338,14 +345,17 @@ def _to_log(prefix: str, rank: int, tb: str) -> None:
 
 
 def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
-    """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc)."""
+    """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc). SIGTERM
+    and SIGUSR1 raise Interrupted from the start (stop_signals_raise), where a command's own handler (a `when` of
+    its own, training's Preemption) does not stand in front."""
+    from llmasr.stop_watch import stopped_line, stuck_main_ends
+
     try:
-        return int(main(argv) or 0)
-    except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGINT) or a plain Ctrl-C where none was installed
+        with stop_signals_raise(""), stuck_main_ends(prog):
+            return int(main(argv) or 0)
+    except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGUSR1) or a plain Ctrl-C (SIGINT)
         signum = err.signum if isinstance(err, Interrupted) else 2
-        if process_rank() == 0:
-            when = f" {err.when} (nothing to save)" if isinstance(err, Interrupted) else ""
-            print(f"{prog}: stopped by {signal_name(signum)}{when}", file=sys.stderr, flush=True)
+        print(stopped_line(prog, signum, getattr(err, "when", "")), file=sys.stderr, flush=True)
         return signal_status(signum)
     except BrokenPipeError as err:
         if not stdout_reader_left():  # a socket's or a child's pipe: an error like any other

@@ -141,6 +141,8 @@ def test_a_one_process_verb_refuses_to_start_as_one_of_a_launchers_ranks(monkeyp
     for key in SRUN_TASK:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    # the ranks a launcher started (left over in a shell, the same variables are refused: test_launched_ranks)
+    monkeypatch.setattr("llmasr.launched_ranks.parent_launcher", lambda: "deepspeed.launcher.launch")
     said = ("started as one of a launcher's 2 ranks (WORLD_SIZE): `{prog}` runs as one process, and each rank would "
             "run it whole, into the same files. Run it once, without a launcher")  # fmt: skip
     refused_on_each(monkeypatch, capsys, tmp_path, argv, "RANK", ("0", "1"), said)

@@ -2,6 +2,7 @@
 the full-disk diagnosis; and recipe errors inside optional sections naming their key."""
 
 import errno
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -173,6 +174,66 @@ def test_a_stop_signal_outside_training_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save)\n"
     assert errors.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "llmasr decode: stopped by SIGINT\n"
+    monkeypatch.setenv("RANK", "1")  # a launcher's rank 1, stopped as training starts: it had said nothing
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
+    assert (
+        capsys.readouterr().err == "llmasr train: rank 1 stopped by SIGTERM before training started (nothing to save)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_on_any_rank_is_one_line_naming_it(tmp_path, name):
+    """A launcher's rank 1 stopped by a signal where its command installed no handler (the model loading): it ended
+    without a word, by the signal; it now says so with its rank, and exits 128 + N as a shell reports it."""
+    import signal
+    import subprocess
+    import sys
+
+    stop = f"lambda argv: os.kill(os.getpid(), signal.{name})"
+    script = f"import os, signal, sys\nfrom llmasr import errors\nsys.exit(errors.run('llmasr decode', {stop}, []))\n"
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 128 + getattr(signal, name), done.stderr
+    assert done.stderr == f"llmasr decode: rank 1 stopped by {name}\n"
+    one = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=one, timeout=120)
+    assert (done.returncode, done.stderr) == (128 + getattr(signal, name), f"llmasr decode: stopped by {name}\n")
+
+
+def test_a_stop_signal_ends_a_rank_stuck_in_a_call_that_does_not_return(tmp_path):
+    """A rank blocked in C++ (a rendezvous waiting for a rank 0 that never comes: RANK=1 left over in the shell, or a
+    collective whose peer hangs) took no notice of SIGTERM once Python's handler stood in for the default action: it
+    now ends STUCK_GRACE_S later, saying so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from llmasr.train.process_group import free_port
+
+    script = (
+        "import datetime, sys\n"
+        "import llmasr.stop_watch as w\n"
+        "w.STUCK_GRACE_S = 1.0\n"
+        "from llmasr import errors\n"
+        "def main(argv):\n"
+        "    from torch.distributed import TCPStore\n"
+        "    print('waiting', flush=True)\n"
+        "    with errors.stop_signals_raise('while meeting rank 0'):\n"
+        f"        TCPStore('127.0.0.1', {free_port()}, is_master=False, timeout=datetime.timedelta(seconds=120))\n"
+        "sys.exit(errors.run('llmasr decode', main, []))\n"
+    )
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "TORCH_CPP_LOG_LEVEL": "FATAL"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline() == "waiting\n"
+    time.sleep(1.0)  # into the store's connect: a signal before it is taken as anywhere else (the tests above)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)  # the store's own timeout: 120 s
+    assert proc.returncode == 143, err
+    assert err.endswith("llmasr decode: rank 1 stopped by SIGTERM while meeting rank 0, stuck in a call that did not "
+                        "return within 1 s (nothing to save)\n"), err  # fmt: skip
 
 
 @dataclass

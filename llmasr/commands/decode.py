@@ -140,7 +140,8 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
     """main's decode once the ranks have met; `held`: what stays held until it ends (rank 0's lock on --output)."""
     failure = ready = None
     try:
-        ready = _prepare(args, world)
+        with errors.stop_signals_raise("while loading the model"):  # before rank 0's lock on --output
+            ready = _prepare(args, world)
         if world.leader:  # a second decode into it is refused at once, not at its end (written_since_cleared)
             held.enter_context(
                 writing(Path(args.output), flag="--output", error=Refused, writer="decode", lockless_ok=True)
@@ -160,10 +161,10 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
         if world.leader:
             print(f"llmasr decode: error: {stop}", file=sys.stderr)
         return stop.exit_code
-    model, cfg, opts = ready
+    model, cfg, opts, identity = ready
     try:  # each rank decodes its share with what it loaded: a node's other export would score as this model
         if world.size > 1:
-            world.same_everywhere(decode_identity(model, cfg, opts))
+            world.same_everywhere(identity)
     except ConfigError as err:  # every rank alike: rank 0 says it
         if world.leader:
             print(f"llmasr decode: error: {err}", file=sys.stderr)
@@ -173,7 +174,8 @@ def _run(args, world: DecodeWorld, device, held: contextlib.ExitStack) -> int:
 
 
 def _prepare(args, world: DecodeWorld):
-    """(model, cfg, opts) for decoding, or Refused: what `args` ask for checked on this rank (its node's files)."""
+    """(model, cfg, opts, identity) for decoding, or Refused: what `args` ask for checked on this rank (its node's
+    files); identity (decode_identity, on N ranks: None on one) is what the ranks compare before decoding."""
     try:  # before the model loads: a bad list file fails at once
         hotwords = read_phrase_file(args.hotwords) if args.hotwords else None
     except PhraseFileError as err:
@@ -222,11 +224,12 @@ def _prepare(args, world: DecodeWorld):
         given["language"] = asked_language(model, args.language, "--language")  # as Transcriber's language= is
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
+        identity = decode_identity(model, cfg, opts) if world.size > 1 else None  # a VAD that fails: gathered
     except (ConfigError, DecodeError, ValueError) as err:
         raise Refused(str(err)) from None
     if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
         log.warning("%s", unsafe)
-    return model, cfg, opts
+    return model, cfg, opts, identity
 
 
 def _hotword_flags(args) -> tuple[str, ...]:
@@ -242,11 +245,15 @@ def _decode_all(model, manifests: list[str], output: Path, cfg, opts, device, wo
         clear_earlier_folders(output, folders)
         for folder in dict.fromkeys([output, *folders]):  # a single manifest's in OUTPUT, where several are decoded
             clear_for_decode(folder)  # every folder before the first manifest: decode_manifest clears none again
-    for data, out_dir in zip(manifests, folders):
+    for done, (data, out_dir) in enumerate(zip(manifests, folders)):
         name = out_dir.relative_to(output).as_posix() if len(manifests) > 1 else None  # its folder: clean/test
-        try:
-            summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True,
-                                      name=name)  # fmt: skip
+        # rank 0 writes (its lock's handler says so between manifests); the others decode their share
+        doing = f"while writing {output}, decoding {data}" if world.leader else f"while decoding {data}"
+        doing += f", {done} of {len(manifests)} manifests done" if len(manifests) > 1 else ""
+        try:  # a rank without the lock (rank 0's, on --output) is stopped here as well
+            with errors.stop_signals_raise(doing):
+                summary = decode_manifest(model, data, out_dir, cfg, opts, device=device, world=world, cleared=True,
+                                          name=name)  # fmt: skip
         except (FileNotFoundError, EmptyManifest, BadManifest) as err:  # every rank meets these alike; a fault met
             # decoding may be one rank's, which going on to the next manifest would pair with another's rows
             if world.leader:  # rank 0 says it, once (its folder was cleared at the start: nothing written there)

@@ -40,14 +40,31 @@ GATHER_TIMEOUT = timedelta(hours=2)
 def decode_identity(model, cfg, opts) -> dict:
     """What every rank of one decode must have alike, as DecodeWorld.same_everywhere compares it: the weights it loaded
     (a node's other export at the same path, a relative --model, a `latest` one node sees older: each rank would
-    decode its share with its own model), the decode settings and the options (a --hotwords list by its digest)."""
+    decode its share with its own model), the VAD it cuts long audio with (loaded here: ConfigError naming decode.vad
+    where it does not load), the decode settings and the options (a --hotwords list by its digest)."""
     from llmasr.models.fingerprint import tensors_sample
 
-    # paths as given (a --vad, --hotwords file) are the same words on every rank: the list read is compared
+    # paths as given (a --vad, --hotwords file) are the same words on every rank: what was read there is compared
     settings = {f"decode.{k}": repr(v) for k, v in dataclasses.asdict(cfg).items() if k != "vad"}
     options = {k: repr(v) for k, v in dataclasses.asdict(opts).items() if k not in ("hotwords", "hotwords_file")}
     hotwords = zlib.crc32(repr(opts.hotwords).encode())  # a long list as one number, not each phrase compared
-    return {"weights": tensors_sample(model), **settings, **options, "hotwords (the list read)": f"{hotwords:08x}"}
+    return {"weights": tensors_sample(model), **_vad_identity(cfg, model.frontend.sample_rate), **settings, **options,
+            "hotwords (the list read)": f"{hotwords:08x}"}  # fmt: skip
+
+
+def _vad_identity(cfg, sample_rate: int) -> dict:
+    """decode.vad as this rank loaded it: its network's tensors (as the model's are sampled), and its end-point
+    options and frontend, CMVN statistics included (a node's other VAD at the same path cuts long audio elsewhere)."""
+    if cfg.vad is None:
+        return {"vad": "none"}
+    from llmasr.models.fingerprint import tensors_sample
+    from llmasr.models.fsmn_vad import load_vad
+
+    vad = load_vad(cfg.vad, sample_rate)
+    frontend = vad.extractor.frontend
+    cmvn = Path(frontend.cmvn_file).read_bytes() if frontend.cmvn_file is not None else b""
+    setup = repr((vad.opts, dataclasses.replace(frontend, cmvn_file=None))).encode() + cmvn
+    return {"vad (the model read)": tensors_sample(vad.net), "vad (its settings)": f"{zlib.crc32(setup):08x}"}
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,23 @@ def test_ranks_that_read_other_biasing_lists_decode_nothing(exported_dir, tmp_pa
     assert out == [2, 2]
     err = capsys.readouterr().err
     assert "read different models or decode settings" in err and "\n  hotwords (the list read): '" in err
+
+
+def test_ranks_that_read_other_vad_models_decode_nothing(exported_dir, tmp_path, monkeypatch, capsys):
+    """--vad DIR names the same words on every rank; rank 1's node holds another VAD there (thread ranks share one
+    file system, so rank 1's load reads the other directory): its share of long audio would be cut elsewhere."""
+    from llmasr.models.fsmn_vad import FsmnVad
+    from llmasr.testing.tiny_vad import write_fsmn_vad_dir
+
+    ours = write_fsmn_vad_dir(tmp_path / "vad", seed=0)
+    theirs = write_fsmn_vad_dir(tmp_path / "node1_vad", seed=1)
+    real = FsmnVad.from_dir.__func__
+    monkeypatch.setattr(FsmnVad, "from_dir", classmethod(lambda cls, path: real(cls, theirs if (
+        threading.current_thread().name == "rank1" and str(path) == str(ours)) else path)))  # fmt: skip
+    data = write_corpus(tmp_path / "data", TEXTS)
+    out = decode_on_two_ranks(monkeypatch, exported_dir, [data, data], tmp_path / "out", "--vad", str(ours))
+    assert out == [2, 2]
+    err = capsys.readouterr().err
+    assert err.count("read different models or decode settings") == 1, err  # rank 0 says it
+    assert "\n  vad (the model read): '" in err, err
+    assert not (tmp_path / "out").exists()

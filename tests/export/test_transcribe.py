@@ -713,6 +713,8 @@ def test_the_command_refuses_to_run_as_one_of_several_ranks(exported_dir, clips,
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(Transcriber, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    # a launcher's ranks (the same variables left over in a shell are refused as such: test_launched_ranks)
+    monkeypatch.setattr("llmasr.launched_ranks.parent_launcher", lambda: "torch.distributed.run")
     _, paths = clips
     assert main(["transcribe", "--model", str(exported_dir), str(paths[0]), "--device", "cpu"]) == 2
     err = capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Whether the RANK / WORLD_SIZE this process was given come from a launcher running now, or were left in the shell
+by an earlier job (`export RANK=1 WORLD_SIZE=2`, a job's environment sourced again).
+
+A one-process verb (check, export, score, data ...) started as rank R > 0 of a launcher stays silent: rank 0 says
+what there is to say, once (llmasr.cli). Left over in a shell, the same variables made a plain `llmasr check` exit
+at once without a word, and `llmasr decode` wait in its process group for a rank 0 that never comes. The
+environment cannot tell the two apart (a stale export may hold every variable a launcher sets, MASTER_ADDR and
+TORCHELASTIC_* included), so:
+
+- the process's parent is asked first: deepspeed's launcher (`deepspeed.launcher.launch`, which its runner starts on
+  every node) and torchrun (`torch.distributed.run`, accelerate's launch) start each rank themselves. Nothing is
+  waited for.
+- under any other parent the ranks meet: rank 0 listens at MASTER_PORT and waits, at most MEET_WAIT_S, for every
+  other rank to check in (one line over TCP, no torch); each other rank waits as long for rank 0's answer at
+  MASTER_ADDR:MASTER_PORT. A rank that
+  meets none (or has no MASTER_ADDR / MASTER_PORT to meet at) says its variables look left over, and how to clear
+  them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+MEET_WAIT_S = 20.0  # other ranks still importing torch on a loaded node: seconds apart
+# a rank's parent process, by the program or module it runs (its command line's first words)
+LAUNCHERS = ("deepspeed.launcher.launch", "torch.distributed.run", "torch.distributed.launch", "torchrun",
+             "accelerate")  # fmt: skip
+_HELLO, _ANSWER = "llmasr-rank", "llmasr-rank-0"  # a rank's check-in, rank 0's answer
+
+
+def parent_launcher(pid: int | None = None) -> str | None:
+    """The launcher (one of LAUNCHERS) that started this process, read from its parent's command line; None for any
+    other parent (a shell, a script) or where /proc cannot tell."""
+    try:
+        words = Path(f"/proc/{os.getppid() if pid is None else pid}/cmdline").read_bytes().split(b"\0")[:4]
+    except OSError:
+        return None
+    names = [Path(w.decode(errors="replace")).name for w in words if w]
+    return next((n for n in names if n in LAUNCHERS), None)
+
+
+def _left_over(rank: int, size: int, why: str) -> str:
+    return (f"RANK={rank} WORLD_SIZE={size} in the environment, but {why}: they look left over from an earlier job "
+            "(a launcher sets them for the ranks it starts). Unset RANK, WORLD_SIZE and LOCAL_RANK (`unset RANK "
+            "WORLD_SIZE LOCAL_RANK`), or start the ranks with deepspeed or torchrun")  # fmt: skip
+
+
+def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | None:
+    """Why this process's RANK / WORLD_SIZE (more than one rank) are not a running launcher's (see the module's
+    docstring), or None where they are, or where it is one process. Rank 0 returns once every other rank has checked
+    in; the others once rank 0 answered. At most `wait_s` (MEET_WAIT_S) is waited, and only under a parent that is
+    no known launcher."""
+    try:
+        size, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
+    except ValueError:
+        return None  # the verb says what is wrong with them
+    if size <= 1 or parent_launcher() is not None:
+        return None
+    addr, port = environ.get("MASTER_ADDR", "").strip(), environ.get("MASTER_PORT", "").strip()
+    if not addr or not port.isdigit():
+        return _left_over(rank, size, "no MASTER_ADDR / MASTER_PORT to meet the other ranks at, and no launcher "
+                                      "started this process")  # fmt: skip
+    wait = MEET_WAIT_S if wait_s is None else wait_s
+    try:
+        missing = _host(int(port), size, wait) if rank == 0 else _check_in(addr, int(port), rank, wait)
+    except OSError as err:  # the port taken by another program
+        missing = f"{addr}:{port} (MASTER_ADDR:MASTER_PORT) could not be used ({err.strerror or err})"
+    if missing is None:
+        return None
+    return _left_over(rank, size, f"{missing}, and no launcher started this process")
+
+
+def _host(port: int, size: int, wait: float) -> str | None:
+    """Rank 0: every other rank's check-in taken, each answered; what is missing after `wait` seconds."""
+    deadline, seen = time.monotonic() + wait, set()
+    with socket.create_server(("", port)) as server:
+        while len(seen) < size - 1 and (left := deadline - time.monotonic()) > 0:
+            server.settimeout(left)
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                break
+            with conn:
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    said = conn.recv(64).decode(errors="replace").split()
+                    if len(said) == 2 and said[0] == _HELLO and said[1].isdigit():
+                        conn.sendall(f"{_ANSWER}\n".encode())
+                        seen.add(int(said[1]))
+                except OSError:
+                    continue  # another program's connection, or a rank gone: the others may still come
+    if len(seen) == size - 1:
+        return None
+    return f"{size - 1 - len(seen)} of the other ranks did not check in at port {port} (MASTER_PORT) within {wait:g} s"
+
+
+def _check_in(addr: str, port: int, rank: int, wait: float) -> str | None:
+    """Rank > 0: rank 0's answer at addr:port, asked until `wait` seconds have passed; what is missing after."""
+    deadline, where = time.monotonic() + wait, f"{addr}:{port} (MASTER_ADDR:MASTER_PORT)"
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            with socket.create_connection((addr, port), timeout=min(left, 2.0)) as conn:
+                conn.sendall(f"{_HELLO} {rank}\n".encode())
+                answer = conn.recv(64).decode(errors="replace").strip()
+            if answer == _ANSWER:
+                return None
+            return f"something other than llmasr's rank 0 answers at {where}"
+        except OSError:  # nobody listening yet (rank 0 still starting), or gone
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return f"rank 0 did not answer at {where} within {wait:g} s"
