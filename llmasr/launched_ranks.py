@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 MEET_WAIT_S = 20.0  # other ranks still importing torch on a loaded node: seconds apart
-# a rank's parent process, by the program or module it runs (its command line's first words)
+# a rank's parent process, by the program or module it runs
 LAUNCHERS = ("deepspeed.launcher.launch", "torch.distributed.run", "torch.distributed.launch", "torchrun",
-             "accelerate")  # fmt: skip
+             "accelerate", "accelerate.commands.launch")  # fmt: skip
 _HELLO, _ANSWER = "llmasr-rank", "llmasr-rank-0"  # a rank's check-in, rank 0's answer
 
 
@@ -35,11 +35,33 @@ def parent_launcher(pid: int | None = None) -> str | None:
     """The launcher (one of LAUNCHERS) that started this process, read from its parent's command line; None for any
     other parent (a shell, a script) or where /proc cannot tell."""
     try:
-        words = Path(f"/proc/{os.getppid() if pid is None else pid}/cmdline").read_bytes().split(b"\0")[:4]
+        words = Path(f"/proc/{os.getppid() if pid is None else pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    names = [Path(w.decode(errors="replace")).name for w in words if w]
-    return next((n for n in names if n in LAUNCHERS), None)
+    program = _program([w.decode(errors="replace") for w in words if w])
+    return program if program in LAUNCHERS else None
+
+
+def _program(words: list[str]) -> str | None:
+    """What a command line runs: its executable's name (`torchrun`), or for a Python interpreter the module after
+    -m or the script's name, its own options skipped wherever they stand (`python -X faulthandler -u -m ...`)."""
+    if not words or not Path(words[0]).name.startswith("python"):
+        return Path(words[0]).name if words else None
+    rest = iter(words[1:])
+    for word in rest:
+        if not word.startswith("-") or word == "-":
+            return Path(word).name
+        if word == "--check-hash-based-pycs":
+            next(rest, "")
+        for i, flag in enumerate(word[1:] if not word.startswith("--") else ""):
+            if flag in "mcXW":  # options that take a value, attached (-Xdev) or as the next word
+                value = word[i + 2 :] or next(rest, "")
+                if flag == "c":
+                    return None
+                if flag == "m":
+                    return value
+                break
+    return None
 
 
 def _left_over(rank: int, size: int, why: str) -> str:

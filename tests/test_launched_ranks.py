@@ -89,3 +89,32 @@ def test_a_launchers_rank_1_stays_silent(tmp_path):
     assert proc.returncode == 2, said[-3000:]
     assert said.count("llmasr check: error: recipe not found: r.yaml") == 1 and "left over" not in said, said[-3000:]
     assert_no_shm_left(port)
+
+
+def test_torchrun_started_with_python_options_is_a_launcher(tmp_path):
+    """`python -X faulthandler -u -m torch.distributed.run ...`: the module comes after the interpreter's options. Its
+    ranks had not been told as a launcher's: rank 0 met at MASTER_PORT, which torchrun's own store holds, and stopped
+    the real launch as left over ("Address already in use")."""
+    cmd = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        "-u",
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "llmasr",
+        "check",
+        "--config",
+        "r.yaml",
+        "--deepspeed",
+        "zero2",
+    ]
+    proc = subprocess.run(cmd, env=shell_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    said = proc.stdout + proc.stderr
+    assert "left over" not in said, said[-3000:]
+    assert said.count("llmasr check: error: recipe not found: r.yaml") == 1, said[-3000:]
