@@ -7,6 +7,8 @@ subprocesses, as a user's shell and a launcher start them."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -118,3 +120,25 @@ def test_torchrun_started_with_python_options_is_a_launcher(tmp_path):
     said = proc.stdout + proc.stderr
     assert "left over" not in said, said[-3000:]
     assert said.count("llmasr check: error: recipe not found: r.yaml") == 1, said[-3000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_the_ranks_meet_is_said(tmp_path, signum):
+    """A rank waiting for rank 0's answer (up to MEET_WAIT_S) is stopped: SIGTERM had ended it without a word, Ctrl-C
+    with a traceback. It says the one stop line, with its rank, and exits 128 + N, as every stopped rank does."""
+    with socket.create_server(("127.0.0.1", 0)) as rank_0:  # a rank 0 that takes the check-in and never answers
+        env = shell_env(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=str(rank_0.getsockname()[1]))  # fmt: skip
+        entry = ENTRY.replace("MEET_WAIT_S = 3.0", "MEET_WAIT_S = 120.0")
+        proc = subprocess.Popen([sys.executable, "-c", entry, *VERBS[0]], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        rank_0.settimeout(120)
+        conn, _ = rank_0.accept()
+        with conn:
+            assert conn.recv(64).startswith(b"llmasr-rank 1")
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=120)
+    when = " while meeting the other ranks (nothing to save)" if signum == signal.SIGTERM else ""  # Ctrl-C: no when
+    assert err == f"llmasr check: rank 1 stopped by {signal.Signals(signum).name}{when}\n", err
+    assert (proc.returncode, out) == (128 + signum, "")
+    assert not list(tmp_path.iterdir())
