@@ -9,7 +9,8 @@ TORCHELASTIC_* included), so:
 
 - the process's parent is asked first: deepspeed's launcher (`deepspeed.launcher.launch`, which its runner starts on
   every node) and torchrun (`torch.distributed.run`, accelerate's launch) start each rank themselves. Nothing is
-  waited for.
+  waited for; nor where RANK / WORLD_SIZE are this srun task's own (slurm_env.numbered_by_step: a batch script
+  numbered its tasks), whose rank 0 may start long after the others.
 - under any other parent the ranks meet: rank 0 listens at MASTER_PORT and waits, at most MEET_WAIT_S, for every
   other rank to check in (one line over TCP, no torch); each other rank waits as long for rank 0's answer at
   MASTER_ADDR:MASTER_PORT. A rank that
@@ -23,6 +24,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from llmasr import slurm_env
 
 MEET_WAIT_S = 20.0  # other ranks still importing torch on a loaded node: seconds apart
 # a rank's parent process, by the program or module it runs
@@ -79,7 +82,7 @@ def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | No
         size, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
     except ValueError:
         return None  # the verb says what is wrong with them
-    if size <= 1 or parent_launcher() is not None:
+    if size <= 1 or parent_launcher() is not None or slurm_env.numbered_by_step(environ):
         return None
     addr, port = environ.get("MASTER_ADDR", "").strip(), environ.get("MASTER_PORT", "").strip()
     if not addr or not port.isdigit():

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from llmasr.testing.launcher import LAUNCHER_VARIABLES, assert_no_shm_left
+from llmasr.testing.launcher import LAUNCHER_VARIABLES, assert_no_shm_left, srun_env
 from llmasr.train.process_group import free_port
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,3 +142,17 @@ def test_a_stop_signal_while_the_ranks_meet_is_said(tmp_path, signum):
     assert err == f"llmasr check: rank 1 stopped by {signal.Signals(signum).name}{when}\n", err
     assert (proc.returncode, out) == (128 + signum, "")
     assert not list(tmp_path.iterdir())
+
+
+def test_srun_tasks_numbered_by_the_batch_script_wait_for_no_meeting(tmp_path):
+    """A batch script that exports WORLD_SIZE / MASTER_* and runs `srun bash -c 'RANK=$SLURM_PROCID ... llmasr ...'`:
+    its tasks' parent is slurmstepd. They had met at MASTER_PORT for at most MEET_WAIT_S, so a rank 0 that came
+    later (its node still importing the job's container) stopped a real job as left over. RANK / WORLD_SIZE that are
+    this srun task's own (SLURM_PROCID, SLURM_STEP_NUM_TASKS) are a launcher's: nothing is waited for."""
+    env = srun_env(1, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    proc = llmasr(VERBS[0], env, tmp_path)  # no rank 0 anywhere
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (0, "", "")  # check's other ranks end at once, rank 0 speaking for them
+    stale = srun_env(0, RANK="1", WORLD_SIZE="2")  # an earlier job's export inside a 2-task step: still named
+    out, err = llmasr(VERBS[0], stale, tmp_path).communicate(timeout=120)
+    assert "RANK=1 WORLD_SIZE=2 in the environment, but no MASTER_ADDR / MASTER_PORT" in err, err
