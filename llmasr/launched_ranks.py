@@ -13,9 +13,9 @@ TORCHELASTIC_* included), so:
   numbered its tasks), whose rank 0 may start long after the others.
 - under any other parent the ranks meet: rank 0 listens at MASTER_PORT and waits, at most MEET_WAIT_S, for every
   other rank to check in (one line over TCP, no torch); each other rank waits as long for rank 0's answer at
-  MASTER_ADDR:MASTER_PORT. A rank that
-  meets none (or has no MASTER_ADDR / MASTER_PORT to meet at) says its variables look left over, and how to clear
-  them.
+  MASTER_ADDR:MASTER_PORT, then for its word that every rank came (no rank goes on to its process group where rank
+  0 stops). A rank that meets too few (or has no MASTER_ADDR / MASTER_PORT to meet at) says its variables look left
+  over, and how to clear them.
 """
 
 from __future__ import annotations
@@ -99,8 +99,9 @@ def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | No
 
 
 def _host(port: int, size: int, wait: float) -> str | None:
-    """Rank 0: every other rank's check-in taken, each answered; what is missing after `wait` seconds."""
-    deadline, seen = time.monotonic() + wait, set()
+    """Rank 0: every other rank's check-in taken (each answered at once, and told at the end whether every rank came:
+    none goes on to its process group while rank 0 stops); what is missing after `wait` seconds."""
+    deadline, seen, waiting = time.monotonic() + wait, set(), []
     with socket.create_server(("", port)) as server:
         while len(seen) < size - 1 and (left := deadline - time.monotonic()) > 0:
             server.settimeout(left)
@@ -108,31 +109,52 @@ def _host(port: int, size: int, wait: float) -> str | None:
                 conn, _ = server.accept()
             except TimeoutError:
                 break
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                said = conn.recv(64).decode(errors="replace").split()
+                if len(said) == 2 and said[0] == _HELLO and said[1].isdigit():
+                    conn.sendall(f"{_ANSWER}\n".encode())
+                    seen.add(int(said[1]))
+                    waiting.append(conn)
+                    continue
+            except OSError:
+                pass  # another program's connection, or a rank gone: the others may still come
+            conn.close()
+        missing = size - 1 - len(seen)
+        for conn in waiting:
             with conn:
-                conn.settimeout(max(0.1, deadline - time.monotonic()))
                 try:
-                    said = conn.recv(64).decode(errors="replace").split()
-                    if len(said) == 2 and said[0] == _HELLO and said[1].isdigit():
-                        conn.sendall(f"{_ANSWER}\n".encode())
-                        seen.add(int(said[1]))
+                    conn.sendall(f"{_ANSWER} missing {missing}\n".encode())
                 except OSError:
-                    continue  # another program's connection, or a rank gone: the others may still come
-    if len(seen) == size - 1:
+                    pass  # a rank that has gone: nothing to tell it
+    if not missing:
         return None
-    return f"{size - 1 - len(seen)} of the other ranks did not check in at port {port} (MASTER_PORT) within {wait:g} s"
+    return f"{missing} of the other ranks did not check in at port {port} (MASTER_PORT) within {wait:g} s"
 
 
 def _check_in(addr: str, port: int, rank: int, wait: float) -> str | None:
-    """Rank > 0: rank 0's answer at addr:port, asked until `wait` seconds have passed; what is missing after."""
+    """Rank > 0: rank 0's answer at addr:port, asked until `wait` seconds have passed, then its word on whether every
+    rank came (after at most its own wait); what is missing after."""
     deadline, where = time.monotonic() + wait, f"{addr}:{port} (MASTER_ADDR:MASTER_PORT)"
     while (left := deadline - time.monotonic()) > 0:
+        answered = False
         try:
             with socket.create_connection((addr, port), timeout=min(left, 2.0)) as conn:
                 conn.sendall(f"{_HELLO} {rank}\n".encode())
-                answer = conn.recv(64).decode(errors="replace").strip()
-            if answer == _ANSWER:
-                return None
-            return f"something other than llmasr's rank 0 answers at {where}"
+                said = conn.makefile("r", encoding="utf-8", errors="replace")
+                if said.readline().strip() != _ANSWER:
+                    return f"something other than llmasr's rank 0 answers at {where}"
+                answered = True
+                conn.settimeout(wait + 5.0)  # rank 0 waits at most as long for the rest
+                verdict = said.readline().split()
         except OSError:  # nobody listening yet (rank 0 still starting), or gone
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            if not answered:
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            verdict = []
+        if verdict == [_ANSWER, "missing", "0"]:
+            return None
+        if len(verdict) != 3:
+            return f"rank 0 at {where} answered, then went before saying whether every rank had checked in"
+        return f"{verdict[2]} of the other ranks did not check in with rank 0 at {where}"
     return f"rank 0 did not answer at {where} within {wait:g} s"

@@ -156,3 +156,20 @@ def test_srun_tasks_numbered_by_the_batch_script_wait_for_no_meeting(tmp_path):
     stale = srun_env(0, RANK="1", WORLD_SIZE="2")  # an earlier job's export inside a 2-task step: still named
     out, err = llmasr(VERBS[0], stale, tmp_path).communicate(timeout=120)
     assert "RANK=1 WORLD_SIZE=2 in the environment, but no MASTER_ADDR / MASTER_PORT" in err, err
+
+
+def test_no_rank_goes_on_where_rank_0_met_too_few(tmp_path):
+    """Three ranks, rank 2 never comes: rank 0 stops at the end of its wait, and rank 1, which rank 0 had answered at
+    once, had gone on to wait in its process group for a rank 0 that had left (up to its timeout). Rank 0's
+    answer now waits for every rank: rank 1 stops too, saying why."""
+    env = {"WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs = [llmasr(VERBS[0], shell_env(**env, RANK=str(r), LOCAL_RANK=str(r)), tmp_path) for r in (1, 0)]
+    (out1, err1), (out0, err0) = (p.communicate(timeout=120) for p in procs)
+    why = f"1 of the other ranks did not check in at port {env['MASTER_PORT']} (MASTER_PORT) within 3 s"
+    assert procs[1].returncode == 2 and err0.startswith("llmasr check: error: RANK=0 WORLD_SIZE=3 " +
+                                                       LEFT_OVER.format(why=why)), err0  # fmt: skip
+    why = (
+        f"1 of the other ranks did not check in with rank 0 at 127.0.0.1:{env['MASTER_PORT']} (MASTER_ADDR:MASTER_PORT)"
+    )
+    assert procs[0].returncode == 2 and err1.startswith("llmasr check: error: RANK=1 WORLD_SIZE=3 " +
+                                                       LEFT_OVER.format(why=why)), err1  # fmt: skip
