@@ -67,8 +67,9 @@ def _program(words: list[str]) -> str | None:
     return None
 
 
-def _left_over(rank: int, size: int, why: str) -> str:
-    return (f"RANK={rank} WORLD_SIZE={size} in the environment, but {why}: they look left over from an earlier job "
+def _left_over(environ, size: int, why: str) -> str:
+    said = f"RANK={environ['RANK']} WORLD_SIZE={size}" if "RANK" in environ else f"WORLD_SIZE={size} (and no RANK)"
+    return (f"{said} in the environment, but {why}: they look left over from an earlier job "
             "(a launcher sets them for the ranks it starts). Unset RANK, WORLD_SIZE and LOCAL_RANK (`unset RANK "
             "WORLD_SIZE LOCAL_RANK`), or start the ranks with deepspeed or torchrun")  # fmt: skip
 
@@ -86,7 +87,7 @@ def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | No
         return None
     addr, port = environ.get("MASTER_ADDR", "").strip(), environ.get("MASTER_PORT", "").strip()
     if not addr or not port.isdigit():
-        return _left_over(rank, size, "no MASTER_ADDR / MASTER_PORT to meet the other ranks at, and no launcher "
+        return _left_over(environ, size, "no MASTER_ADDR / MASTER_PORT to meet the other ranks at, and no launcher "
                                       "started this process")  # fmt: skip
     wait = MEET_WAIT_S if wait_s is None else wait_s
     try:
@@ -95,7 +96,7 @@ def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | No
         missing = f"{addr}:{port} (MASTER_ADDR:MASTER_PORT) could not be used ({err.strerror or err})"
     if missing is None:
         return None
-    return _left_over(rank, size, f"{missing}, and no launcher started this process")
+    return _left_over(environ, size, f"{missing}, and no launcher started this process")
 
 
 def _host(port: int, size: int, wait: float) -> str | None:

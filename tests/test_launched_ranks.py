@@ -173,3 +173,10 @@ def test_no_rank_goes_on_where_rank_0_met_too_few(tmp_path):
     )
     assert procs[0].returncode == 2 and err1.startswith("llmasr check: error: RANK=1 WORLD_SIZE=3 " +
                                                        LEFT_OVER.format(why=why)), err1  # fmt: skip
+
+
+def test_world_size_without_rank_is_named_as_it_is(tmp_path):
+    """`export WORLD_SIZE=2` alone (a batch script's, before a plain srun): the message said RANK=0 was in the
+    environment, where there is no RANK to unset or look for."""
+    out, err = llmasr(VERBS[0], shell_env(WORLD_SIZE="2"), tmp_path).communicate(timeout=120)
+    assert err.startswith("llmasr check: error: WORLD_SIZE=2 (and no RANK) in the environment, but no MASTER_ADDR"), err
