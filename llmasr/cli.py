@@ -3,7 +3,7 @@
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
 `--local_rank=N` to the arguments, under torchrun, which sets LOCAL_RANK in the environment, and as the tasks of an
 srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env). RANK / WORLD_SIZE left over in a shell are
-told from a launcher's before a one-process verb starts (llmasr.launched_ranks).
+told from a launcher's before any verb starts, train and decode included (llmasr.launched_ranks).
 """
 
 from __future__ import annotations
