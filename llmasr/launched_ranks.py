@@ -20,6 +20,7 @@ TORCHELASTIC_* included), so:
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -92,8 +93,13 @@ def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | No
     wait = MEET_WAIT_S if wait_s is None else wait_s
     try:
         missing = _host(int(port), size, wait) if rank == 0 else _check_in(addr, int(port), rank, wait)
-    except OSError as err:  # the port taken by another program
-        missing = f"{addr}:{port} (MASTER_ADDR:MASTER_PORT) could not be used ({err.strerror or err})"
+    except OSError as err:  # rank 0's port: another job's ranks there are as likely as left-over variables
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        taken = ("is in use on this node", "another program holds it (another job's ranks?): give each job its own "
+                 "MASTER_PORT") if err.errno == errno.EADDRINUSE else ("cannot be listened at on this node",
+                                                                       "give the job a port it may use")  # fmt: skip
+        return (f"MASTER_PORT={port} {taken[0]} ({reason}): {taken[1]}. Where no launcher started this process: "
+                + _left_over(environ, size, "rank 0 could not meet the other ranks there"))  # fmt: skip
     if missing is None:
         return None
     return _left_over(environ, size, f"{missing}, and no launcher started this process")

@@ -180,3 +180,19 @@ def test_world_size_without_rank_is_named_as_it_is(tmp_path):
     environment, where there is no RANK to unset or look for."""
     out, err = llmasr(VERBS[0], shell_env(WORLD_SIZE="2"), tmp_path).communicate(timeout=120)
     assert err.startswith("llmasr check: error: WORLD_SIZE=2 (and no RANK) in the environment, but no MASTER_ADDR"), err
+
+
+def test_a_master_port_another_program_holds_is_named_as_taken(tmp_path):
+    """Rank 0's MASTER_PORT held by another program (another job's ranks on the node, at the default port): rank 0
+    was told its variables look left over and to unset them, which would have made each rank a run of its own."""
+    with socket.create_server(("", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = shell_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        proc = llmasr(VERBS[0], env, tmp_path)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and out == "", err
+    assert err.startswith(
+        f"llmasr check: error: MASTER_PORT={port} is in use on this node (Address already in use)"
+        ": another program holds it (another job's ranks?): give each job its own MASTER_PORT"
+    ), err
+    assert "RANK=0 WORLD_SIZE=2 in the environment" in err  # and, where they are left over, what to unset
