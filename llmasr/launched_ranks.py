@@ -78,8 +78,8 @@ def _left_over(environ, size: int, why: str) -> str:
 def left_over_ranks(environ=os.environ, wait_s: float | None = None) -> str | None:
     """Why this process's RANK / WORLD_SIZE (more than one rank) are not a running launcher's (see the module's
     docstring), or None where they are, or where it is one process. Rank 0 returns once every other rank has checked
-    in; the others once rank 0 answered. At most `wait_s` (MEET_WAIT_S) is waited, and only under a parent that is
-    no known launcher."""
+    in; the others once rank 0 said that every rank came. At most `wait_s` (MEET_WAIT_S) is waited, and only under
+    a parent that is no known launcher, for ranks that are no srun task's own."""
     try:
         size, rank = int(environ.get("WORLD_SIZE", "1")), int(environ.get("RANK", "0"))
     except ValueError:
