@@ -3,7 +3,7 @@
 Works under the DeepSpeed launcher (`deepspeed --num_gpus N --module llmasr train ...`), which adds
 `--local_rank=N` to the arguments, under torchrun, which sets LOCAL_RANK in the environment, and as the tasks of an
 srun step (`srun -n N python -m llmasr train ...`, llmasr.slurm_env). RANK / WORLD_SIZE left over in a shell are
-told from a launcher's before a one-process verb starts (llmasr.launched_ranks).
+told from a launcher's before any verb starts, train and decode included (llmasr.launched_ranks).
 """
 
 from __future__ import annotations
@@ -102,28 +102,39 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"llmasr {verb}" if verb != "data" else f"llmasr data {argv[1]}"
     helps = bool({"-h", "--help"} & set(rest))  # help alone: no refusal, no rank to take, nothing to meet
-    from llmasr.launched_ranks import left_over_ranks
-
-    # each rank says it: a rank > 0 stays silent for its rank 0, a ranked verb's waits for it in the process group
-    if not helps and (stale := left_over_ranks()):
-        print(f"{prog}: error: {stale}", file=sys.stderr)
-        return 2
-    if verb not in RANKED and not helps:
-        refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
-        if verb not in LAUNCHER_TAKEN and not refused:
-            refused = slurm_env.launcher_refusal(f"`{prog}`", "rank would run it whole, into the same files")
-        if refused:
-            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")).strip() == "0":  # one says it, not each
-                print(f"{prog}: error: {refused}", file=sys.stderr)
-            return 2
 
     def run_verb(args: list[str]):
+        if not helps and (refused := _refusal(verb, prog)):
+            return refused
         if verb in RANKED and not helps:  # an srun task's rank, before anything can fail: rank 0 alone reports
             slurm_env.adopt()
         return import_module(module_name).main(args)
 
     # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
     return errors.run(prog, run_verb, rest)
+
+
+def _refusal(verb: str, prog: str) -> int | None:
+    """2, said on the rank that should say it, where `verb` may not run here; None where it may. Inside errors.run:
+    a stop signal while the ranks meet (up to launched_ranks.MEET_WAIT_S) is said as any other."""
+    from llmasr.launched_ranks import left_over_ranks
+
+    # each rank says it: a rank > 0 stays silent for its rank 0, a ranked verb's waits for it in the process group
+    with errors.stop_signals_raise("while meeting the other ranks"):
+        stale = left_over_ranks()
+    if stale:
+        print(f"{prog}: error: {stale}", file=sys.stderr)
+        return 2
+    if verb in RANKED:
+        return None
+    refused = slurm_env.one_process_refusal(f"`{prog}`", ONE_PROCESS_HINTS.get(verb, ""))
+    if verb not in LAUNCHER_TAKEN and not refused:
+        refused = slurm_env.launcher_refusal(f"`{prog}`", "rank would run it whole, into the same files")
+    if not refused:
+        return None
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")).strip() == "0":  # one says it, not each
+        print(f"{prog}: error: {refused}", file=sys.stderr)
+    return 2
 
 
 def entry() -> int:

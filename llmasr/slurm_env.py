@@ -134,6 +134,19 @@ def slurm_step(environ=os.environ) -> SlurmStep | None:
                      environ.get("SLURM_JOB_ID", "").strip())  # fmt: skip
 
 
+def numbered_by_step(environ=os.environ) -> bool:
+    """Whether RANK and WORLD_SIZE are this srun task's own place (SLURM_PROCID of SLURM_STEP_NUM_TASKS, several):
+    a batch script's `srun bash -c 'RANK=$SLURM_PROCID ...'` numbered its tasks, which an earlier job's export
+    would not match."""
+    said = [environ.get(name, "").strip() for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS")]
+    return (
+        bool(environ.get("SLURM_STEP_ID", "").strip())
+        and said[:2] == said[2:]
+        and said[2] != ""
+        and said[3] not in ("", "1")
+    )
+
+
 def one_process_refusal(command: str, hint: str = "", environ=os.environ) -> str | None:
     """Why `command`, which runs as one process, may not start here: it is one of several tasks of an srun step (a
     batch script's plain `srun llmasr export ...` starts one a task of the job), and each would run it whole into
