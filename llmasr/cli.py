@@ -12,7 +12,7 @@ import os
 import sys
 from importlib import import_module
 
-from llmasr import errors, slurm_env, written_by
+from llmasr import command_run, errors, slurm_env, written_by
 
 VERBS = {
     "train": ("llmasr.commands.train", "fine-tune a speech LLM under DeepSpeed (1..N ranks)"),
@@ -110,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             slurm_env.adopt()
         return import_module(module_name).main(args)
 
-    # Commands decorated with errors.command report their own errors; this catches the rest (an import that fails).
-    return errors.run(prog, run_verb, rest)
+    # Commands decorated with command_run.command report their own errors; this catches the rest (an import that
+    # fails).
+    return command_run.run(prog, run_verb, rest)
 
 
 def _refusal(verb: str, prog: str) -> int | None:
-    """2, said on the rank that should say it, where `verb` may not run here; None where it may. Inside errors.run:
+    """2, said on the rank that should say it, where `verb` may not run here; None where it may. Inside command_run.run:
     a stop signal while the ranks meet (up to launched_ranks.MEET_WAIT_S) is said as any other."""
     from llmasr.launched_ranks import left_over_ranks
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import difflib
 import errno
-import functools
 import os
 import re
-import select
 import shutil
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -342,54 +340,3 @@ def _to_log(prefix: str, rank: int, tb: str) -> None:
                 f.write(f"{prefix}: traceback (rank {rank}):\n{tb}")
         except OSError:
             pass  # the log may be what failed (disk full); the message still goes out
-
-
-def run(prog: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
-    """Run `main(argv)`, turning every exception into one message and an exit status (see the module doc). SIGTERM
-    and SIGUSR1 raise Interrupted from the start (stop_signals_raise), where a command's own handler (a `when` of
-    its own, training's Preemption) does not stand in front."""
-    from llmasr.stop_watch import stopped_line, stuck_main_ends
-
-    try:
-        with stop_signals_raise(""), stuck_main_ends(prog):
-            return int(main(argv) or 0)
-    except KeyboardInterrupt as err:  # Interrupted (SIGTERM, SIGUSR1) or a plain Ctrl-C (SIGINT)
-        signum = err.signum if isinstance(err, Interrupted) else 2
-        print(stopped_line(prog, signum, getattr(err, "when", "")), file=sys.stderr, flush=True)
-        return signal_status(signum)
-    except BrokenPipeError as err:
-        if not stdout_reader_left():  # a socket's or a child's pipe: an error like any other
-            report(prog, err)
-            return exit_status(err)
-        # `llmasr transcribe ... | head`: the reader has what it wanted; no error, and no second one from Python's
-        # flush of stdout at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return signal_status(signal.SIGPIPE)
-    except Exception as err:
-        report(prog, err)
-        return exit_status(err)
-    finally:
-        traceback_to(None)
-
-
-def stdout_reader_left() -> bool:
-    """Whether stdout is a pipe whose reader has closed it (the pipe's writing end then polls as an error)."""
-    try:
-        poll = select.poll()
-        poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
-    except (OSError, ValueError, AttributeError):  # no file behind stdout (captured), or no poll on this system
-        return False
-
-
-def command(prog: str) -> Callable:
-    """Decorator for a command's `main(argv) -> int` (see the module doc)."""
-
-    def wrap(main: Callable) -> Callable:
-        @functools.wraps(main)
-        def wrapped(argv: list[str] | None = None) -> int:
-            return run(prog, main, argv)
-
-        return wrapped
-
-    return wrap

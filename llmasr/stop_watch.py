@@ -1,12 +1,12 @@
 """How a stop signal is said (`stopped_line`), and that it ends the process even where the main thread cannot take it.
 
-errors.run has SIGTERM and SIGUSR1 raise Interrupted (errors.stop_signals_raise), but Python runs a signal's handler
-only when the main thread returns to Python code: a rank blocked in a C++ call (a rendezvous that waits for a rank 0
-that never comes, a collective whose peer hangs) took no notice of SIGTERM at all, where the signal's default action
-had ended it. A watcher thread reads the signals off the wakeup fd (as training's Preemption does, whose own watcher
-stands in for this one while it is installed): when the main thread has not raised Interrupted within
-STUCK_GRACE_S, the watcher says the stop line itself (stopped_line, saying where it was stuck) and ends the
-process with 128 + N.
+command_run.run has SIGTERM and SIGUSR1 raise Interrupted (errors.stop_signals_raise), but Python runs a signal's
+handler only when the main thread returns to Python code: a rank blocked in a C++ call (a rendezvous that waits for a
+rank 0 that never comes, a collective whose peer hangs) took no notice of SIGTERM at all, where the signal's default
+action had ended it. A watcher thread reads the signals off the wakeup fd (as training's Preemption does, whose own
+watcher stands in for this one while it is installed): when the main thread has not raised Interrupted within
+STUCK_GRACE_S, the watcher says the stop line itself (stopped_line, saying where it was stuck) and ends the process with
+128 + N.
 """
 
 from __future__ import annotations

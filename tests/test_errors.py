@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from llmasr import errors
+from llmasr import command_run, errors
 from llmasr.config_io import ConfigError, from_dict
 from llmasr.data.bad_data import TooMuchBadData
 from llmasr.train.preemption import Interrupted
@@ -94,13 +94,13 @@ def fail_with(err):
 def test_only_rank_0_reports_what_every_rank_has(monkeypatch, capsys, rank):
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv(errors.DEBUG_ENV, "")
-    assert errors.run("llmasr train", fail_with(ConfigError("data.train: no training manifest given")), []) == 2
+    assert command_run.run("llmasr train", fail_with(ConfigError("data.train: no training manifest given")), []) == 2
     expected = "llmasr train: error: data.train: no training manifest given\n" if rank == "0" else ""
     assert capsys.readouterr().err == expected
 
     own = RuntimeError("CUDA out of memory")
     errors.rank_specific(own, int(rank))  # raised inside the training loop: maybe this rank's alone
-    assert errors.run("llmasr train", fail_with(own), []) == 1
+    assert command_run.run("llmasr train", fail_with(own), []) == 1
     err = capsys.readouterr().err
     prefix = "llmasr train: error on rank 1" if rank == "1" else "llmasr train: error"
     assert err.startswith(f"{prefix}: RuntimeError: CUDA out of memory")
@@ -116,7 +116,7 @@ def test_an_error_every_rank_raised_together_is_rank_0s_to_report(monkeypatch, c
     together = TooMuchBadData("valid: too much bad data: 9 of 29 items")
     together.every_rank = True
     errors.rank_specific(together, int(rank))
-    assert errors.run("llmasr train", fail_with(together), []) == 2
+    assert command_run.run("llmasr train", fail_with(together), []) == 2
     expected = "llmasr train: error: valid: too much bad data: 9 of 29 items\n" if rank == "0" else ""
     assert capsys.readouterr().err == expected
 
@@ -137,7 +137,7 @@ def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, c
         errors.traceback_to(log)
         fail_with(gone)(argv)
 
-    assert errors.run("llmasr train", in_run, []) == 1
+    assert command_run.run("llmasr train", in_run, []) == 1
     assert "another rank left the run first" in log.read_text() and "nothing was saved" in log.read_text()
     err = capsys.readouterr().err
     assert "llmasr train: error" not in err
@@ -146,7 +146,7 @@ def test_a_rank_whose_peer_left_does_not_report_that_as_the_error(monkeypatch, c
         "nothing was saved on the way out\n"
     )
     monkeypatch.setattr(errors, "_store", lambda: None)  # outside a process group it is the error itself
-    errors.run("llmasr train", fail_with(gone), [])
+    command_run.run("llmasr train", fail_with(gone), [])
     assert capsys.readouterr().err.startswith("llmasr train: error: RuntimeError: [gloo")
 
 
@@ -159,24 +159,24 @@ def test_tracebacks_go_to_the_registered_log_and_with_debug_to_stderr(tmp_path, 
         errors.traceback_to(log)
         raise KeyError("encoder.weight")
 
-    assert errors.run("llmasr train", main, []) == 1
+    assert command_run.run("llmasr train", main, []) == 1
     assert "Traceback" in log.read_text() and "KeyError: 'encoder.weight'" in log.read_text()
     err = capsys.readouterr().err
     assert f"(the traceback: in {log})" in err and "Traceback" not in err
     monkeypatch.setenv(errors.DEBUG_ENV, "1")
-    assert errors.run("llmasr export", fail_with(KeyError("x")), []) == 1
+    assert command_run.run("llmasr export", fail_with(KeyError("x")), []) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
 def test_a_stop_signal_outside_training_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
-    assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
+    assert command_run.run("llmasr train", fail_with(Interrupted(15)), []) == 143
     assert capsys.readouterr().err == "llmasr train: stopped by SIGTERM before training started (nothing to save)\n"
-    assert errors.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
+    assert command_run.run("llmasr decode", fail_with(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "llmasr decode: stopped by SIGINT\n"
     monkeypatch.setenv("RANK", "1")  # a launcher's rank 1, stopped as training starts: it had said nothing
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert errors.run("llmasr train", fail_with(Interrupted(15)), []) == 143
+    assert command_run.run("llmasr train", fail_with(Interrupted(15)), []) == 143
     assert (
         capsys.readouterr().err == "llmasr train: rank 1 stopped by SIGTERM before training started (nothing to save)\n"
     )
@@ -191,7 +191,10 @@ def test_a_stop_signal_on_any_rank_is_one_line_naming_it(tmp_path, name):
     import sys
 
     stop = f"lambda argv: os.kill(os.getpid(), signal.{name})"
-    script = f"import os, signal, sys\nfrom llmasr import errors\nsys.exit(errors.run('llmasr decode', {stop}, []))\n"
+    script = (
+        f"import os, signal, sys\nfrom llmasr import command_run\n"
+        f"sys.exit(command_run.run('llmasr decode', {stop}, []))\n"
+    )
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 128 + getattr(signal, name), done.stderr
@@ -216,13 +219,13 @@ def test_a_stop_signal_ends_a_rank_stuck_in_a_call_that_does_not_return(tmp_path
         "import datetime, sys\n"
         "import llmasr.stop_watch as w\n"
         "w.STUCK_GRACE_S = 1.0\n"
-        "from llmasr import errors\n"
+        "from llmasr import command_run, errors\n"
         "def main(argv):\n"
         "    from torch.distributed import TCPStore\n"
         "    print('waiting', flush=True)\n"
         "    with errors.stop_signals_raise('while meeting rank 0'):\n"
         f"        TCPStore('127.0.0.1', {free_port()}, is_master=False, timeout=datetime.timedelta(seconds=120))\n"
-        "sys.exit(errors.run('llmasr decode', main, []))\n"
+        "sys.exit(command_run.run('llmasr decode', main, []))\n"
     )
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "TORCH_CPP_LOG_LEVEL": "FATAL"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -280,12 +283,12 @@ def test_stdout_whose_reader_left_ends_the_command_quietly_as_sigpipe_would():
     import sys
 
     program = (
-        "import sys\nfrom llmasr import errors\n"
+        "import sys\nfrom llmasr import command_run\n"
         "def main(argv):\n"
         "    for i in range(10 ** 6):\n"
         "        sys.stdout.write(f'line {i}\\n')\n"
         "        sys.stdout.flush()\n"
-        "sys.exit(errors.run('llmasr transcribe', main, []))\n"
+        "sys.exit(command_run.run('llmasr transcribe', main, []))\n"
     )
     with subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout.readline() == b"line 0\n"

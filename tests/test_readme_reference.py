@@ -69,7 +69,7 @@ SECTION_VERBS = {
 }
 
 
-class _Parsed(BaseException):  # past errors.command, which reports an Exception as the command's own error
+class _Parsed(BaseException):  # past command_run.command, which reports an Exception as the command's own error
     def __init__(self, parser):
         self.parser = parser
 

@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from llmasr.command_run import command
 from llmasr.commands.train import parse_run_args, run_args
 from llmasr.config_io import ConfigError
 from llmasr.config_paths import output_problem
-from llmasr.errors import command
 from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
 from llmasr.run_dir import DS_CONFIG_FILE, RECIPE_FILE, holds_run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from llmasr import errors
+from llmasr.command_run import command
 from llmasr.convert.funasr_nano import convert_funasr
 from llmasr.convert.nano_recipe import RECIPE_NAME
 from llmasr.train.run_log import command_logging
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@errors.command("llmasr convert")
+@command("llmasr convert")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command_logging(logging.INFO)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llmasr.command_run import command
 from llmasr.commands.data_cmvn import at_least_one
 from llmasr.config_io import ConfigError, from_dict, to_dict
 from llmasr.config_overrides import split_overrides
@@ -22,7 +23,6 @@ from llmasr.data.frontend import FrontendConfig
 from llmasr.data.noise_list import noise_problem
 from llmasr.data.speech_check import hear_speech
 from llmasr.data.write_durations import check_out, write_durations
-from llmasr.errors import command
 from llmasr.models.ctc import build_ctc_tokenizer
 from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.models.fsmn_vad import load_vad

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from llmasr.atomic_file import write_atomic
+from llmasr.command_run import command
 from llmasr.config_paths import output_file_problem
 from llmasr.data.hotwords import read_phrase_file
-from llmasr.errors import command
 from llmasr.scoring import collector_paused
 from llmasr.scoring_inputs import EXAMPLES, MISSING, pair, read_hypotheses, read_references
 from llmasr.scoring_report import SystemScore, compare

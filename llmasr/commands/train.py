@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from llmasr import errors
+from llmasr.command_run import command
 from llmasr.config_io import ConfigError
 from llmasr.models.chat_template import PromptError
 from llmasr.recipe import load_recipe, located
@@ -56,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parse_run_args(p, argv)
 
 
-@errors.command("llmasr train")
+@command("llmasr train")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     recipe = load_recipe(args.config, args.overrides)
