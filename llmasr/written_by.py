@@ -1,7 +1,8 @@
 """Which llmasr wrote a file: the `written_by` record a checkpoint's llmasr_meta.json, an export's
 llmasr_model.yaml and a decode's wer.json carry, {"llmasr": the installed version, "commit": the checkout's git
-commit}, either null where unknown (a wheel install has no checkout). A later llmasr that cannot read such a file
-names its writer with `writer`; a file without the record was written before llmasr kept one.
+commit, `-dirty` after it where llmasr/ holds uncommitted changes}, either null where unknown (a wheel install has no
+checkout). A later llmasr that cannot read such a file names its writer with `writer`; a file without the record was
+written before llmasr kept one.
 
 Nothing here imports llmasr: every layer that writes a file may use it.
 """
@@ -59,16 +60,25 @@ def _libsndfile() -> str:
 
 
 def _commit(root: Path) -> str | None:
-    """The commit checked out at `root` when it is a git checkout (a clone, or an editable install of one)."""
+    """The commit checked out at `root` when it is a git checkout (a clone, or an editable install of one), with
+    git describe's `-dirty` where llmasr's own files there differ from it: edited code gives other numbers than the
+    commit it names."""
     if not (root / ".git").exists():
         return None
+    head = _git(root, "rev-parse", "--short=12", "HEAD")
+    if not head:
+        return None
+    changed = _git(root, "status", "--porcelain", "--", "llmasr")  # tracked edits and new files alike
+    return f"{head}-dirty" if changed else head
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """git's output in `root`, stripped; None where git is missing, fails or takes too long."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def writer(record: object) -> str:

@@ -24,8 +24,34 @@ def test_this_llmasr_names_its_version_and_the_commit_checked_out():
     assert set(record) == {"llmasr", "commit"}
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # the suite runs from a clone: the record names its commit
-        assert record["commit"] == head.stdout.strip()
+        edited = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "llmasr"],
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        assert record["commit"] == head.stdout.strip() + ("-dirty" if edited else "")
         assert writer(record).endswith(f"(commit {record['commit']})")
+
+
+def test_a_checkout_whose_llmasr_files_differ_from_its_commit_is_marked_dirty(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "llmasr").mkdir()
+    (tmp_path / "llmasr" / "scoring.py").write_text("WEIGHT = 1\n")
+    (tmp_path / "notes.txt").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    assert _commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("b\n")  # outside the package: computes nothing
+    (tmp_path / "run.log").write_text("x\n")
+    assert _commit(tmp_path) == head
+    (tmp_path / "llmasr" / "scoring.py").write_text("WEIGHT = 2\n")  # an edit, staged or not
+    assert _commit(tmp_path) == f"{head}-dirty"
+    git("checkout", "--", "llmasr")
+    (tmp_path / "llmasr" / "extra.py").write_text("")  # a new module is code the commit does not hold
+    assert _commit(tmp_path) == f"{head}-dirty"
+    assert writer({"llmasr": "0.1.0", "commit": f"{head}-dirty"}) == f"llmasr 0.1.0 (commit {head}-dirty)"
 
 
 def test_llmasr_version_names_this_llmasr_and_the_installed_stack(capsys):
