@@ -3,7 +3,8 @@
 
 Each is read strictly, as its tool parses its options (sph2pipe and flac with getopt, options anywhere; sox's global
 and input options, the latter checked against the file's header, input file, output options, `-`, effects), into the
-file, a channel pick (0-based) and a time range. Options that only change the output's format (header, bits, rate:
+file, a channel pick (0-based) and a time range (llmasr.data.pipe_ranges reads sph2pipe's -t/-s, flac's
+--skip/--until and sox's trim). Options that only change the output's format (header, bits, rate:
 llmasr resamples) map to nothing. Anything else (another option or effect, a second file, shell syntax, another
 command) raises NotUnderstood naming the part at fault. llmasr.data.piped_files reads what is parsed against the
 file itself.
@@ -17,24 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmasr.data.audio import AudioHeader
-
-
-class NotUnderstood(ValueError):
-    """A part of a pipe command llmasr does not read as a file (the message names it)."""
+from llmasr.data.pipe_ranges import START, NotUnderstood, Position, flac_span, is_sox_position, sox_trim, sph2pipe_span
 
 
 @dataclass(frozen=True)
 class PipedRead:
     """What a decode-only command reads: `file` as written, a 0-based `channel` pick, whether the stream is one
-    channel (`mono`: a pick, or sox's average), and [start, end) in seconds (`in_samples`: sample indices)."""
+    channel (`mono`: a pick, or sox's average), and the range [start, end) it cuts (end None: the file's end)."""
 
     tool: str
     file: str
     channel: int | None = None
     mono: bool = False
-    start: float = 0.0
-    end: float | None = None
-    in_samples: bool = False
+    start: Position = START
+    end: Position | None = None
     pick_ignored_on_mono: bool = False  # sph2pipe: `-c 2` of a one-channel file outputs that channel
     declared: tuple[tuple[str, str], ...] = ()  # sox's input options: what the file is read as, over its header
 
@@ -103,9 +100,18 @@ def _getopt(tool: str, args: list[str], shortopts: str, longopts: dict[str, str]
             files += args[i:]
             break
         if word.startswith("--"):
-            if word not in longopts:
+            name, equals, value = word.partition("=")
+            if word in longopts:
+                opts.append((longopts[word], None))
+            elif name + "=" not in longopts:  # "--skip=": an option taking a value, `--skip=N` or `--skip N`
                 raise NotUnderstood(f"{tool} option {word!r}")
-            opts.append((longopts[word], None))
+            elif equals:
+                opts.append((longopts[name + "="], value))
+            elif i < len(args):
+                opts.append((longopts[name + "="], args[i]))
+                i += 1
+            else:
+                raise NotUnderstood(f"{tool} option {word!r} without its value")
         elif word.startswith("-") and word != "-":
             j = 1
             while j < len(word):
@@ -142,23 +148,11 @@ def _one_file(tool: str, files: list[str], why_more: str) -> str:
 SPH2PIPE_FORMATS = ("wav", "rif", "riff", "sph", "raw", "au", "aif", "aiff", "mac")
 
 
-def _sph2pipe_span(flag: str, value: str) -> tuple[float, float | None]:
-    """sph2pipe's `-t b:e` (seconds) or `-s b:e` (samples): either side may be left out; an end of 0 is its end."""
-    number = r"[0-9]+(\.[0-9]*)?|\.[0-9]+" if flag == "t" else r"[0-9]+"
-    b, colon, e = value.partition(":")
-    if not colon or not all(re.fullmatch(number, x) for x in (b, e) if x):
-        raise NotUnderstood(f"sph2pipe -{flag} {value!r} (expected b:e, {'seconds' if flag == 't' else 'samples'})")
-    start, end = float(b or 0), (float(e) if e and float(e) > 0 else None)
-    if start > 0 and end is not None and start >= end:
-        raise NotUnderstood(f"sph2pipe -{flag} {value!r}: its start is not before its end")
-    return start, end
-
-
 def _sph2pipe(args: list[str]) -> PipedRead:
     """`sph2pipe [-h hdr] [-t|-s b:e] [-c 1|2] [-p|-u|-a] [-f typ] [-d] infile [outfile]` (getopt "daupf:c:t:s:h:")."""
     opts, files = _getopt("sph2pipe", args, "daupf:c:t:s:h:", {})
     file = _one_file("sph2pipe", files, "an output file (the audio goes there, not into the pipe):")
-    channel, span, unit = None, (0.0, None), None
+    channel, span, unit = None, (START, None), None
     for letter, value in opts:
         if letter == "h":
             raise NotUnderstood(f"sph2pipe -h {value!r} (a headerless file read with another file's header)")
@@ -171,20 +165,22 @@ def _sph2pipe(args: list[str]) -> PipedRead:
         if letter in "ts":
             if unit not in (None, letter):
                 raise NotUnderstood("sph2pipe -t and -s both given")
-            span, unit = _sph2pipe_span(letter, value), letter
-    return PipedRead("sph2pipe", file, channel, channel is not None, *span, unit == "s", pick_ignored_on_mono=True)
+            span, unit = sph2pipe_span(letter, value), letter
+    return PipedRead("sph2pipe", file, channel, channel is not None, *span, pick_ignored_on_mono=True)
 
 
 def _flac(args: list[str]) -> PipedRead:
-    """`flac -c -d -s F` (--stdout, --decode, --silent; -dcs alike): decoding to standard output, nothing else."""
-    opts, files = _getopt("flac", args, "cds", {"--stdout": "c", "--decode": "d", "--silent": "s"})
+    """`flac -c -d -s [--skip=S] [--until=U] F` (--stdout, --decode, --silent; -dcs alike): decoding to standard
+    output, of the range --skip and --until give, nothing else."""
+    longopts = {"--stdout": "c", "--decode": "d", "--silent": "s", "--skip=": "K", "--until=": "U"}
+    opts, files = _getopt("flac", args, "cds", longopts)
     file = _one_file("flac", files, "a second input file")
-    given = {letter for letter, _ in opts}
+    given = dict(opts)
     if "d" not in given:
         raise NotUnderstood("flac without -d (--decode): it encodes")
     if "c" not in given:
         raise NotUnderstood("flac without -c (--stdout): it decodes into a file, not into the pipe")
-    return PipedRead("flac", file)
+    return PipedRead("flac", file, None, False, *flac_span(given.get("K"), given.get("U")))
 
 
 _RATE = re.compile(r"([0-9]+(\.[0-9]+)?)k?")
@@ -261,8 +257,8 @@ def _sox(args: list[str]) -> PipedRead:
     if not args or not wav:
         raise NotUnderstood("sox output is not '-t wav -' (WAV on standard output)")
     args.pop(0)
-    channel, mono = _sox_effects(args)
-    return PipedRead("sox", file, channel, mono or average, declared=tuple(declared))
+    channel, mono, span = _sox_effects(args)
+    return PipedRead("sox", file, channel, mono or average, *span, declared=tuple(declared))
 
 
 def sox_misread(read: PipedRead, header: AudioHeader) -> str | None:
@@ -284,11 +280,22 @@ def sox_misread(read: PipedRead, header: AudioHeader) -> str | None:
     return None
 
 
-def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
-    """(channel picked, stream is one channel) after `remix N`, `channels 1` and `rate` effects, in their order."""
-    channel, mono = None, False
+def _sox_effects(args: list[str]) -> tuple[int | None, bool, tuple[Position, Position | None]]:
+    """(channel picked, stream is one channel, range kept) after `remix N`, `channels 1`, `rate` and one `trim`
+    effect, in their order."""
+    channel, mono, span, resampled = None, False, None, False
     while args:
         effect = args.pop(0)
+        if effect == "trim":
+            if span is not None:
+                raise NotUnderstood(f"a second sox effect 'trim {' '.join(args)}'".rstrip())
+            positions = []
+            while args and is_sox_position(args[0]):
+                positions.append(args.pop(0))
+            if not positions and args:
+                raise NotUnderstood(f"sox trim position {args[0]!r}")
+            span = sox_trim(positions, samples_ok=not resampled)
+            continue
         value = args.pop(0) if args else ""
         if effect == "remix" and re.fullmatch(r"[1-9][0-9]*", value):
             if mono and value != "1":
@@ -298,7 +305,10 @@ def _sox_effects(args: list[str]) -> tuple[int | None, bool]:
             mono = True
         elif effect == "rate" and value in SOX_RATE_QUALITY and args and _RATE.fullmatch(args[0]):
             args.pop(0)
-        elif effect != "rate" or not _RATE.fullmatch(value):
+            resampled = True
+        elif effect == "rate" and _RATE.fullmatch(value):
+            resampled = True
+        else:
             rest = " ".join([effect, value, *args]).strip()  # the effect and what follows it
-            raise NotUnderstood(f"sox effect {rest!r} (read: remix N, channels 1, rate)")
-    return channel, mono
+            raise NotUnderstood(f"sox effect {rest!r} (read: remix N, channels 1, rate, trim)")
+    return channel, mono, span or (START, None)

@@ -22,6 +22,15 @@ class PipeRefused(ValueError):
     """A wav.scp pipe command not read as a file: why, and what to do instead."""
 
 
+class PipeFault(ValueError):
+    """Why a parsed decode-only read is not read as its file (`part`); `names_file`: whether naming the file
+    instead could do (the command only failed to be read), or the audio must be written out."""
+
+    def __init__(self, part: str, names_file: bool = False):
+        super().__init__(part)
+        self.part, self.names_file = part, names_file
+
+
 def _advice(command: str, base: Path) -> str:
     """Where the command names one audio file llmasr opens, that file; else writing the command's output to files."""
     file = piped_file(command, [base])
@@ -47,6 +56,7 @@ class PipedFile:
     end: float | None
     channel: int | None
     seconds: float
+    channels: int = 1  # the stream's
 
     def fields(self) -> dict:
         """The manifest fields the whole stream reads as (its duration known from the header)."""
@@ -89,26 +99,47 @@ def read_as_file(command: str, base: Path) -> PipedFile:
     except NotUnderstood as err:
         raise _refused(command, str(err), _advice(command, base)) from None
     path = Path(read.file) if Path(read.file).is_absolute() else (base / read.file).resolve()
+    hint = "" if Path(read.file).is_absolute() else f": relative paths are read from {base} (--base-dir)"
+    try:
+        return open_read(read, path, hint)
+    except PipeFault as err:
+        raise _refused(command, err.part, _advice(command, base) if err.names_file else INTO) from None
+
+
+def open_read(read: PipedRead, path: Path, hint: str = "") -> PipedFile:
+    """`read` (parsed) as the file at `path`, its header probed, its channel pick and range checked against it;
+    PipeFault names a file not there (`hint`: where relative paths are read from), one llmasr cannot open or
+    the tool would refuse, a channel or range outside it."""
     if (gone := missing_audio(path)) is not None:
-        hint = "" if Path(read.file).is_absolute() else f": relative paths are read from {base} (--base-dir)"
-        raise _refused(command, f"it reads {read.file}, which is not there ({gone.reason}){hint}", INTO)
+        raise PipeFault(f"it reads {read.file}, which is not there ({gone.reason}){hint}")
     try:
         header = probe_header(path)
     except AudioError as err:
-        raise _refused(command, f"it reads {read.file}, which llmasr cannot open: {err.reason}", INTO) from None
+        raise PipeFault(f"it reads {read.file}, which llmasr cannot open: {err.reason}") from None
     if (needs := INPUT_FORMATS.get(read.tool)) and header.format != needs[0]:
-        part = f"{read.tool} {needs[1]}, and {read.file} is {header.format} (the command fails)"
-        raise _refused(command, part, _advice(command, base))
+        raise PipeFault(f"{read.tool} {needs[1]}, and {read.file} is {header.format} (the command fails)", True)
     if (misread := sox_misread(read, header)) is not None:
-        raise _refused(command, misread, _advice(command, base))
+        raise PipeFault(misread, True)
     channel = None if read.pick_ignored_on_mono and header.channels == 1 else read.channel
     if channel is not None and channel >= header.channels:
-        raise _refused(command, f"{read.tool} picks channel {channel + 1} of {read.file}, which has "
-                       f"{header.channels}", INTO)  # fmt: skip
-    scale = header.sample_rate if read.in_samples else 1
-    start, end = read.start / scale, (None if read.end is None else read.end / scale)
-    if start >= header.seconds:
-        raise _refused(command, f"it starts at {start:g}s, past the end of {read.file} ({header.seconds:g}s)", INTO)
-    if end is not None and end >= header.seconds:  # sph2pipe stops at the file's end
-        end = None
-    return PipedFile(str(path), read, start, end, channel, header.seconds)
+        raise PipeFault(f"{read.tool} picks channel {channel + 1} of {read.file}, which has {header.channels}")
+    start, end = _range(read, header.sample_rate, header.seconds)
+    channels = 1 if read.mono or header.channels == 1 else header.channels
+    return PipedFile(str(path), read, start, end, channel, header.seconds, channels)
+
+
+def _range(read: PipedRead, rate: int, seconds: float) -> tuple[float, float | None]:
+    """The [start, end) the command cuts of a file of `seconds` at `rate` (end None: to the file's end). sph2pipe
+    and sox stop at the file's end; flac refuses an --until past it, as it does a skip past it."""
+    start = round(read.start.at(rate, seconds), 6)
+    end = None if read.end is None else round(read.end.at(rate, seconds), 6)
+    length = f"{read.file} ({seconds:g}s)"
+    if start < 0:
+        raise PipeFault(f"it starts {-start:g}s before the beginning of {length}")
+    if start >= seconds:
+        raise PipeFault(f"it starts at {start:g}s, past the end of {length}")
+    if end is not None and end <= start:
+        raise PipeFault(f"its range ends at {end:g}s, not after its start at {start:g}s")
+    if end is not None and end > seconds and read.tool == "flac":
+        raise PipeFault(f"its --until ends at {end:g}s, past the end of {length} (flac refuses it)")
+    return start, (None if end is None or end >= seconds else end)

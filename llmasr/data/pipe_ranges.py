@@ -1,0 +1,120 @@
+"""The time ranges decode-only pipe commands cut (llmasr.data.pipe_commands parses the rest): sph2pipe's `-t`/`-s`,
+flac's `--skip=`/`--until=` and sox's `trim`, each read as its tool reads it, into a start and an end Position
+(seconds plus samples, from the start or from the end of the file), resolved against the file's header by
+llmasr.data.piped_files. Forms not mapped raise NotUnderstood naming them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+class NotUnderstood(ValueError):
+    """A part of a pipe command llmasr does not read as a file (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in the file: `seconds` plus `samples` (kept apart: the rate is the header's, read later), counted
+    from its start, or back from its end (`from_end`)."""
+
+    seconds: float = 0.0
+    samples: float = 0.0
+    from_end: bool = False
+
+    def at(self, rate: int, length: float) -> float:
+        """The point in seconds from the start of a file of `length` seconds at `rate` Hz."""
+        x = self.seconds + self.samples / rate
+        return length - x if self.from_end else x
+
+    def plus(self, other: Position) -> Position:
+        """`other` (from the start) counted on from this point: back toward the end's side for a from-end point."""
+        sign = -1 if self.from_end else 1
+        return Position(self.seconds + sign * other.seconds, self.samples + sign * other.samples, self.from_end)
+
+
+START = Position()
+
+
+def sph2pipe_span(flag: str, value: str) -> tuple[Position, Position | None]:
+    """sph2pipe's `-t b:e` (seconds) or `-s b:e` (samples): either side may be left out; an end of 0 is its end."""
+    number = r"[0-9]+(\.[0-9]*)?|\.[0-9]+" if flag == "t" else r"[0-9]+"
+    b, colon, e = value.partition(":")
+    if not colon or not all(re.fullmatch(number, x) for x in (b, e) if x):
+        raise NotUnderstood(f"sph2pipe -{flag} {value!r} (expected b:e, {'seconds' if flag == 't' else 'samples'})")
+    start, end = float(b or 0), (float(e) if e and float(e) > 0 else None)
+    if start > 0 and end is not None and start >= end:
+        raise NotUnderstood(f"sph2pipe -{flag} {value!r}: its start is not before its end")
+    unit = "seconds" if flag == "t" else "samples"
+    return Position(**{unit: start}), (None if end is None else Position(**{unit: end}))
+
+
+_FLAC_TIME = re.compile(r"([0-9]+):([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
+def _flac_point(option: str, value: str) -> Position:
+    """A sample number, or `mm:ss.ss` (the minutes any size), as flac reads --skip's and --until's values."""
+    if re.fullmatch(r"[0-9]+", value):
+        return Position(samples=int(value))
+    if m := _FLAC_TIME.fullmatch(value):
+        return Position(seconds=int(m[1]) * 60 + float(m[2]))
+    raise NotUnderstood(f"flac {option}={value!r} (expected a sample number or mm:ss.ss)")
+
+
+def flac_span(skip: str | None, until: str | None) -> tuple[Position, Position | None]:
+    """flac's `--skip=#|mm:ss.ss` and `--until=[+|-]#|mm:ss.ss`: an until with `+` counts from the skip point, with
+    `-` back from the end of the file; the until sample is not decoded (it is the range's end)."""
+    start = START if skip is None else _flac_point("--skip", skip)
+    if until is None:
+        return start, None
+    sign, rest = (until[0], until[1:]) if until[:1] in "+-" else ("", until)
+    end = _flac_point("--until", rest) if rest else None
+    if end is None:
+        raise NotUnderstood(f"flac --until={until!r} (expected [+|-] and a sample number or mm:ss.ss)")
+    if sign == "+":
+        return start, start.plus(end)
+    return start, Position(end.seconds, end.samples, from_end=sign == "-")
+
+
+_SOX_POSITION = re.compile(r"([=+-]?)(?:([0-9]+)s|((?:[0-9]+:){0,2}(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))t?)")
+
+
+def is_sox_position(word: str) -> bool:
+    return _SOX_POSITION.fullmatch(word) is not None
+
+
+def _sox_point(word: str) -> tuple[str, Position]:
+    """A sox position: `[=+-]` then `[[hh:]mm:]ss[.frac]` or a sample count `Ns`."""
+    m = _SOX_POSITION.fullmatch(word)
+    if m is None:
+        raise NotUnderstood(f"sox trim position {word!r}")
+    if m[2] is not None:
+        return m[1], Position(samples=int(m[2]))
+    seconds = 0.0
+    for part in m[3].split(":"):
+        seconds = seconds * 60 + float(part)
+    return m[1], Position(seconds=seconds)
+
+
+def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position | None]:
+    """sox's `trim START [END]`: each position is relative to the one before (`+`, the default; the first to the
+    start), absolute with `=`, back from the end with `-`; audio from START to END is kept. More positions (trim
+    alternately copies and skips between them) are not one range. `samples_ok`: whether a count of samples is one
+    of the file's (no rate effect before the trim)."""
+    if not 1 <= len(positions) <= 2:
+        got = "no position" if not positions else f"{len(positions)} positions"
+        effect = " ".join(["trim", *positions])
+        raise NotUnderstood(f"sox effect {effect!r} ({got}; read: trim START [END], one range)")
+    points = [_sox_point(word) for word in positions]
+    if not samples_ok and any(point.samples for _, point in points):
+        raise NotUnderstood(f"sox effect 'trim {' '.join(positions)}' in samples after a rate effect")
+    (sign, start), rest = points[0], points[1:]
+    if sign == "-":
+        start = Position(start.seconds, start.samples, from_end=True)
+    if not rest:
+        return start, None
+    sign, end = rest[0]
+    if sign in ("", "+"):
+        return start, start.plus(end)
+    return start, Position(end.seconds, end.samples, from_end=sign == "-")
