@@ -2,17 +2,19 @@
 
 A MonoCut, or a MultiCut reading one channel or all the channels of one file (averaged), with exactly one
 supervision: its `text` is the target, its `language` the lang, its custom.hotwords the biasing list and custom.prompt
-the task (the cut's custom fields where the supervision has none), and its span
-within the cut (`start`, `duration`, clipped to the cut) the audio trained on; the audio is the cut's recording `file`
-source from cut.start, on the supervision's channel when it gives one of the cut's, else on the cut's. Decoding also
-takes a cut without supervisions, or whose supervision has no text, as audio to transcribe. Recording transforms other
-than Resample, URL/command/memory sources, features-only cuts, MixedCuts, a subset of a file's channels and a
-supervision on a channel its cut lacks are bad records (llmasr.data.records.BadRecord, with file and line).
+the task (the cut's custom fields where the supervision has none), and its span within the cut (`start`, `duration`,
+clipped to the cut) the audio trained on; the audio is the cut's recording source (a `file`, or a `command` that
+decodes one: llmasr.data.lhotse_command) from cut.start, on the supervision's channel when it gives one of the cut's,
+else on the cut's. Decoding also takes a cut without supervisions, or whose supervision has no text, as audio to
+transcribe. Recording transforms other than Resample, URL/memory sources, other commands, features-only cuts,
+MixedCuts, a subset of a file's channels and a supervision on a channel its cut lacks are bad records
+(llmasr.data.records.BadRecord, with file and line).
 """
 
 from __future__ import annotations
 
 from llmasr.data.audio_commands import lhotse_source_advice
+from llmasr.data.lhotse_command import command_audio
 from llmasr.data.records import Utterance, is_number
 
 SPAN_SLACK_S = 1e-3  # rounding in a cut's and its supervision's times
@@ -54,7 +56,12 @@ class CutRecord:
         self.within_recording(recording, start, duration)
         start, duration = self.supervised_span(sup, start, duration)
         self.untransformed(recording)
-        path, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
+        source, file_channel = self.cut_source(recording, self.supervision_channel(sup, self.cut_channel(rec)))
+        if source.get("type") == "command":
+            path, file_channel, start, end = command_audio(self.p, source, file_channel, start, duration)
+            duration = end - start
+        else:
+            path = self.p.resolve(source["source"], working_dir_first=True)
         lang = sup.get("language")
         hotwords, hw_field = self.custom_field(rec, sup, "hotwords")
         prompt, prompt_field = self.custom_field(rec, sup, "prompt")
@@ -62,7 +69,7 @@ class CutRecord:
             raise self.p.bad(f"field '{prompt_field}' must be a string, got {type(prompt).__name__} {prompt!r:.60}")
         return Utterance(
             key=cut_id,
-            source=self.p.resolve(path, working_dir_first=True),
+            source=path,
             target=target,
             duration=float(duration),
             target_len=None,
@@ -179,9 +186,9 @@ class CutRecord:
             f"lhotse supervision: channel {own!r:.40} is not one of its cut's channels ({channel}) nor all of them"
         )
 
-    def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[str, int | None]:
-        """(audio file path, channel within that file or None) of the recording source that holds `channel` (a
-        list: all the channels of one file, averaged)."""
+    def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[dict, int | None]:
+        """(the recording source that holds `channel`, the channel within its audio or None) (`channel` a list: all
+        the channels of one file, averaged); a 'file' source's path checked, a 'command' read by command_audio."""
         if isinstance(channel, list):
             srcs = [s for s in recording.get("sources") or [] if isinstance(s, dict)]
             chans = [sorted(s.get("channels") or [0]) if isinstance(s.get("channels"), list) else None for s in srcs]
@@ -210,12 +217,14 @@ class CutRecord:
                 break
         if chosen is None:
             raise self.p.bad(f"lhotse recording has no source for channel {channel}")
+        if chosen.get("type") == "command":
+            return chosen, file_channel
         if chosen.get("type") != "file":
             raise self.p.bad(
-                f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file'): "
-                + lhotse_source_advice(chosen, self.p.base)
+                f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file' and a 'command' "
+                "that decodes a file): " + lhotse_source_advice(chosen, self.p.base)
             )
         path = chosen.get("source")
         if not isinstance(path, str) or not path:
             raise self.p.bad("lhotse recording source has no file path")
-        return path, file_channel
+        return chosen, file_channel

@@ -226,11 +226,10 @@ def test_a_lhotse_cuts_own_custom_fields_are_read(tmp_path):
         m[3]
 
 
-def test_lhotse_command_and_url_sources_are_refused_with_what_to_write_instead(tmp_path, capsys):
-    """A `command` source (lhotse's import of a Kaldi wav.scp pipe, without its '|') that only decodes a file llmasr
-    reads itself is told to name that file, as wav.scp's pipes are (llmasr.data.kaldi); a URL, a command making audio
-    from no file, and a memory source are told how lhotse writes the audio to files. Each had been a bare "(only
-    'file')"."""
+def test_lhotse_url_memory_and_other_command_sources_are_refused_with_what_to_write_instead(tmp_path, capsys):
+    """A URL, a command making audio from no file, and a memory source are told how lhotse writes the audio to
+    files. Each had been a bare "(only 'file')". (A command that only decodes a file is read as that file:
+    tests/data/test_lhotse_commands.py.)"""
     from llmasr.commands.data_check import main
 
     sf.write(tmp_path / "rec.flac", np.zeros(16000, dtype=np.float32), 16000)
@@ -244,15 +243,15 @@ def test_lhotse_command_and_url_sources_are_refused_with_what_to_write_instead(t
     assert main([str(path), "--max-bad-fraction", "1"]) == 0
     out = capsys.readouterr().out
     save = "write the cuts' audio to files with lhotse: `CutSet.from_file(IN).save_audios(DIR).to_file(OUT)`"
+    assert f"{path}:1 " not in out
+    only = "is not supported (only 'file' and a 'command' that decodes a file)"
     assert (
-        f"{path}:1 key=pipe: lhotse recording source type 'command' is not supported (only 'file'): its command "
-        "'flac -c -d -s rec.flac' reads rec.flac, which llmasr opens itself (and resamples): where the command only "
-        'decodes it (no channel pick, no effect), make the source {"type": "file", "source": "rec.flac"}; else ' + save
-    ) in out
-    assert (
-        f"{path}:2 key=url: lhotse recording source type 'url' is not supported (only 'file'): llmasr reads local "
+        f"{path}:2 key=url: lhotse recording source type 'url' {only}: llmasr reads local "
         f"files: download 'https://example.com/a.wav' and make it a 'file' source, or {save}"
     ) in out
-    assert f"{path}:3 key=synth: lhotse recording source type 'command' is not supported (only 'file'): its " in out
-    assert "names no one audio file llmasr could open instead: " + save in out
-    assert f"{path}:4 key=memory: lhotse recording source type 'memory' is not supported (only 'file'): {save}" in out
+    assert (
+        f"{path}:3 key=synth: lhotse recording source command 'sox -n -t wav - synth 1 sine 440' is not read as a file "
+        "(sox option '-n' (before the input file)); its command 'sox -n -t wav - synth 1 sine 440' names no one audio "
+        "file llmasr could open instead: " + save
+    ) in out
+    assert f"{path}:4 key=memory: lhotse recording source type 'memory' {only}: {save}" in out
