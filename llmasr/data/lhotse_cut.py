@@ -186,9 +186,12 @@ class CutRecord:
             f"lhotse supervision: channel {own!r:.40} is not one of its cut's channels ({channel}) nor all of them"
         )
 
-    def cut_source(self, recording: dict, channel: int | list[int] | None) -> tuple[dict, int | None]:
+    def cut_source(
+        self, recording: dict, channel: int | list[int] | None, commands: bool = True
+    ) -> tuple[dict, int | None]:
         """(the recording source that holds `channel`, the channel within its audio or None) (`channel` a list: all
-        the channels of one file, averaged); a 'file' source's path checked, a 'command' read by command_audio."""
+        the channels of one file, averaged); a 'file' source's path checked, a 'command' (where `commands`: a noise
+        list reads whole files only) left to command_audio."""
         if isinstance(channel, list):
             srcs = [s for s in recording.get("sources") or [] if isinstance(s, dict)]
             chans = [sorted(s.get("channels") or [0]) if isinstance(s.get("channels"), list) else None for s in srcs]
@@ -217,12 +220,13 @@ class CutRecord:
                 break
         if chosen is None:
             raise self.p.bad(f"lhotse recording has no source for channel {channel}")
-        if chosen.get("type") == "command":
+        if chosen.get("type") == "command" and commands:
             return chosen, file_channel
         if chosen.get("type") != "file":
+            read = " and a 'command' that decodes a file" if commands else ""
             raise self.p.bad(
-                f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file' and a 'command' "
-                "that decodes a file): " + lhotse_source_advice(chosen, self.p.base)
+                f"lhotse recording source type {chosen.get('type')!r} is not supported (only 'file'{read}): "
+                + lhotse_source_advice(chosen, self.p.base)
             )
         path = chosen.get("source")
         if not isinstance(path, str) or not path:

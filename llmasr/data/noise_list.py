@@ -85,7 +85,7 @@ def _listed_file(rec, p: LineParser) -> str:
     if isinstance(recording, dict) and "sources" in recording:  # lhotse: opened as a cut's recording is
         cut = CutRecord(p)
         cut.untransformed(recording)  # a Volume or Speed transform would not be heard
-        return p.resolve(cut.cut_source(recording, None)[0], working_dir_first=True)
+        return p.resolve(cut.cut_source(recording, None, commands=False)[0]["source"], working_dir_first=True)
     raise p.bad(f"{missing_text(rec, 'source', 'an audio path')} ({FORMS})")
 
 

@@ -54,6 +54,9 @@ def test_lhotse_recordings_and_a_gzipped_list_are_read(tmp_path, monkeypatch):
         (["n.wav"], "a noise record must be a JSON object, got list"),
         ({"id": "n", "sources": [{"type": "url", "source": "https://x/n.wav"}]},
          "lhotse recording source type 'url' is not supported (only 'file'): llmasr reads local files"),
+        # a noise draw is a whole file: a command (read as its file on a cut's line) stays refused here
+        ({"id": "n", "sources": [{"type": "command", "source": "sox n.wav -t wav - trim 1"}]},
+         "lhotse recording source type 'command' is not supported (only 'file'): its command 'sox n.wav"),
         (lhotse_recording("n.wav") | {"transforms": [{"name": "Speed", "kwargs": {"factor": 0.9}}]},
          "lhotse recording transform 'Speed' is not supported (leave the perturbed copies out"),
     ],
