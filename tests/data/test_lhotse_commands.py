@@ -48,7 +48,7 @@ def _loaded(u, rate=SR):
     return load_audio(u.source, sample_rate=rate, start=u.start, end=u.end, channel=u.channel)
 
 
-def test_switchboard_command_sources_read_from_the_working_directory(tmp_path, monkeypatch):
+def test_switchboard_command_sources_read_from_the_working_directory(tmp_path, monkeypatch, capsys):
     """lhotse's Switchboard recording: one `sph2pipe ... -c N F.sph` source a channel, F relative to the working
     directory lhotse's shell runs in. Every cut had been refused ("source type 'command' is not supported")."""
     x = (np.random.default_rng(0).standard_normal((SR * 4, 2)) * [0.1, 0.3]).astype(np.float32)
@@ -66,6 +66,11 @@ def test_switchboard_command_sources_read_from_the_working_directory(tmp_path, m
     assert (b.channel, b.start, b.end, b.duration) == (1, 1.5, 2.5, 1.0)
     np.testing.assert_array_equal(_loaded(a), x[4000:14000, 0])
     np.testing.assert_array_equal(_loaded(b), x[12000:20000, 1])
+    from llmasr.commands.data_check import main
+
+    assert main([str(m.path)]) == 0  # the loader reads each cut's audio: no bad line
+    out = capsys.readouterr().out
+    assert "usable: 2, bad: 0 " in out and "result: OK" in out
 
 
 def test_a_commands_range_and_pick_combine_with_the_cuts_times_and_channels(tmp_path):
