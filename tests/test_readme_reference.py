@@ -39,9 +39,26 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 
 # Flags of other programs the README shows beside llmasr's: the launchers, TensorBoard, Kaldi's extract-segments,
 # SLURM's sbatch and scancel, and the global --debug and --version that llmasr.cli takes before any verb.
-OTHER_PROGRAMS = {"--num_gpus", "--module", "--hostfile", "--nproc_per_node", "--logdir", "--max-overshoot", "--debug",
-                  "--version", "--signal", "--autotuning", "--nodes", "--ntasks-per-node", "--gpus-per-node",
-                  "--cpus-per-task", "--gpus-per-task", "--kill-on-bad-exit"}  # fmt: skip
+OTHER_PROGRAMS = {
+    "--num_gpus",
+    "--module",
+    "--hostfile",
+    "--nproc_per_node",
+    "--logdir",
+    "--max-overshoot",
+    "--debug",
+    "--version",
+    "--signal",
+    "--autotuning",
+    "--nodes",
+    "--ntasks-per-node",
+    "--gpus-per-node",
+    "--cpus-per-task",
+    "--gpus-per-task",
+    "--kill-on-bad-exit",
+    "--skip",
+    "--until",
+}  # fmt: skip (--skip/--until: flac's, in a wav.scp pipe)
 
 # The commands whose flags each section may name (a section may also name the flags of a bench/ script it names).
 SECTION_VERBS = {

@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         "file is read as that file: `sph2pipe [-f FMT] [-p|-u|-a] [-c 1|2] [-t b:e|-s b:e] F |` (channel pick and "
         "range written as the line's channel, start and end; a segment's times add to the range's start), `flac -c "
         "-d [-s] [--skip=S] [--until=[+|-]U] F |` (samples or mm:ss.ss), `sox [-q|-V] [-t T -c N -r N -b N -e ENC] F "
-        "[-t wav -r N -b N -e ENC -c 1] - [remix N|channels 1|rate N|trim START [END]] |` (one trim; its range "
-        "written as sph2pipe's is; options before F as its header says, as AMI's `sox -c 1 -t wavpcm -e "
-        "signed-integer F -t wavpcm - |`); the summary's piped_read_as_files counts them (per tool). Any other "
+        "[-t wav -r N -b N -e ENC -c 1] - [remix N|channels 1|rate N|trim START [LEN|=END|-FROM_END]] |` (one "
+        "trim; its range written as sph2pipe's is; options before F as its header says, as AMI's `sox -c 1 -t wavpcm "
+        "-e signed-integer F -t wavpcm - |`); the summary's piped_read_as_files counts them (per tool). Any other "
         "command, option, effect, shell syntax, a range outside the file, or a file llmasr cannot open "
         "(shorten-compressed .sph) is refused with its line and the part at fault.",
     )

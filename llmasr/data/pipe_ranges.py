@@ -98,14 +98,14 @@ def _sox_point(word: str) -> tuple[str, Position]:
 
 
 def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position | None]:
-    """sox's `trim START [END]`: each position is relative to the one before (`+`, the default; the first to the
-    start), absolute with `=`, back from the end with `-`; audio from START to END is kept. More positions (trim
-    alternately copies and skips between them) are not one range. `samples_ok`: whether a count of samples is one
-    of the file's (no rate effect before the trim)."""
+    """sox's `trim START [LEN|=END|-FROM_END]`: each position is relative to the one before (`+`, the default; the
+    first to the start), absolute with `=`, back from the end with `-`; audio from START to END is kept. More
+    positions (trim alternately copies and skips between them) are not one range. `samples_ok`: whether a count of
+    samples is one of the file's (no rate effect before the trim)."""
     if not 1 <= len(positions) <= 2:
         got = "no position" if not positions else f"{len(positions)} positions"
         effect = " ".join(["trim", *positions])
-        raise NotUnderstood(f"sox effect {effect!r} ({got}; read: trim START [END], one range)")
+        raise NotUnderstood(f"sox effect {effect!r} ({got}; read: trim START [LEN|=END|-FROM_END], one range)")
     points = [_sox_point(word) for word in positions]
     if not samples_ok and any(point.samples for _, point in points):
         raise NotUnderstood(f"sox effect 'trim {' '.join(positions)}' in samples after a rate effect")

@@ -83,7 +83,7 @@ def test_flac_skip_and_until_are_the_files_range(tmp_path):
 REFUSED = [
     ("sox {f} -t wav - trim 1 trim 0.5 |", "a second sox effect 'trim 0.5'"),
     ("sox {f} -t wav - rate 16k trim 800s |", "sox effect 'trim 800s' in samples after a rate effect"),
-    ("sox {f} -t wav - trim |", "sox effect 'trim' (no position; read: trim START [END], one range)"),
+    ("sox {f} -t wav - trim |", "sox effect 'trim' (no position; read: trim START [LEN|=END|-FROM_END], one range)"),
     ("sox {f} -t wav - trim 1x |", "sox trim position '1x'"),
     ("sox {f} -t wav - trim 5 |", "it starts at 5s, past the end of {f} (4s)"),
     ("sox {f} -t wav - trim -5 |", "it starts 1s before the beginning of {f} (4s)"),

@@ -193,7 +193,10 @@ REFUSED = [
     ("sox {f} -t mp3 - |", "sox output type 'mp3'"),
     ("sox {f} -t wav - remix 3 |", "sox picks channel 3 of {f}, which has 2"),
     ("sox {f} -t wav - remix 1,2 |", "sox effect 'remix 1,2'"),
-    ("sox {f} -t wav - remix 1 trim 0 1 2 |", "sox effect 'trim 0 1 2' (3 positions; read: trim START [END], one"),
+    (
+        "sox {f} -t wav - remix 1 trim 0 1 2 |",
+        "sox effect 'trim 0 1 2' (3 positions; read: trim START [LEN|=END|-FROM_END], one",
+    ),
     ("sph2pipe -f wav {f} out.wav |", "an output file (the audio goes there, not into the pipe): 'out.wav'"),
     ("sph2pipe -h hdr {f} |", "sph2pipe -h 'hdr'"),
     ("sph2pipe -c 3 {f} |", "sph2pipe -c '3'"),
