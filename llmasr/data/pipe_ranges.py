@@ -6,6 +6,7 @@ llmasr.data.piped_files. Forms not mapped raise NotUnderstood naming them.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -16,22 +17,32 @@ class NotUnderstood(ValueError):
 
 @dataclass(frozen=True)
 class Position:
-    """A point in the file: `seconds` plus `samples` (kept apart: the rate is the header's, read later), counted
-    from its start, or back from its end (`from_end`)."""
+    """A point in the file: whole `samples` plus `seconds` terms (signed), each made samples on its own as its tool
+    does (`nearest`: sox rounds a time to the nearest sample; sph2pipe and flac cast it down, C's `(int)(t * rate)`),
+    counted from the start, or back from the end (`from_end`). Kept apart until the header gives the rate."""
 
-    seconds: float = 0.0
-    samples: float = 0.0
+    seconds: tuple[float, ...] = ()
+    samples: int = 0
     from_end: bool = False
+    nearest: bool = False
 
-    def at(self, rate: int, length: float) -> float:
-        """The point in seconds from the start of a file of `length` seconds at `rate` Hz."""
-        x = self.seconds + self.samples / rate
-        return length - x if self.from_end else x
+    def frame(self, rate: int, frames: int) -> int:
+        """The point as a sample index of a file of `frames` samples at `rate` Hz."""
+        n = self.samples + sum(_samples(t, rate, self.nearest) for t in self.seconds)
+        return frames - n if self.from_end else n
 
     def plus(self, other: Position) -> Position:
-        """`other` (from the start) counted on from this point: back toward the end's side for a from-end point."""
+        """`other` (from the start) counted on from this point, in samples as the tool adds them: back toward the
+        end's side for a from-end point."""
         sign = -1 if self.from_end else 1
-        return Position(self.seconds + sign * other.seconds, self.samples + sign * other.samples, self.from_end)
+        seconds = self.seconds + tuple(sign * t for t in other.seconds)
+        return Position(seconds, self.samples + sign * other.samples, self.from_end, self.nearest)
+
+
+def _samples(seconds: float, rate: int, nearest: bool) -> int:
+    """A signed time term in samples, its size rounded as the tool rounds it."""
+    n = math.floor(abs(seconds) * rate + (0.5 if nearest else 0.0))
+    return n if seconds >= 0 else -n
 
 
 START = Position()
@@ -46,8 +57,9 @@ def sph2pipe_span(flag: str, value: str) -> tuple[Position, Position | None]:
     start, end = float(b or 0), (float(e) if e and float(e) > 0 else None)
     if start > 0 and end is not None and start >= end:
         raise NotUnderstood(f"sph2pipe -{flag} {value!r}: its start is not before its end")
-    unit = "seconds" if flag == "t" else "samples"
-    return Position(**{unit: start}), (None if end is None else Position(**{unit: end}))
+    if flag == "s":
+        return Position(samples=int(start)), (None if end is None else Position(samples=int(end)))
+    return Position((start,)), (None if end is None else Position((end,)))
 
 
 _FLAC_TIME = re.compile(r"([0-9]+):([0-9]+(\.[0-9]*)?|\.[0-9]+)")
@@ -58,13 +70,14 @@ def _flac_point(option: str, value: str) -> Position:
     if re.fullmatch(r"[0-9]+", value):
         return Position(samples=int(value))
     if m := _FLAC_TIME.fullmatch(value):
-        return Position(seconds=int(m[1]) * 60 + float(m[2]))
+        return Position((int(m[1]) * 60 + float(m[2]),))
     raise NotUnderstood(f"flac {option}={value!r} (expected a sample number or mm:ss.ss)")
 
 
 def flac_span(skip: str | None, until: str | None) -> tuple[Position, Position | None]:
     """flac's `--skip=#|mm:ss.ss` and `--until=[+|-]#|mm:ss.ss`: an until with `+` counts from the skip point, with
-    `-` back from the end of the file; the until sample is not decoded (it is the range's end)."""
+    `-` back from the end of the file; the until sample is not decoded (it is the range's end). A signed until of
+    zero (`+0`, `-0`) is flac's end of the stream."""
     start = START if skip is None else _flac_point("--skip", skip)
     if until is None:
         return start, None
@@ -72,6 +85,8 @@ def flac_span(skip: str | None, until: str | None) -> tuple[Position, Position |
     end = _flac_point("--until", rest) if rest else None
     if end is None:
         raise NotUnderstood(f"flac --until={until!r} (expected [+|-] and a sample number or mm:ss.ss)")
+    if sign and not end.samples and not any(end.seconds):
+        return start, None
     if sign == "+":
         return start, start.plus(end)
     return start, Position(end.seconds, end.samples, from_end=sign == "-")
@@ -90,11 +105,11 @@ def _sox_point(word: str) -> tuple[str, Position]:
     if m is None:
         raise NotUnderstood(f"sox trim position {word!r}")
     if m[2] is not None:
-        return m[1], Position(samples=int(m[2]))
+        return m[1], Position(samples=int(m[2]), nearest=True)
     seconds = 0.0
     for part in m[3].split(":"):
         seconds = seconds * 60 + float(part)
-    return m[1], Position(seconds=seconds)
+    return m[1], Position((seconds,), nearest=True)
 
 
 def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position | None]:
@@ -111,10 +126,10 @@ def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position
         raise NotUnderstood(f"sox effect 'trim {' '.join(positions)}' in samples after a rate effect")
     (sign, start), rest = points[0], points[1:]
     if sign == "-":
-        start = Position(start.seconds, start.samples, from_end=True)
+        start = Position(start.seconds, start.samples, from_end=True, nearest=True)
     if not rest:
         return start, None
     sign, end = rest[0]
     if sign in ("", "+"):
         return start, start.plus(end)
-    return start, Position(end.seconds, end.samples, from_end=sign == "-")
+    return start, Position(end.seconds, end.samples, from_end=sign == "-", nearest=True)

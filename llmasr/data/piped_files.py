@@ -129,17 +129,20 @@ def open_read(read: PipedRead, path: Path, hint: str = "") -> PipedFile:
 
 
 def _range(read: PipedRead, rate: int, seconds: float) -> tuple[float, float | None]:
-    """The [start, end) the command cuts of a file of `seconds` at `rate` (end None: to the file's end). sph2pipe
-    and sox stop at the file's end; flac refuses an --until past it, as it does a skip past it."""
-    start = round(read.start.at(rate, seconds), 6)
-    end = None if read.end is None else round(read.end.at(rate, seconds), 6)
+    """The [start, end) the command cuts of a file of `seconds` at `rate` (end None: to the file's end), found in
+    samples as the tool finds them and compared so (the file's end in seconds is rarely a whole microsecond).
+    sph2pipe and sox stop at the file's end; flac refuses an --until past it, as it does a skip past it."""
+    frames = round(seconds * rate)
+    first = read.start.frame(rate, frames)
+    last = None if read.end is None else read.end.frame(rate, frames)
+    start, end = round(first / rate, 6), (None if last is None else round(last / rate, 6))
     length = f"{read.file} ({seconds:g}s)"
-    if start < 0:
+    if first < 0:
         raise PipeFault(f"it starts {-start:g}s before the beginning of {length}")
-    if start >= seconds:
+    if first >= frames:
         raise PipeFault(f"it starts at {start:g}s, past the end of {length}")
-    if end is not None and end <= start:
+    if last is not None and last <= first:
         raise PipeFault(f"its range ends at {end:g}s, not after its start at {start:g}s")
-    if end is not None and end > seconds and read.tool == "flac":
+    if last is not None and last > frames and read.tool == "flac":
         raise PipeFault(f"its --until ends at {end:g}s, past the end of {length} (flac refuses it)")
-    return start, (None if end is None or end >= seconds else end)
+    return start, (None if last is None or last >= frames else end)

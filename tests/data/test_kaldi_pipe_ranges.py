@@ -107,3 +107,45 @@ def test_ranges_not_mapped_or_outside_the_file_are_refused_naming_the_part(tmp_p
     assert counts["written"] == 0 and counts["unsupported_keys"] == ["k"]
     (why,) = [str(p) for p in counts["problems"]]
     assert f"unsupported: k: pipe command {command[:60]!r} is not supported (" in why and part in why
+
+
+def test_times_are_cut_at_the_samples_each_tool_cuts(tmp_path):
+    """sph2pipe and flac cut a time down to a sample (C's `(int)(t * rate)`: 2.01 s at 8 kHz is 16079.99..., sample
+    16079), sox rounds each position to the nearest sample and adds a relative one in samples; the seconds had been
+    rounded whole by the loader, a sample after or before what the tool gives."""
+    x = _two_channel_sph(tmp_path / "a.sph", subtype="PCM_16")
+    y = (np.sin(np.arange(48000) / 7) * 8000).astype(np.int16)
+    sf.write(tmp_path / "y.flac", y, 16000)
+    lines = {
+        "s": f"sph2pipe -f wav -t 2.01:3.5 -c 1 {tmp_path / 'a.sph'} |",
+        "f": f"flac -c -d -s --skip=0:02.01 --until=+0:00.5 {tmp_path / 'y.flac'} |",
+        "x": f"sox {tmp_path / 'a.sph'} -t wav - trim 0.10006 0.10006 remix 2 |",  # 800.48 samples each: 800 + 800
+    }
+    counts = _kaldi(tmp_path, "".join(f"{k} {c}\n" for k, c in lines.items()), "".join(f"{k} x\n" for k in lines))
+    assert counts["written"] == 3
+    recs = {r["key"]: r for r in _lines(tmp_path / "out.jsonl")}
+    np.testing.assert_array_equal(_loaded(recs["s"]), x[16079:28000, 0])
+    f = recs["f"]
+    got = load_audio(f["source"], sample_rate=16000, start=f["start"], end=f["end"])
+    np.testing.assert_array_equal(got, y[32159:40159].astype(np.float32) / 32768)
+    np.testing.assert_array_equal(_loaded(recs["x"]), x[800:1600, 1])
+
+
+def test_a_flac_until_at_the_files_end_reads_to_its_end(tmp_path):
+    """A file of 16001 samples at 16 kHz is 1.0000625 s: `--until=16001` (its last sample) had been refused as past
+    its end ("its --until ends at 1.00006s, past the end of y.flac (1.00006s)"), as had `--until=-0`; `+0`, which
+    flac also reads as the end of the stream, had been refused as ending at its start."""
+    y = (np.sin(np.arange(16001) / 7) * 8000).astype(np.int16)
+    f = tmp_path / "y.flac"
+    sf.write(f, y, 16000)
+    lines = {"n": "--until=16001", "m": "--until=-0", "p": "--skip=5 --until=+0", "q": "--skip=5 --until=+15996"}
+    counts = _kaldi(tmp_path, "".join(f"{k} flac -c -d -s {u} {f} |\n" for k, u in lines.items()),
+                    "".join(f"{k} x\n" for k in lines))  # fmt: skip
+    assert counts["written"] == 4, counts["problems"]
+    recs = {r["key"]: r for r in _lines(tmp_path / "out.jsonl")}
+    assert {k: (r.get("start"), r.get("end"), r["duration"]) for k, r in recs.items()} == {
+        "n": (None, None, 1.000063), "m": (None, None, 1.000063), "p": (0.000313, None, 0.99975),
+        "q": (0.000313, None, 0.99975),
+    }  # fmt: skip
+    got = load_audio(str(f), sample_rate=16000, start=recs["p"]["start"])
+    np.testing.assert_array_equal(got, y[5:].astype(np.float32) / 32768)
