@@ -8,6 +8,7 @@ which may be a range of the file on one of its channels: they are placed in the 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,9 +19,19 @@ from llmasr.data.piped_files import PipedFile, PipeFault, open_read
 STREAM_SLACK_S = 0.025  # a cut past its stream's end by less: lhotse's audio duration mismatch tolerance
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is written, created or replaced: an answer kept for another is not its own."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 @lru_cache(maxsize=4096)
-def _opened(read: PipedRead, path: str, hint: str) -> PipedFile | PipeFault:
-    """open_read, once a process for each command (the cuts of one recording share it): its fault returned."""
+def _opened(read: PipedRead, path: str, hint: str, stamp: tuple[int, int, int] | None) -> PipedFile | PipeFault:
+    """open_read, once for each command and state of its file (the cuts of one recording share it; `stamp`, the
+    file's, keys it): its fault returned."""
     try:
         return open_read(read, Path(path), hint)
     except PipeFault as err:
@@ -48,7 +59,7 @@ def command_audio(p, source: dict, stream_channel: int | None, start: float, dur
         f": relative paths are read from the working directory ({Path.cwd()}), where lhotse runs the command, "
         f"then from the manifest's folder ({p.base})"
     )  # fmt: skip
-    piped = _opened(read, path, hint)
+    piped = _opened(read, path, hint, _stamp(path))
     if isinstance(piped, PipeFault):
         raise refused(piped.part, piped.names_file)
     channels = source.get("channels") or [0]

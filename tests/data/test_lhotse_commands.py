@@ -134,3 +134,20 @@ def test_commands_the_kaldi_path_refuses_are_refused_naming_the_line_and_part(tm
     assert e.value.line == 2 and e.value.key == "k"
     assert e.value.reason.startswith(f"lhotse recording source command {command[:60]!r} is not read as a file (")
     assert part in e.value.reason
+
+
+def test_a_command_reads_its_file_as_it_is_now_not_as_first_opened(tmp_path, monkeypatch):
+    """The file a command decodes is opened once for the cuts that share it, but not kept past a change: a manifest
+    opened again after the audio is written (it was missing) or rewritten (longer) had been answered from the first
+    opening for the rest of the process."""
+    monkeypatch.chdir(tmp_path)
+    rec = _recording("r", [{"type": "command", "channels": [0], "source": "sox a.wav -t wav -"}], 2.0)
+    path = _write(tmp_path / "cuts.jsonl", [_cut("k", rec, 0.0, 1.5)])
+    with pytest.raises(BadRecord, match="it reads a.wav, which is not there"):
+        Manifest.open(path)[0]
+    sf.write(tmp_path / "a.wav", np.zeros(SR // 2, dtype=np.float32), SR)  # 0.5 s: the cut runs past it
+    with pytest.raises(BadRecord, match="ends 1.000 s past the end of its command's output"):
+        Manifest.open(path)[0]
+    sf.write(tmp_path / "a.wav", np.zeros(SR * 2, dtype=np.float32), SR)  # rewritten whole
+    u = Manifest.open(path)[0]
+    assert (u.source, u.start, u.end) == (str(tmp_path / "a.wav"), 0.0, 1.5)
