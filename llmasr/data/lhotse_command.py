@@ -69,9 +69,14 @@ def command_audio(p, source: dict, stream_channel: int | None, start: float, dur
     channel = piped.channel if piped.channels == 1 else stream_channel
     first, last = piped.start + start, piped.start + start + duration
     stream_end = piped.seconds if piped.end is None else piped.end
+    output = f"({stream_end - piped.start:g} s of {read.file}: {command[:60]!r})"
+    if first >= stream_end:  # within the slack below, it would be read as a negative duration
+        raise p.bad(
+            f"lhotse cut ({start:g} s + {duration:g} s) starts at or past the end of its command's output {output}"
+        )
     if last > stream_end + STREAM_SLACK_S:
         raise p.bad(
             f"lhotse cut ({start:g} s + {duration:g} s) ends {last - stream_end:.3f} s past the end of its command's "
-            f"output ({stream_end - piped.start:g} s of {read.file}: {command[:60]!r})"
+            f"output {output}"
         )
     return piped.path, channel, round(first, 6), round(min(last, stream_end), 6)

@@ -151,3 +151,19 @@ def test_a_command_reads_its_file_as_it_is_now_not_as_first_opened(tmp_path, mon
     sf.write(tmp_path / "a.wav", np.zeros(SR * 2, dtype=np.float32), SR)  # rewritten whole
     u = Manifest.open(path)[0]
     assert (u.source, u.start, u.end) == (str(tmp_path / "a.wav"), 0.0, 1.5)
+
+
+def test_a_cut_starting_at_or_past_its_commands_output_end_is_a_bad_line(tmp_path):
+    """A cut past the output's end by less than lhotse's tolerance is clipped to it; one that starts there or after
+    it had been read as an utterance of negative duration (3.005 s to 3.0 s of the file)."""
+    sf.write(tmp_path / "a.wav", np.zeros(SR * 4, dtype=np.float32), SR)
+    trim = {"type": "command", "channels": [0], "source": f"sox {tmp_path / 'a.wav'} -t wav - trim 1 2"}
+    rec = _recording("r", [trim], 2.5)
+    m = Manifest.open(_write(tmp_path / "cuts.jsonl", [_cut("past", rec, 2.005, 0.01), _cut("end", rec, 1.99, 0.02)]))
+    with pytest.raises(BadRecord) as e:
+        m[0]
+    assert e.value.line == 1 and (
+        "lhotse cut (2.005 s + 0.01 s) starts at or past the end of its command's output (2 s of " in e.value.reason
+    )
+    u = m[1]
+    assert (u.start, u.end) == (2.99, 3.0) and u.duration == pytest.approx(0.01)
