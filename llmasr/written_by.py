@@ -1,14 +1,15 @@
 """Which llmasr wrote a file: the `written_by` record a checkpoint's llmasr_meta.json, an export's
 llmasr_model.yaml and a decode's wer.json carry, {"llmasr": the installed version, "commit": the checkout's git
-commit, `-dirty` after it where llmasr/ holds uncommitted changes}, either null where unknown (a wheel install has no
-checkout). A later llmasr that cannot read such a file names its writer with `writer`; a file without the record was
-written before llmasr kept one.
+commit, `-dirty` after it where llmasr/ holds uncommitted changes, `-broken` where git cannot tell}, either null where
+unknown (a wheel install has no checkout). A later llmasr that cannot read such a file names its writer with
+`writer`; a file without the record was written before llmasr kept one.
 
 Nothing here imports llmasr: every layer that writes a file may use it.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -69,13 +70,17 @@ def _commit(root: Path) -> str | None:
     if not head:
         return None
     changed = _git(root, "status", "--porcelain", "--", "llmasr")  # tracked edits and new files alike
+    if changed is None:  # HEAD named, the index unread: not known to be clean (git describe --broken's mark)
+        return f"{head}-broken"
     return f"{head}-dirty" if changed else head
 
 
 def _git(root: Path, *args: str) -> str | None:
-    """git's output in `root`, stripped; None where git is missing, fails or takes too long."""
+    """git's output in `root`, stripped; None where git is missing, fails or takes too long. Asked without git's
+    optional locks: status would rewrite the index under index.lock, failing a commit the user runs meanwhile."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -4,6 +4,7 @@ carry, and how a refusal of a file written by another llmasr names that writer."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,40 @@ def test_a_checkout_whose_llmasr_files_differ_from_its_commit_is_marked_dirty(tm
     (tmp_path / "llmasr" / "extra.py").write_text("")  # a new module is code the commit does not hold
     assert _commit(tmp_path) == f"{head}-dirty"
     assert writer({"llmasr": "0.1.0", "commit": f"{head}-dirty"}) == f"llmasr 0.1.0 (commit {head}-dirty)"
+
+
+def _checkout(root: Path) -> str:
+    """A git checkout at `root` holding llmasr/scoring.py, committed; its short HEAD."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (root / "llmasr").mkdir()
+    (root / "llmasr" / "scoring.py").write_text("WEIGHT = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    return git("rev-parse", "--short=12", "HEAD").strip()
+
+
+def test_naming_the_commit_leaves_the_checkouts_index_alone(tmp_path):
+    """Every llmasr process (each DeepSpeed rank) asks git whether llmasr/ is edited: a plain `git status` refreshes
+    and rewrites .git/index under its lock, so a `git commit` the user runs meanwhile could fail on index.lock; it
+    is asked without git's optional locks, writing nothing."""
+    head = _checkout(tmp_path)
+    code = tmp_path / "llmasr" / "scoring.py"
+    os.utime(code, ns=(code.stat().st_atime_ns, code.stat().st_mtime_ns - 10**10))  # touched: same content
+    index = (tmp_path / ".git" / "index").read_bytes()
+    assert _commit(tmp_path) == head
+    assert (tmp_path / ".git" / "index").read_bytes() == index
+
+
+def test_a_checkout_git_cannot_tell_edited_or_not_is_not_named_clean(tmp_path):
+    """Where git names HEAD but cannot read the index (corrupt; or status fails), whether llmasr/ is edited is not
+    known: the commit is named `-broken`, as git describe --broken names it, not as clean code."""
+    head = _checkout(tmp_path)
+    (tmp_path / ".git" / "index").write_bytes(b"not an index")
+    assert _commit(tmp_path) == f"{head}-broken"
 
 
 def test_llmasr_version_names_this_llmasr_and_the_installed_stack(capsys):
