@@ -165,6 +165,8 @@ def _sph2pipe(args: list[str]) -> PipedRead:
         if letter in "ts":
             if unit not in (None, letter):
                 raise NotUnderstood("sph2pipe -t and -s both given")
+            if unit is not None:  # sph2pipe keeps the first's start or end where the second leaves it out
+                raise NotUnderstood(f"a second sph2pipe -{letter} {value!r} (a range is given once)")
             span, unit = sph2pipe_span(letter, value), letter
     return PipedRead("sph2pipe", file, channel, channel is not None, *span, pick_ignored_on_mono=True)
 
