@@ -101,7 +101,7 @@ def _getopt(tool: str, args: list[str], shortopts: str, longopts: dict[str, str]
             break
         if word.startswith("--"):
             name, equals, value = word.partition("=")
-            if word in longopts:
+            if word in longopts and not word.endswith("="):  # a flag; `--skip=` is an empty value, not no option
                 opts.append((longopts[word], None))
             elif name + "=" not in longopts:  # "--skip=": an option taking a value, `--skip=N` or `--skip N`
                 raise NotUnderstood(f"{tool} option {word!r}")

@@ -81,7 +81,7 @@ def flac_span(skip: str | None, until: str | None) -> tuple[Position, Position |
     start = START if skip is None else _flac_point("--skip", skip)
     if until is None:
         return start, None
-    sign, rest = (until[0], until[1:]) if until[:1] in "+-" else ("", until)
+    sign, rest = (until[0], until[1:]) if until[:1] in ("+", "-") else ("", until)
     end = _flac_point("--until", rest) if rest else None
     if end is None:
         raise NotUnderstood(f"flac --until={until!r} (expected [+|-] and a sample number or mm:ss.ss)")

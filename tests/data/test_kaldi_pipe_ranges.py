@@ -94,6 +94,9 @@ REFUSED = [
     ("flac -c -d -s --skip=-5 {fl} |", "flac --skip='-5' (expected a sample number or mm:ss.ss)"),
     ("flac -c -d -s --until=1.5 {fl} |", "flac --until='1.5' (expected a sample number or mm:ss.ss)"),
     ("flac -c -d -s {fl} --until |", "flac option '--until' without its value"),
+    # an empty value fails in flac ("argument to --skip must be a non-negative sample count or time")
+    ("flac -c -d -s --skip= {fl} |", "flac --skip='' (expected a sample number or mm:ss.ss)"),
+    ("flac -c -d -s --until= {fl} |", "flac --until='' (expected [+|-] and a sample number or mm:ss.ss)"),
     # sph2pipe keeps the first -t's start where a second leaves its start out (it reads 1-3 s): not one range
     ("sph2pipe -f wav -t 1:2 -t :3 {f} |", "a second sph2pipe -t ':3' (a range is given once)"),
 ]
