@@ -17,32 +17,28 @@ class NotUnderstood(ValueError):
 
 @dataclass(frozen=True)
 class Position:
-    """A point in the file: whole `samples` plus `seconds` terms (signed), each made samples on its own as its tool
-    does (`nearest`: sox rounds a time to the nearest sample; sph2pipe and flac cast it down, C's `(int)(t * rate)`),
-    counted from the start, or back from the end (`from_end`). Kept apart until the header gives the rate."""
+    """A point in the file: `samples` plus `seconds` (made samples as the tool makes them), counted from the start,
+    on from an earlier point (`after`: sox's `+`, flac's `--until=+U`), or back from the end (`from_end`). `sox`:
+    counted as sox counts, a time rounded to the nearest sample and a count back from the end stopping at the start;
+    else as sph2pipe and flac do, a time cast down (C's `(int)(t * rate)`), a count back free to pass the start (which
+    they refuse). Kept apart until the header gives the rate."""
 
-    seconds: tuple[float, ...] = ()
+    seconds: float = 0.0
     samples: int = 0
     from_end: bool = False
-    nearest: bool = False
+    sox: bool = False
+    after: Position | None = None
 
     def frame(self, rate: int, frames: int) -> int:
         """The point as a sample index of a file of `frames` samples at `rate` Hz."""
-        n = self.samples + sum(_samples(t, rate, self.nearest) for t in self.seconds)
-        return frames - n if self.from_end else n
+        n = self.samples + math.floor(self.seconds * rate + (0.5 if self.sox else 0.0))
+        if self.from_end:
+            return max(frames - n, 0) if self.sox else frames - n
+        return n + (0 if self.after is None else self.after.frame(rate, frames))
 
     def plus(self, other: Position) -> Position:
-        """`other` (from the start) counted on from this point, in samples as the tool adds them: back toward the
-        end's side for a from-end point."""
-        sign = -1 if self.from_end else 1
-        seconds = self.seconds + tuple(sign * t for t in other.seconds)
-        return Position(seconds, self.samples + sign * other.samples, self.from_end, self.nearest)
-
-
-def _samples(seconds: float, rate: int, nearest: bool) -> int:
-    """A signed time term in samples, its size rounded as the tool rounds it."""
-    n = math.floor(abs(seconds) * rate + (0.5 if nearest else 0.0))
-    return n if seconds >= 0 else -n
+        """`other` (a length) counted on from this point, in samples as the tool adds them."""
+        return Position(other.seconds, other.samples, sox=other.sox, after=self)
 
 
 START = Position()
@@ -59,7 +55,7 @@ def sph2pipe_span(flag: str, value: str) -> tuple[Position, Position | None]:
         raise NotUnderstood(f"sph2pipe -{flag} {value!r}: its start is not before its end")
     if flag == "s":
         return Position(samples=int(start)), (None if end is None else Position(samples=int(end)))
-    return Position((start,)), (None if end is None else Position((end,)))
+    return Position(start), (None if end is None else Position(end))
 
 
 _FLAC_TIME = re.compile(r"([0-9]+):([0-9]+(\.[0-9]*)?|\.[0-9]+)")
@@ -70,7 +66,7 @@ def _flac_point(option: str, value: str) -> Position:
     if re.fullmatch(r"[0-9]+", value):
         return Position(samples=int(value))
     if m := _FLAC_TIME.fullmatch(value):
-        return Position((int(m[1]) * 60 + float(m[2]),))
+        return Position(int(m[1]) * 60 + float(m[2]))
     raise NotUnderstood(f"flac {option}={value!r} (expected a sample number or mm:ss.ss)")
 
 
@@ -85,7 +81,7 @@ def flac_span(skip: str | None, until: str | None) -> tuple[Position, Position |
     end = _flac_point("--until", rest) if rest else None
     if end is None:
         raise NotUnderstood(f"flac --until={until!r} (expected [+|-] and a sample number or mm:ss.ss)")
-    if sign and not end.samples and not any(end.seconds):
+    if sign and not end.samples and not end.seconds:
         return start, None
     if sign == "+":
         return start, start.plus(end)
@@ -105,11 +101,11 @@ def _sox_point(word: str) -> tuple[str, Position]:
     if m is None:
         raise NotUnderstood(f"sox trim position {word!r}")
     if m[2] is not None:
-        return m[1], Position(samples=int(m[2]), nearest=True)
+        return m[1], Position(samples=int(m[2]), sox=True)
     seconds = 0.0
     for part in m[3].split(":"):
         seconds = seconds * 60 + float(part)
-    return m[1], Position((seconds,), nearest=True)
+    return m[1], Position(seconds, sox=True)
 
 
 def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position | None]:
@@ -126,10 +122,10 @@ def sox_trim(positions: list[str], samples_ok: bool) -> tuple[Position, Position
         raise NotUnderstood(f"sox effect 'trim {' '.join(positions)}' in samples after a rate effect")
     (sign, start), rest = points[0], points[1:]
     if sign == "-":
-        start = Position(start.seconds, start.samples, from_end=True, nearest=True)
+        start = Position(start.seconds, start.samples, from_end=True, sox=True)
     if not rest:
         return start, None
     sign, end = rest[0]
     if sign in ("", "+"):
         return start, start.plus(end)
-    return start, Position(end.seconds, end.samples, from_end=sign == "-", nearest=True)
+    return start, Position(end.seconds, end.samples, from_end=sign == "-", sox=True)

@@ -137,8 +137,6 @@ def _range(read: PipedRead, rate: int, seconds: float) -> tuple[float, float | N
     last = None if read.end is None else read.end.frame(rate, frames)
     start, end = round(first / rate, 6), (None if last is None else round(last / rate, 6))
     length = f"{read.file} ({seconds:g}s)"
-    if first < 0:
-        raise PipeFault(f"it starts {-start:g}s before the beginning of {length}")
     if first >= frames:
         raise PipeFault(f"it starts at {start:g}s, past the end of {length}")
     if last is not None and last <= first:

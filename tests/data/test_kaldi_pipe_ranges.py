@@ -86,7 +86,6 @@ REFUSED = [
     ("sox {f} -t wav - trim |", "sox effect 'trim' (no position; read: trim START [LEN|=END|-FROM_END], one range)"),
     ("sox {f} -t wav - trim 1x |", "sox trim position '1x'"),
     ("sox {f} -t wav - trim 5 |", "it starts at 5s, past the end of {f} (4s)"),
-    ("sox {f} -t wav - trim -5 |", "it starts 1s before the beginning of {f} (4s)"),
     ("sox {f} -t wav - trim 2 =1 |", "its range ends at 1s, not after its start at 2s"),
     ("flac -c -d -s --until=9000 {fl} |", "its --until ends at 1.125s, past the end of {fl} (1s) (flac refuses it)"),
     ("flac -c -d -s --skip=2:00 {fl} |", "it starts at 120s, past the end of {fl} (1s)"),
@@ -154,3 +153,20 @@ def test_a_flac_until_at_the_files_end_reads_to_its_end(tmp_path):
     }  # fmt: skip
     got = load_audio(str(f), sample_rate=16000, start=recs["p"]["start"])
     np.testing.assert_array_equal(got, y[5:].astype(np.float32) / 32768)
+
+
+def test_a_sox_count_back_past_the_start_stops_at_it(tmp_path):
+    """sox counts a `-` position back from the end and stops at the start (its subtraction floors at 0), and a `+`
+    length counts on from where the position before landed: `trim -5` of a 4 s file is the whole file, `trim -5 1`
+    its first second. Both had been refused ("it starts 1s before the beginning")."""
+    x = _two_channel_sph(tmp_path / "a.sph", subtype="PCM_16")
+    f = tmp_path / "a.sph"
+    lines = {"all": "trim -5", "first": "trim -5 1", "tail": "trim -2 =3.5"}
+    counts = _kaldi(tmp_path, "".join(f"{k} sox {f} -t wav - {e} remix 1 |\n" for k, e in lines.items()),
+                    "".join(f"{k} x\n" for k in lines))  # fmt: skip
+    assert counts["written"] == 3, counts["problems"]
+    recs = {r["key"]: r for r in _lines(tmp_path / "out.jsonl")}
+    assert {k: (r.get("start"), r.get("end")) for k, r in recs.items()} == {
+        "all": (None, None), "first": (0.0, 1.0), "tail": (2.0, 3.5),
+    }  # fmt: skip
+    np.testing.assert_array_equal(_loaded(recs["first"]), x[:8000, 0])
