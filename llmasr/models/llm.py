@@ -127,12 +127,17 @@ def warn_remote_code(path: str | Path, source: str) -> None:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names of nn.Linear modules (e.g. q_proj), the vocabulary `target_modules` is mostly written in."""
+    """Leaf names of the linear layers LoRA can wrap (e.g. q_proj), the vocabulary `target_modules` is mostly written
+    in."""
     return sorted({name.rsplit(".", 1)[-1] for name in _linear_paths(model)})
 
 
 def _linear_paths(model: nn.Module) -> list[str]:
-    return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    """The linear layers peft wraps as such: nn.Linear, and transformers' Conv1D (GPT-2's c_attn, c_proj, c_fc: a
+    linear layer whose weight is stored transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, Conv1D))]
 
 
 def _reaches(target: str, path: str) -> bool:
@@ -144,9 +149,12 @@ def _reaches(target: str, path: str) -> bool:
 @contextlib.contextmanager
 def peft_wrapping():
     """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: a FutureWarning each run
-    about peft's own code, which a user cannot act on. Other warnings pass."""
+    about peft's own code, which a user cannot act on. Its note on a Conv1D target (fan_in_fan_out set to True)
+    neither: it sets that per layer, as each layer's weight is stored, and no recipe key sets it. Other warnings
+    pass."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
         yield
 
 
@@ -161,7 +169,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
         missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
         if missing:
             raise ConfigError(
-                f"{what}.lora.target_modules: {missing} match no nn.Linear in the {what}; available: "
+                f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
                 f"{linear_module_names(model)}"
             )
         linear = set(paths)
@@ -188,7 +196,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
         with peft_wrapping():
             model = peft.get_peft_model(model, config)
     else:
-        model = peft.inject_adapter_in_model(config, model)
+        with peft_wrapping():
+            model = peft.inject_adapter_in_model(config, model)
     if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
         model.requires_grad_(True)
     return model
