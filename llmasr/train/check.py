@@ -63,8 +63,10 @@ def param_counts(model) -> dict:
     for name in ("encoder", "adaptor", "ctc_head", "llm"):
         module = getattr(model, name, None)
         if module is not None:
-            ps = list(module.parameters())
-            per_branch[name] = (sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad))
+            ps = list(module.named_parameters())
+            trained = [(n, p.numel()) for n, p in ps if p.requires_grad]
+            adapters = sum(k for n, k in trained if "lora_" in n)  # peft's LoRA tensors: lora_A, lora_B, ...
+            per_branch[name] = (sum(p.numel() for _, p in ps), sum(k for _, k in trained), adapters)
     return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch,
             "bytes": weight_bytes}  # fmt: skip
 
@@ -297,8 +299,10 @@ def check(
         "parameters",
         f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
     ]
-    for branch, (n, t) in counts["branches"].items():
-        lines.append(f"  {branch}: {n:,} ({t:,} trainable)")
+    for branch, (n, t, lora) in counts["branches"].items():
+        # under LoRA, the base's own share says what freeze: false or lora.bias adds to the adapters
+        split = f": {lora:,} in LoRA adapters, {t - lora:,} of the branch's own" if lora else ""
+        lines.append(f"  {branch}: {n:,} ({t:,} trainable{split})")
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())
     lines += prompt_lines(model, recipe.model)

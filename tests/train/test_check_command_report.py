@@ -582,3 +582,35 @@ def test_out_at_a_run_folder_is_refused_before_it_overwrites_the_run_s_curves(re
     )
     assert code == 0, err
     assert (mine / "lr_schedule.csv").is_file()
+
+
+def test_a_branch_with_lora_says_how_much_of_what_trains_is_the_adapters(recipe_file, tmp_path, capsys):
+    """A branch under LoRA splits its trainable count into the adapters and its own weights, so freeze: false beside
+    lora (the whole base trains too) and lora.bias (the base's biases train) read from the report; the count alone had
+    looked the same for either."""
+    base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    encoder_lora = "model.encoder.lora={r: 2, target_modules: [linear_q_k_v]}"
+    code, out, err = run_check(
+        capsys, *base, "model.llm.lora.bias=lora_only", encoder_lora, "model.encoder.freeze=true"
+    )
+    assert code == 0, err
+    from llmasr.models.config import LoraConfig
+    from llmasr.recipe import load_recipe
+
+    recipe = load_recipe(recipe_file)
+    recipe.model.llm.lora.bias = "lora_only"
+    recipe.model.encoder.lora = LoraConfig(r=2, target_modules=["linear_q_k_v"])
+    recipe.model.encoder.freeze = True
+    model = llmasr.build_model(recipe.model)
+    for branch in ("encoder", "llm"):
+        params = [(n, p.numel()) for n, p in getattr(model, branch).named_parameters() if p.requires_grad]
+        lora, own = sum(k for n, k in params if "lora_" in n), sum(k for n, k in params if "lora_" not in n)
+        assert lora and (own > 0) is (branch == "llm")
+        assert f"({lora + own:,} trainable: {lora:,} in LoRA adapters, {own:,} of the branch's own)" in out
+    assert re.search(r"  adaptor: [\d,]+ \([\d,]+ trainable\)\n", out)  # no LoRA, nothing to split
+
+    code, out, err = run_check(capsys, *base, "model.llm.freeze=false")
+    assert code == 0, err
+    llm = llmasr.build_model(load_recipe(recipe_file).model).llm
+    own = sum(p.numel() for n, p in llm.named_parameters() if "lora_" not in n)
+    assert re.search(rf"  llm: [\d,]+ \([\d,]+ trainable: [\d,]+ in LoRA adapters, {own:,} of the branch's own\)", out)
