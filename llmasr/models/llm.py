@@ -150,11 +150,13 @@ def _reaches(target: str, path: str) -> bool:
 def peft_wrapping():
     """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: a FutureWarning each run
     about peft's own code, which a user cannot act on. Its note on a Conv1D target (fan_in_fan_out set to True)
-    neither: it sets that per layer, as each layer's weight is stored, and no recipe key sets it. Other warnings
+    neither: it sets that per layer, as each layer's weight is stored, and no recipe key sets it; nor its caution on
+    a tied head under LoRA (ensure_weight_tying): llmasr says what it does of that (apply_lora). Other warnings
     pass."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
+        warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True` and a tied layer is part of")
         yield
 
 
@@ -195,12 +197,28 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     if hf_model:
         with peft_wrapping():
             model = peft.get_peft_model(model, config)
+        _say_tied_head(model, what)
     else:
         with peft_wrapping():
             model = peft.inject_adapter_in_model(config, model)
     if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
         model.requires_grad_(True)
     return model
+
+
+def _say_tied_head(llm, what: str) -> None:
+    """LoRA on an output head tied to the input embeddings adapts that side alone (llmasr.export.merge)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = llm.get_base_model()
+    head, inputs = base.get_output_embeddings(), base.get_input_embeddings()
+    if isinstance(head, LoraLayer) and head.get_base_layer().weight is inputs.weight:
+        name = next(n for n, m in base.named_modules() if m is head)
+        log.warning(
+            "%s.lora.target_modules reaches %s, whose weight the LLM ties to its input embeddings "
+            "(tie_word_embeddings): the adapter changes the output side only; `llmasr export` writes the merged LLM "
+            "with the two untied (%s a weight of its own), --adapter-only keeps the base tied", what, name, name,
+        )  # fmt: skip
 
 
 def load_llm(
