@@ -44,6 +44,7 @@ from llmasr.config_io import to_dict
 from llmasr.config_paths import input_paths
 from llmasr.export.finetune_recipe import FINETUNE_NAME, write_next_round
 from llmasr.export.merge import (  # noqa: F401
+    ADAPTER_FILE,
     ExportError,
     cast_llm,
     check_adapter_only,
@@ -263,7 +264,7 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         from peft import PeftModel
 
         if isinstance(model.llm, PeftModel):
-            model.llm.save_pretrained(str(tmp / "adapter"))
+            model.llm.save_pretrained(str(tmp / "adapter"), **ADAPTER_FILE)
             _save_tokenizer(model.prompt, tmp / "adapter")
             llm_entry = {"kind": "adapter", "dir": "adapter"}
         else:

@@ -122,12 +122,18 @@ def refuse_adapter_only_of(recipe, trainable: list[str]) -> None:
         _refuse_trained_base([n for n in trainable if n.startswith("llm.") and "lora_" not in n], recipe)
 
 
+# What --adapter-only writes of the peft model, and so what check_adapter_only counts as carried: the adapters and
+# the biases lora.bias trains. The base's embedding and head are left out: frozen and unresized (a trained base is
+# refused), where peft copies them in whole (vocab x hidden each) whenever lm_head is a LoRA target.
+ADAPTER_FILE = {"save_embedding_layers": False}
+
+
 def check_adapter_only(model: nn.Module, recipe) -> None:
     """--adapter-only writes what peft's adapter file holds (the LoRA tensors, and the biases lora.bias trains):
     refuse when more of the LLM was trained."""
     from peft import PeftModel, get_peft_model_state_dict
 
-    saved = set(get_peft_model_state_dict(model.llm)) if isinstance(model.llm, PeftModel) else set()
+    saved = set(get_peft_model_state_dict(model.llm, **ADAPTER_FILE)) if isinstance(model.llm, PeftModel) else set()
     trained = [
         f"llm.{n}" for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" not in n and n not in saved
     ]

@@ -95,6 +95,12 @@ def test_adapter_only_export_of_lm_head_lora_on_tied_embeddings(tied_llm, train_
     ref = run.reference_model()
     merged = load_exported(export_model(run.run_dir, tmp_path / "merged", dtype="fp32"))
     adapter = load_exported(export_model(run.run_dir, tmp_path / "adapter", adapter_only=True))
+    # only the adapter's own tensors: peft's save_pretrained had added full copies of the frozen, unresized embedding
+    # and head (vocab x hidden each, a GB for a 1.5B Qwen) whenever lm_head was a target
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "adapter" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert sorted(k for k in f.keys() if "lora_" not in k) == []
     batch = random_batch(ref, TARGETS, seed=6)
     want = speech_logits(ref, batch)
     torch.testing.assert_close(speech_logits(adapter, batch), want, rtol=0, atol=1e-5)
