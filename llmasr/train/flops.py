@@ -103,9 +103,22 @@ def causal_pairs(lengths: torch.Tensor) -> torch.Tensor:
     return (lengths * (lengths + 1) / 2).sum()
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D, GPT-2's linear layer (weight [in, out]), which LoRA targets as it targets nn.Linear;
+    imported only once transformers is (an LLM built), as this module is imported before."""
+    import sys
+
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return utils is not None and isinstance(module, utils.Conv1D)
+
+
 def _gemm_rows(module: nn.Module, output: torch.Tensor) -> int:
-    """Rows of a Linear's output [..., out], output positions of a convolution's [B, C, *positions]."""
-    channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    """Rows of a Linear's output [..., out] (transformers' Conv1D's too: out is its `nf`), output positions of a
+    convolution's [B, C, *positions]."""
+    if _is_conv1d(module):
+        channels = module.nf
+    else:
+        channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
     return output.numel() // max(channels, 1)
 
 
@@ -214,7 +227,7 @@ class FlopCounter:
 
     def _hook_branch(self, module: nn.Module, branch: str) -> None:
         for sub in module.modules():
-            if isinstance(sub, GEMMS):
+            if isinstance(sub, GEMMS) or _is_conv1d(sub):
                 self._hook_gemm(sub, branch)
             elif branch != "llm" and _attention_width(sub) is not None:
                 hook = self._on_attention(branch, _trains_before_scores(sub))

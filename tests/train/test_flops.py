@@ -282,3 +282,39 @@ def test_llm_attention_counts_the_backward_products_autograd_runs(tiny_llm_dir, 
     assert count.flops == pytest.approx(
         reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t), rel=1e-12
     )
+
+
+def test_an_llm_of_conv1d_projections_counts_them(tmp_path):
+    """GPT-2's projections are transformers' Conv1D (a linear layer with its weight stored transposed), which LoRA
+    may target as it targets nn.Linear: their matmuls count as a Linear's. The count had left every one of them out
+    (the LLM's whole base and LoRA on c_attn), and MFU read that much lower. It equals torch's FlopCounterMode over
+    the same step, as test_llm_attention_counts_the_backward_products_autograd_runs reads it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
+
+    tok = train_bpe_tokenizer(DEFAULT_CORPUS, 300)
+    torch.manual_seed(0)
+    ends = {"bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"), "eos_token_id": tok.eos_token_id}
+    gpt2 = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=512, **ends)
+    llm_dir = write_tiny_llm_dir(tmp_path / "gpt2", tokenizer=tok, model=GPT2LMHeadModel(gpt2))
+    section = tiny_model_section(llm_dir, freeze_encoder=True)
+    section["adaptor"]["freeze"] = True
+    section["llm"]["lora"]["target_modules"] = ["c_attn"]
+    model = build_model(section).train()
+    batch = random_batch(model, ["hello world"], frames=[24])
+    counter = FlopCounter(model)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:
+        with counter.measure(batch):
+            out = model(batch)
+        out.loss.backward()
+    count = counter.take()
+    ops = reference.get_flop_counts()
+    bmm = [sum(v for op, v in ops[m].items() if "bmm" in str(op)) for m in ("Global", "SpeechLLM.encoder")]
+    llm_scores, t = bmm[0] - bmm[1], count.llm_tokens
+    assert llm_scores > 0
+    assert count.flops == pytest.approx(
+        reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t), rel=1e-12
+    )
