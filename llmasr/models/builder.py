@@ -31,7 +31,8 @@ from llmasr.models.ds_checkpoint import weights_in
 from llmasr.models.encoder_spec import encoder_spec
 from llmasr.models.funasr_dir import construct_encoder, load_funasr_encoder
 from llmasr.models.funasr_files import missing_weights
-from llmasr.models.llm import apply_lora, embedding_shape, load_llm
+from llmasr.models.llm import embedding_shape, load_llm
+from llmasr.models.lora import apply_lora
 from llmasr.models.model_file import MODEL_FILE
 from llmasr.models.prompt import PromptBuilder
 from llmasr.models.rotary import round_rotary

@@ -6,12 +6,10 @@ so `from_pretrained` partitions the weights as it reads them (zero.Init) and no 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ from llmasr.models.llm_files import (
     stored_shapes,
     weight_files,
 )
+from llmasr.models.lora import apply_lora, peft_wrapping
 from llmasr.models.tokenizer import TOKENIZER_FILES, LLMLoadError, load_tokenizer, tokenizer_dir
 from llmasr.text_files import not_utf8
 
@@ -124,101 +123,6 @@ def warn_remote_code(path: str | Path, source: str) -> None:
         "trust_remote_code is on (%s): transformers may import and run the Python files in %s; "
         "use it only for a directory you trust", source, path, extra=EVERY_RANK,
     )  # fmt: skip
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names of the linear layers LoRA can wrap (e.g. q_proj), the vocabulary `target_modules` is mostly written
-    in."""
-    return sorted({name.rsplit(".", 1)[-1] for name in _linear_paths(model)})
-
-
-def _linear_paths(model: nn.Module) -> list[str]:
-    """The linear layers peft wraps as such: nn.Linear, and transformers' Conv1D (GPT-2's c_attn, c_proj, c_fc: a
-    linear layer whose weight is stored transposed)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return [name for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, Conv1D))]
-
-
-def _reaches(target: str, path: str) -> bool:
-    """Whether a target_modules entry names the module at `path`, as peft matches list entries: the whole name, or a
-    suffix of it after a dot (q_proj, self_attn.q_proj)."""
-    return path == target or path.endswith("." + target)
-
-
-@contextlib.contextmanager
-def peft_wrapping():
-    """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: a FutureWarning each run
-    about peft's own code, which a user cannot act on. Its note on a Conv1D target (fan_in_fan_out set to True)
-    neither: it sets that per layer, as each layer's weight is stored, and no recipe key sets it; nor its caution on
-    a tied head under LoRA (ensure_weight_tying): llmasr says what it does of that (apply_lora). Other warnings
-    pass."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
-        warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True` and a tied layer is part of")
-        yield
-
-
-def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool, freeze: bool = True):
-    """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match). peft
-    leaves the adapters and the biases `lora.bias` names trainable; `freeze` False trains the base as well."""
-    import peft
-
-    paths = _linear_paths(model)
-    targets = lora.target_modules
-    if targets != "all-linear":
-        missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
-        if missing:
-            raise ConfigError(
-                f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
-                f"{linear_module_names(model)}"
-            )
-        linear = set(paths)
-        others = [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()
-                  if p and p not in linear and _reaches(t, p)]  # fmt: skip
-        if others:
-            raise ConfigError(
-                f"{what}.lora.target_modules also name modules that are not nn.Linear: {others[:5]}; name the "
-                "Linear layers by a longer suffix (e.g. self_attn.linear_q)"
-            )
-    elif not hf_model:
-        # peft's "all-linear" shortcut needs a transformers model. Whole names: a leaf name such as "0" (a Linear
-        # in a Sequential) would also reach every module whose name ends in ".0", a layer or a convolution.
-        targets = paths
-    config = peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=targets,
-        bias=lora.bias,
-        task_type="CAUSAL_LM" if hf_model else None,
-    )
-    if hf_model:
-        with peft_wrapping():
-            model = peft.get_peft_model(model, config)
-        _say_tied_head(model, what)
-    else:
-        with peft_wrapping():
-            model = peft.inject_adapter_in_model(config, model)
-    if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
-        model.requires_grad_(True)
-    return model
-
-
-def _say_tied_head(llm, what: str) -> None:
-    """LoRA on an output head tied to the input embeddings adapts that side alone (llmasr.export.merge)."""
-    from peft.tuners.lora import LoraLayer
-
-    base = llm.get_base_model()
-    head, inputs = base.get_output_embeddings(), base.get_input_embeddings()
-    if isinstance(head, LoraLayer) and head.get_base_layer().weight is inputs.weight:
-        name = next(n for n, m in base.named_modules() if m is head)
-        log.warning(
-            "%s.lora.target_modules reaches %s, whose weight the LLM ties to its input embeddings "
-            "(tie_word_embeddings): the adapter changes the output side only; `llmasr export` writes the merged LLM "
-            "with the two untied (%s a weight of its own), --adapter-only keeps the base tied", what, name, name,
-        )  # fmt: skip
 
 
 def load_llm(
