@@ -10,6 +10,7 @@ import warnings
 from torch import nn
 
 from llmasr.config_io import ConfigError
+from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
 
 log = logging.getLogger(__name__)
@@ -107,4 +108,5 @@ def _say_tied_head(llm, what: str) -> None:
             "%s.lora.target_modules reaches %s, whose weight the LLM ties to its input embeddings "
             "(tie_word_embeddings): the adapter changes the output side only; `llmasr export` writes the merged LLM "
             "with the two untied (%s a weight of its own), --adapter-only keeps the base tied", what, name, name,
+            extra=EVERY_RANK,  # every rank builds the LLM alike, and twice under ZeRO-3 (engine's shapes build)
         )  # fmt: skip

@@ -30,3 +30,24 @@ def test_lora_on_a_tied_head_is_said_in_llmasr_s_words(tmp_path, caplog, targets
         ]
     else:
         assert said == []
+
+
+def test_the_tied_head_warning_is_said_once_a_run_by_rank_0_alone(tmp_path, capsys):
+    """Every rank builds the LLM alike, and under ZeRO-3 with more than one rank each builds it twice (the weight
+    files' shapes first, then partitioned): the warning had come once per rank, and twice on each under ZeRO-3."""
+    from llmasr.models.llm import load_llm
+    from llmasr.testing.tiny_llm import write_tiny_llm_dir
+    from llmasr.train.run_log import setup_logging
+
+    path = write_tiny_llm_dir(tmp_path / "tied", tie_word_embeddings=True)
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "lm_head"]}
+    said = {}
+    try:
+        for rank in (1, 0):
+            setup_logging(None, rank, run_starts=True)
+            for _ in range(2):
+                load_llm(path, lora=lora, pretrained=False)
+            said[rank] = capsys.readouterr().err.count("reaches lm_head, whose weight the LLM ties")
+    finally:
+        setup_logging(None, 0)  # the console handler is the process's: as the other tests find it
+    assert said == {1: 0, 0: 1}
