@@ -39,13 +39,17 @@ def _reaches(target: str, path: str) -> bool:
 @contextlib.contextmanager
 def peft_wrapping():
     """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: a FutureWarning each run
-    about peft's own code, which a user cannot act on. Its note on a Conv1D target (fan_in_fan_out set to True)
-    neither: it sets that per layer, as each layer's weight is stored, and no recipe key sets it; nor its caution on
+    about peft's own code, which a user cannot act on. Its notes on a Conv1D target (fan_in_fan_out set to True),
+    and on an nn.Linear one after it (set back to False), neither: it sets that per layer, as each layer's weight is
+    stored, and no recipe key sets it; nor its caution on
     a tied head under LoRA (ensure_weight_tying): llmasr says what it does of that (apply_lora). Other warnings
     pass."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
+        warnings.filterwarnings(
+            "ignore", message="fan_in_fan_out is set to True but the target module is `torch.nn.Linear`"
+        )
         warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True` and a tied layer is part of")
         yield
 

@@ -42,6 +42,20 @@ def test_lora_names_conv1d_projections(gpt2_dir):
     assert wrapped == {f"h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "mlp.c_proj")}
 
 
+def test_lora_on_conv1d_and_linear_layers_together_is_silent(gpt2_dir):
+    """GPT-2's lm_head is an nn.Linear beside its Conv1D projections. peft keeps one fan_in_fan_out for the whole
+    config and flips it at each change of kind: once a Conv1D had set it, LoRA on lm_head warned "fan_in_fan_out is
+    set to True but the target module is `torch.nn.Linear`", of a setting no recipe key sets. Each layer still gets
+    its own as its weight is stored."""
+    from peft.tuners.lora import LoraLayer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        llm, _ = load_llm(gpt2_dir, lora={"r": 4, "alpha": 8, "target_modules": ["c_attn", "lm_head"]})
+    kinds = {n.rsplit(".", 1)[-1]: m.fan_in_fan_out for n, m in llm.named_modules() if isinstance(m, LoraLayer)}
+    assert kinds == {"c_attn": True, "lm_head": False}
+
+
 def test_unmatched_target_lists_the_conv1d_names(gpt2_dir):
     with pytest.raises(
         ConfigError, match=r"\['q_proj'\] match no .*available: \['c_attn', 'c_fc', 'c_proj', 'lm_head'\]"
