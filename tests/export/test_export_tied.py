@@ -105,6 +105,18 @@ def test_adapter_only_export_of_lm_head_lora_on_tied_embeddings(tied_llm, train_
     want = speech_logits(ref, batch)
     torch.testing.assert_close(speech_logits(adapter, batch), want, rtol=0, atol=1e-5)
     torch.testing.assert_close(speech_logits(merged, batch), want, rtol=0, atol=1e-5)
+    # without those copies, plain peft over the base still computes what the merged LLM does
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    over_base = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tied_llm)), str(tmp_path / "adapter" / "adapter")
+    )
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged" / "llm"))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            over_base.eval()(input_ids=IDS).logits, plain.eval()(input_ids=IDS).logits, rtol=0, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("targets", [["embed_tokens"], ["embed_tokens", "q_proj", "lm_head"]])
