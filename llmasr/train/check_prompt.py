@@ -61,18 +61,28 @@ def prompt_lines(model, cfg) -> list[str]:
         f"  an answer ends at {_token(tok, p.end_id)}{also}",
         f"  padding: {_token(tok, p.pad_id)}; template variables: {variables}",
     ]
-    tail, head = answer_gap(p)
-    if tail or head:
-        text = tok.chat_template if isinstance(tok.chat_template, str) else str(tok.chat_template)
-        hint = (
-            " (Qwen3: set model.prompt.template_kwargs: {enable_thinking: false}, whose prompt ends in that block)"
-            if "enable_thinking" in text and "enable_thinking" not in p.template_kwargs
-            else ""
-        )
-        instead = f"writes {tail!r} there" if tail.strip() else "does not write it"
-        lines.append(
-            f"  warning: the chat template writes {head!r} before a finished answer, and its generation prompt "
-            f"{instead}: llmasr trains and decodes after the generation prompt, so the LLM learns to answer in a turn "
-            f"its template does not render{hint}"
-        )
+    if note := answer_gap_warning(p):
+        lines.append(f"  warning: {note}")
     return lines
+
+
+def answer_gap_warning(prompt) -> str | None:
+    """The warning of a chat template that writes something before a finished answer that its generation prompt
+    lacks (Qwen3's empty reasoning block with thinking left on), or None: `llmasr check` prints it, and a training
+    start-up logs it, where a run started without the check had said nothing."""
+    tail, head = answer_gap(prompt)
+    if not (tail or head):
+        return None
+    tok = prompt.tokenizer
+    text = tok.chat_template if isinstance(tok.chat_template, str) else str(tok.chat_template)
+    hint = (
+        " (Qwen3: set model.prompt.template_kwargs: {enable_thinking: false}, whose prompt ends in that block)"
+        if "enable_thinking" in text and "enable_thinking" not in prompt.template_kwargs
+        else ""
+    )
+    instead = f"writes {tail!r} there" if tail.strip() else "does not write it"
+    return (
+        f"the chat template writes {head!r} before a finished answer, and its generation prompt {instead}: llmasr "
+        f"trains and decodes after the generation prompt, so the LLM learns to answer in a turn its template does "
+        f"not render{hint}"
+    )

@@ -78,3 +78,22 @@ def test_check_names_the_prompt_and_the_end_tokens_and_warns_of_a_block_the_prom
     )
     assert "template variables: date_string='26 Jul 2024', enable_thinking=False" in section[5]
     assert not [line for line in section if "warning" in line]
+
+
+def test_a_training_start_up_warns_of_the_block_in_train_log(qwen3_like, tmp_path):
+    """A run started without `llmasr check` is told too: train.log warns before the first update that the LLM will
+    learn to answer in a turn its template does not render, and says nothing with enable_thinking false."""
+    from llmasr.commands.train import main as train_main
+    from llmasr.testing.tiny_corpus import recipe_with_targets
+
+    llm, template, _ = qwen3_like
+    recipe, _ = recipe_with_targets(tmp_path, llm, {})
+    said = "writes '<think>\\n\\n</think>\\n\\n' before a finished answer"
+    common = ["--deepspeed", "zero0", f"model.prompt.chat_template={template}", "train.max_updates=1"]
+    assert train_main(["--config", str(recipe), *common]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert said in log and log.index(said) < log.index(" train update=")
+    assert "template_kwargs: {enable_thinking: false}" in log
+    quiet = [*common, "model.prompt.template_kwargs={enable_thinking: false}", f"train.output_dir={tmp_path / 'q'}"]
+    assert train_main(["--config", str(recipe), *quiet]) == 0
+    assert said not in (tmp_path / "q" / "train.log").read_text()
