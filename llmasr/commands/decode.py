@@ -47,6 +47,7 @@ from llmasr.export.staged_dir import writing
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
+from llmasr.models.shipped_generation import say_shipped_settings
 from llmasr.rank_verdict import rank_failure
 from llmasr.run_dir import CheckpointError
 from llmasr.train.run_log import command_logging
@@ -229,6 +230,8 @@ def _prepare(args, world: DecodeWorld):
         raise Refused(str(err)) from None
     if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
         log.warning("%s", unsafe)
+    if world.leader:
+        say_shipped_settings(model.llm, cfg)
     return model, cfg, opts, identity
 
 

@@ -63,14 +63,14 @@ from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm, dtype_name
 from llmasr.models.rotary import plain_transformers_line
+from llmasr.models.shipped_generation import SAMPLING_ONLY
 from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
 from llmasr.written_by import written_by
 
 log = logging.getLogger(__name__)
 
 # generation_config.json's settings for sampling (and penalties) that an export leaves unset: greedy by default
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-                 "repetition_penalty", "no_repeat_ngram_size")  # fmt: skip
+SAMPLING_KEYS = (*SAMPLING_ONLY, "repetition_penalty", "no_repeat_ngram_size")
 
 FORMAT = "llmasr-exported-1"
 

@@ -46,6 +46,7 @@ from llmasr.export.transcribe_rows import ClipRows, Decoded, clip_row
 from llmasr.models.decoding import DecodeConfig, decode_config, refuse_unknown
 from llmasr.models.devices import usable_device
 from llmasr.models.sensevoice import asked_language
+from llmasr.models.shipped_generation import say_shipped_settings
 
 log = logging.getLogger(__name__)
 PATHS = (str, os.PathLike)  # a clip that is an audio file
@@ -72,6 +73,7 @@ class Transcriber:
         search_boost(model, cfg, self.opts)  # settings this model cannot decode with fail here, not at the first clip
         if unsafe := unguided_boost(model, cfg):
             log.warning("%s", unsafe)
+        say_shipped_settings(model.llm, cfg)
         self.source = None  # the directory `load` read, for the repr
 
     def __repr__(self) -> str:
