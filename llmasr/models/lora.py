@@ -64,9 +64,18 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     if targets != "all-linear":
         missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
         if missing:
+            # a name peft could wrap otherwise (embed_tokens, an nn.Embedding) is no typo: say what it names
+            reached = [f"{t} -> {p} ({type(m).__name__})" for t in missing for p, m in model.named_modules()
+                       if p and _reaches(t, p)]  # fmt: skip
+            named = (
+                f"; {reached[:5]}: LoRA wraps nn.Linear and Conv1D layers only (train such a module whole with "
+                f"{what}.freeze: false)"
+                if reached
+                else ""
+            )
             raise ConfigError(
                 f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
-                f"{linear_module_names(model)}"
+                f"{linear_module_names(model)}{named}"
             )
         linear = set(paths)
         others = [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()

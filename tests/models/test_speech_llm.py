@@ -172,6 +172,19 @@ def test_bad_lora_target_lists_available_modules(tiny_llm_dir):
         llmasr.build_model(section)
 
 
+def test_a_lora_target_that_is_an_embedding_says_so(tiny_llm_dir):
+    """peft can wrap nn.Embedding, so `embed_tokens` in target_modules is a fair guess: the error had only said it
+    matched no nn.Linear, as a misspelt name would; it names the module it reaches, its type, and what trains it."""
+    section = tiny_model_section(tiny_llm_dir)
+    section["llm"]["lora"]["target_modules"] = ["q_proj", "embed_tokens"]
+    with pytest.raises(ConfigError) as err:
+        llmasr.build_model(section)
+    said = str(err.value)
+    assert "['embed_tokens'] match no nn.Linear" in said
+    assert "embed_tokens -> model.embed_tokens (Embedding)" in said
+    assert "LoRA wraps nn.Linear and Conv1D layers only" in said and "model.llm.freeze: false" in said
+
+
 def test_missing_llm_dir_and_missing_tokenizer(tmp_path, tiny_llm_dir):
     section = tiny_model_section(tmp_path / "nope")
     with pytest.raises(ConfigError, match="LLM directory not found"):
