@@ -75,11 +75,15 @@ def answer_gap_warning(prompt) -> str | None:
         return None
     tok = prompt.tokenizer
     text = tok.chat_template if isinstance(tok.chat_template, str) else str(tok.chat_template)
-    hint = (
-        " (Qwen3: set model.prompt.template_kwargs: {enable_thinking: false}, whose prompt ends in that block)"
-        if "enable_thinking" in text and "enable_thinking" not in prompt.template_kwargs
-        else ""
-    )
+    asked = prompt.template_kwargs.get("enable_thinking")
+    hint = ""
+    if "enable_thinking" in text and "enable_thinking" not in prompt.template_kwargs:
+        hint = " (Qwen3: set model.prompt.template_kwargs: {enable_thinking: false}, whose prompt ends in that block)"
+    elif "enable_thinking is false" in text and not isinstance(asked, bool):  # jinja's `is false`: the boolean only
+        hint = (
+            f" (model.prompt.template_kwargs.enable_thinking is {asked!r}, a {type(asked).__name__}, which the "
+            "template's `enable_thinking is false` does not take as false: write false, unquoted)"
+        )
     instead = f"writes {tail!r} there" if tail.strip() else "does not write it"
     return (
         f"the chat template writes {head!r} before a finished answer, and its generation prompt {instead}: llmasr "

@@ -97,3 +97,22 @@ def test_a_training_start_up_warns_of_the_block_in_train_log(qwen3_like, tmp_pat
     quiet = [*common, "model.prompt.template_kwargs={enable_thinking: false}", f"train.output_dir={tmp_path / 'q'}"]
     assert train_main(["--config", str(recipe), *quiet]) == 0
     assert said not in (tmp_path / "q" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("given", ["'false'", "0"])
+def test_an_enable_thinking_that_is_not_the_boolean_false_is_named(recipe_file, qwen3_like, tmp_path, capsys, given):
+    """Qwen3's template tests `enable_thinking is false`, which only the boolean passes: a quoted 'false' (or 0) left
+    thinking on, and the warning had dropped its hint because enable_thinking was set. It names the value's type."""
+    llm, template, _ = qwen3_like
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", f"model.llm.path={llm}",
+                               f"model.prompt.chat_template={template}",
+                               f"model.prompt.template_kwargs.enable_thinking={given}",
+                               "--out", str(tmp_path / "a"))  # fmt: skip
+    assert code == 0, err
+    warning = [line for line in _prompt_section(out) if line.startswith("  warning:")]
+    value = eval(given)
+    said = (
+        f"model.prompt.template_kwargs.enable_thinking is {value!r}, a {type(value).__name__}, which the "
+        "template's `enable_thinking is false` does not take as false: write false, unquoted"
+    )
+    assert len(warning) == 1 and said in warning[0], warning
