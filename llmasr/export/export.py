@@ -63,7 +63,7 @@ from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm, dtype_name
 from llmasr.models.rotary import plain_transformers_line
-from llmasr.models.shipped_generation import SAMPLING_ONLY
+from llmasr.models.shipped_generation import SAMPLING_ONLY, left_out_line
 from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
 from llmasr.written_by import written_by
 
@@ -288,6 +288,8 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         # a transcriber writes the likeliest text, as llmasr decodes: a chat model's published sampling settings
         # (Qwen2.5-Instruct's do_sample, temperature 0.7, top_p 0.8, repetition_penalty 1.05) had made a plain
         # `generate` on the export sample its transcripts
+        if line := left_out_line(gen, SAMPLING_KEYS, "the export's llm/generation_config.json"):
+            log.info("%s", line)
         unset = type(gen)()
         for key in SAMPLING_KEYS:
             setattr(gen, key, getattr(unset, key, None))  # the version's default: use_diff then leaves it out

@@ -1,7 +1,8 @@
 """What a decode does with the settings an LLM's generation_config.json ships: a chat model's sampling defaults
 (Qwen2.5-Instruct: do_sample true, temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05) are set aside by
 llmasr's search, some replaced by decode settings of its own, and the rest applied by the LLM's generate as it would
-apply them. Said once when a decode starts, since a repetition penalty changes what an ASR model writes."""
+apply them. Said once when a decode starts, since a repetition penalty changes what an ASR model writes; an export
+names the ones it leaves out of its greedy generation_config.json."""
 
 from __future__ import annotations
 
@@ -24,15 +25,21 @@ def _value(v) -> str:
     return str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def shipped_settings_line(generation_config, cfg) -> str | None:
-    """The line naming what the LLM's `generation_config` sets apart from transformers' defaults and how the search
-    of DecodeConfig `cfg` treats it, or None where it sets nothing the search would differ on."""
+def _shipped(generation_config):
+    """key -> the value `generation_config` sets apart from transformers' default for it, else None."""
     default = type(generation_config)()
 
     def shipped(key: str):
         value = getattr(generation_config, key, None)
         return None if value is None or value == getattr(default, key, None) else value
 
+    return shipped
+
+
+def shipped_settings_line(generation_config, cfg) -> str | None:
+    """The line naming what the LLM's `generation_config` sets apart from transformers' defaults and how the search
+    of DecodeConfig `cfg` treats it, or None where it sets nothing the search would differ on."""
+    shipped = _shipped(generation_config)
     unused = [f"{k} {_value(shipped(k))}" for k in ("do_sample", *SAMPLING_ONLY) if shipped(k) is not None]
     replaced = [
         f"{k} {_value(shipped(k))} replaced by decode.{k} {_value(getattr(cfg, k))} ({flag})"
@@ -47,6 +54,20 @@ def shipped_settings_line(generation_config, cfg) -> str | None:
     if kept:
         parts.append(f"applied as the LLM's generate applies them: {', '.join(kept)}")
     return f"the LLM's generation_config.json: {'; '.join(parts)}" if parts else None
+
+
+def left_out_line(generation_config, left_out: tuple[str, ...], where) -> str | None:
+    """The export's line for the LLM's `generation_config` before `left_out` (and do_sample) are unset in the file
+    `where`: what goes and what stays, or None where it shipped neither sampling nor a penalty."""
+    shipped = _shipped(generation_config)
+    gone = [f"{k} {_value(shipped(k))}" for k in ("do_sample", *left_out) if shipped(k) is not None]
+    if not gone:
+        return None
+    kept = [f"{k} {_value(shipped(k))}" for k in KEPT if shipped(k) is not None]
+    return (
+        f"{where}: do_sample false; left out the LLM's {', '.join(gone)}, so that a plain generate on the export "
+        f"searches as llmasr decodes" + (f"; kept: {', '.join(kept)}" if kept else "")
+    )
 
 
 def say_shipped_settings(llm, cfg) -> None:

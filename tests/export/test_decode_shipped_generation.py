@@ -69,3 +69,21 @@ def test_a_transcriber_says_it_too(sampled_run, caplog):
     Transcriber.load(checkpoint=sampled_run, repetition_penalty=1.05)
     said = _said(caplog)
     assert len(said) == 1 and "top_k 20: unused" in said[0] and "repetition_penalty" not in said[0], said
+
+
+def test_the_export_names_the_shipped_settings_it_leaves_out(sampled_run, tmp_path, caplog):
+    """The export writes a greedy generation_config.json (a plain generate on llm/ searches as llmasr decodes): it
+    had left the LLM's sampling settings out without a word; it names them, and what it keeps."""
+    from llmasr.export.export import export_model
+
+    caplog.set_level(logging.INFO, logger="llmasr.export.export")
+    out = export_model(sampled_run, tmp_path / "model", dtype="fp32")
+    said = [r.getMessage() for r in caplog.records if "generation_config.json" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0] == (
+        "the export's llm/generation_config.json: do_sample false; left out the LLM's do_sample true, temperature "
+        "0.7, top_p 0.8, top_k 20, repetition_penalty 1.05, no_repeat_ngram_size 3, so that a plain generate on the "
+        "export searches as llmasr decodes; kept: length_penalty 1.5"
+    )
+    saved = json.loads((out / "llm" / "generation_config.json").read_text())
+    assert saved["length_penalty"] == 1.5 and "top_k" not in saved
