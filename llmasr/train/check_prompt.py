@@ -1,6 +1,7 @@
 """The prompt section of `llmasr check`: the token sequence llmasr trains on and the prompt it decodes with, as the
 LLM's chat template renders them, the tokens an answer ends at, and a template that writes something before a
-finished answer that its generation prompt lacks (Qwen3's empty reasoning block with thinking left on)."""
+finished answer that its generation prompt lacks (Qwen3's empty reasoning block with thinking left on), or that does
+not start with the BOS the tokenizer adds to every text (a user's template for a base Llama 3)."""
 
 from __future__ import annotations
 
@@ -61,15 +62,40 @@ def prompt_lines(model, cfg) -> list[str]:
         f"  an answer ends at {_token(tok, p.end_id)}{also}",
         f"  padding: {_token(tok, p.pad_id)}; template variables: {variables}",
     ]
-    if note := answer_gap_warning(p):
-        lines.append(f"  warning: {note}")
-    return lines
+    return lines + [f"  warning: {note}" for note in prompt_warnings(p)]
+
+
+def prompt_warnings(prompt) -> list[str]:
+    """What the prompt of `prompt` (a PromptBuilder) does that the LLM did not learn with: `llmasr check` prints it,
+    and a training start-up logs it, where a run started without the check had said nothing."""
+    return [note for note in (answer_gap_warning(prompt), missing_bos_warning(prompt)) if note]
+
+
+def _added_lead(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text it encodes with its special tokens (Llama 3's <|begin_of_text|>)."""
+    plain = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(PROBE)["input_ids"]
+    at = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
+    return list(full[:at])
+
+
+def missing_bos_warning(prompt) -> str | None:
+    """A prompt that does not start with the BOS its tokenizer adds to every text (a chat template of the user's for a
+    base Llama 3 without `{{ bos_token }}`): llmasr renders it as transformers' apply_chat_template does, without
+    one, though the LLM met it first in every text it was trained on. None where the prompt starts with it."""
+    lead = _added_lead(prompt.tokenizer)
+    if not lead or list(prompt.encode(None).ids[: len(lead)]) == lead:
+        return None
+    names = ", ".join(_token(prompt.tokenizer, i) for i in lead)
+    return (
+        f"{prompt.source} starts every text it encodes with {names}, and the chat template's prompt does not start "
+        "with it: the LLM was trained with it first; write {{ bos_token }} at the template's start"
+    )
 
 
 def answer_gap_warning(prompt) -> str | None:
     """The warning of a chat template that writes something before a finished answer that its generation prompt
-    lacks (Qwen3's empty reasoning block with thinking left on), or None: `llmasr check` prints it, and a training
-    start-up logs it, where a run started without the check had said nothing."""
+    lacks (Qwen3's empty reasoning block with thinking left on), or None."""
     tail, head = answer_gap(prompt)
     if not (tail or head):
         return None

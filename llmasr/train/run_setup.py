@@ -24,7 +24,7 @@ from llmasr.models.tokenizer import one_tokenizer_load
 from llmasr.rank_verdict import flat, run_together
 from llmasr.train import ds_config, resolve
 from llmasr.train import engine as eng
-from llmasr.train.check_prompt import answer_gap_warning
+from llmasr.train.check_prompt import prompt_warnings
 from llmasr.train.checkpoint_space import check_run_space
 from llmasr.train.context_fit import check_context_fit
 from llmasr.train.ctc_fit import ctc_frames_warnings
@@ -168,7 +168,7 @@ class RunSetup:
         check_context_fit(model, self.recipe, self.plan.loaders)
         for line in ctc_frames_warnings(model, self.recipe, self.plan.loaders) if self.rank == 0 else ():
             log.warning("%s", line)
-        if self.rank == 0 and (note := answer_gap_warning(model.prompt)):
+        for note in prompt_warnings(model.prompt) if self.rank == 0 else ():
             log.warning("model.prompt: %s", note)
         apply_fused_kernels(model, self.recipe.model.llm)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -8,7 +8,7 @@ import json
 import pytest
 from check_runner import run_check
 
-from llmasr.testing.tiny_llm import write_tiny_llm_dir
+from llmasr.testing.tiny_llm import CHATML_TEMPLATE, write_tiny_llm_dir
 
 # Qwen3's behaviour around a finished answer: its template writes an empty reasoning block before the answer of the
 # last turn, and its generation prompt writes that block only with enable_thinking false.
@@ -116,3 +116,47 @@ def test_an_enable_thinking_that_is_not_the_boolean_false_is_named(recipe_file, 
         "template's `enable_thinking is false` does not take as false: write false, unquoted"
     )
     assert len(warning) == 1 and said in warning[0], warning
+
+
+@pytest.fixture(scope="module")
+def bos_adding_llm(tmp_path_factory):
+    """A tiny LLM directory whose tokenizer.json starts every text it encodes with a BOS token, as Llama 3's does
+    (<|begin_of_text|>; here <|endoftext|>), its tokenizer_config.json naming it bos_token, and no chat template."""
+    from tokenizers import Tokenizer, processors
+
+    llm = write_tiny_llm_dir(tmp_path_factory.mktemp("bos") / "llm", chat_template=None)
+    tok = Tokenizer.from_file(str(llm / "tokenizer.json"))
+    bos = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B", special_tokens=[("<|endoftext|>", bos)]
+    )
+    tok.save(str(llm / "tokenizer.json"))
+    config = json.loads((llm / "tokenizer_config.json").read_text())
+    config["bos_token"] = "<|endoftext|>"
+    (llm / "tokenizer_config.json").write_text(json.dumps(config))
+    return llm, bos
+
+
+BOS_CHATML = "{{- bos_token -}}" + CHATML_TEMPLATE
+
+
+@pytest.mark.parametrize("with_bos", [False, True])
+def test_a_template_without_the_bos_the_tokenizer_adds_is_warned(
+    recipe_file, bos_adding_llm, tmp_path, capsys, with_bos
+):
+    """A base Llama 3 given a chat template of the user's that does not write `{{ bos_token }}`: llmasr (as
+    transformers' apply_chat_template) renders no <|begin_of_text|>, though the LLM met it first in every text it was
+    trained on. It had trained so without a word; check says it (and a training start-up, whose log it shares)."""
+    llm, bos = bos_adding_llm
+    template = tmp_path / "t.jinja"
+    template.write_text(BOS_CHATML if with_bos else CHATML_TEMPLATE)
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", f"model.llm.path={llm}",
+                               f"model.prompt.chat_template={template}", "--out", str(tmp_path / "a"))  # fmt: skip
+    assert code == 0, err
+    warning = [line for line in _prompt_section(out) if line.startswith("  warning:")]
+    said = (
+        f"  warning: the tokenizer of {llm} starts every text it encodes with <|endoftext|> (id {bos}), and the chat "
+        "template's prompt does not start with it: the LLM was trained with it first; write {{ bos_token }} at the "
+        "template's start"
+    )
+    assert warning == ([] if with_bos else [said])
