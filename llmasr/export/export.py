@@ -291,8 +291,8 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
         if line := left_out_line(gen, SAMPLING_KEYS, "the export's llm/generation_config.json"):
             log.info("%s", line)
         unset = type(gen)()
-        for key in SAMPLING_KEYS:
-            setattr(gen, key, getattr(unset, key, None))  # the version's default: use_diff then leaves it out
+        for key in (k for k in SAMPLING_KEYS if hasattr(unset, k)):  # top_h: a key of transformers 5 only
+            setattr(gen, key, getattr(unset, key))  # the version's default: use_diff then leaves it out
         gen.do_sample = False
         # save_pretrained refuses a changed generation config its validation warns about, as many published ones do
         # (sampling flags beside do_sample: false, which generate ignores): written as the LLM's was, end tokens set

@@ -10,15 +10,20 @@ import logging
 
 log = logging.getLogger(__name__)
 
-# read by sampling only: a search never uses them (an export leaves them out, with the two below)
-SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+# read by sampling only: a search never uses them (an export leaves them out, with the two below); top_h where
+# transformers has it
+SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
 # generate's settings a DecodeConfig field replaces (the search passes its value), with that field's flag
 REPLACED = {"repetition_penalty": "--repetition-penalty", "no_repeat_ngram_size": "--no-repeat-ngram",
             "num_beams": "--beam"}  # fmt: skip
-# what generate still applies from generation_config.json under llmasr's search
-KEPT = ("length_penalty", "min_length", "min_new_tokens", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
-        "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
-        "encoder_repetition_penalty", "renormalize_logits", "num_beam_groups", "diversity_penalty")  # fmt: skip
+# read by beam search only: a greedy search (num_beams 1) never uses them
+BEAM_ONLY = ("length_penalty", "early_stopping", "num_beam_groups", "diversity_penalty")
+# read of the input_ids generate is given: the search gives it embeddings, and generate ignores them with a warning
+INPUT_IDS_ONLY = ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size")
+# what generate still applies from generation_config.json under llmasr's search, whatever its beam
+KEPT = ("min_length", "min_new_tokens", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
+        "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
+        "renormalize_logits")  # fmt: skip
 
 
 def _value(v) -> str:
@@ -26,12 +31,17 @@ def _value(v) -> str:
 
 
 def _shipped(generation_config):
-    """key -> the value `generation_config` sets apart from transformers' default for it, else None."""
+    """key -> the value `generation_config` sets apart from transformers' default for it, else None. Transformers
+    may leave a GenerationConfig's settings None and fill in its defaults at generate (temperature 1.0, top_k 50,
+    length_penalty 1.0): a file that writes one of those out sets nothing apart."""
     default = type(generation_config)()
+    filled = getattr(default, "_get_default_generation_params", dict)()
 
     def shipped(key: str):
         value = getattr(generation_config, key, None)
-        return None if value is None or value == getattr(default, key, None) else value
+        if value is None or value == getattr(default, key, None) or (key in filled and value == filled[key]):
+            return None
+        return value
 
     return shipped
 
@@ -46,11 +56,19 @@ def shipped_settings_line(generation_config, cfg) -> str | None:
         for k, flag in REPLACED.items()
         if shipped(k) is not None and shipped(k) != getattr(cfg, k)
     ]
+    beam = [f"{k} {_value(shipped(k))}" for k in BEAM_ONLY if shipped(k) is not None]
+    ids_only = [f"{k} {_value(shipped(k))}" for k in INPUT_IDS_ONLY if shipped(k) is not None]
     kept = [f"{k} {_value(shipped(k))}" for k in KEPT if shipped(k) is not None]
+    if cfg.num_beams > 1:
+        kept = beam + kept
     parts = []
     if unused:
         parts.append(f"{', '.join(unused)}: unused (llmasr decodes by search, never by sampling)")
     parts += replaced
+    if beam and cfg.num_beams <= 1:
+        parts.append(f"{', '.join(beam)}: unused by a greedy search (beam search reads them: --beam)")
+    if ids_only:
+        parts.append(f"{', '.join(ids_only)}: unused (generate reads them of input_ids; the search passes embeddings)")
     if kept:
         parts.append(f"applied as the LLM's generate applies them: {', '.join(kept)}")
     return f"the LLM's generation_config.json: {'; '.join(parts)}" if parts else None
@@ -63,7 +81,7 @@ def left_out_line(generation_config, left_out: tuple[str, ...], where) -> str | 
     gone = [f"{k} {_value(shipped(k))}" for k in ("do_sample", *left_out) if shipped(k) is not None]
     if not gone:
         return None
-    kept = [f"{k} {_value(shipped(k))}" for k in KEPT if shipped(k) is not None]
+    kept = [f"{k} {_value(shipped(k))}" for k in (*BEAM_ONLY, *KEPT, *INPUT_IDS_ONLY) if shipped(k) is not None]
     return (
         f"{where}: do_sample false; left out the LLM's {', '.join(gone)}, so that a plain generate on the export "
         f"searches as llmasr decodes" + (f"; kept: {', '.join(kept)}" if kept else "")

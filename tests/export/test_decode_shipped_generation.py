@@ -46,7 +46,8 @@ def test_decode_names_the_shipped_settings_it_sets_aside_and_stays_a_search(samp
     )
     assert "repetition_penalty 1.05 replaced by decode.repetition_penalty 1 (--repetition-penalty)" in said[0]
     assert "no_repeat_ngram_size 3 replaced by decode.no_repeat_ngram_size 0 (--no-repeat-ngram)" in said[0]
-    assert "applied as the LLM's generate applies them: length_penalty 1.5" in said[0]
+    # generate reads length_penalty in a beam search only: this greedy decode leaves it unused
+    assert "length_penalty 1.5: unused by a greedy search (beam search reads them: --beam)" in said[0]
     caplog.clear()
     assert main([*common, "--output", str(tmp_path / "b"), "--repetition-penalty", "1.05"]) == 0
     said = _said(caplog)
