@@ -2,8 +2,9 @@
 
 A recipe's model.prompt.chat_template (a Jinja text or a file) replaces the tokenizer's own; without either there
 is no prompt. Every render sees the same variables (`render_variables`: model.prompt.template_kwargs and a fixed
-date for templates that stamp "today"), and `standalone` writes them into the template's top so that a plain
-`apply_chat_template` on an exported tokenizer renders the prompt the model was trained on.
+date for templates that stamp "today"; `template_reads` tells which of them a template reads), and `standalone`
+writes them into the template's top so that a plain `apply_chat_template` on an exported tokenizer renders the
+prompt the model was trained on.
 
 PromptError lives here, the lowest of the prompt's modules, which raises it first (llmasr.models.prompt builds the
 prompts themselves).
@@ -83,6 +84,37 @@ def fixed_today():
 def render_variables(template_kwargs: dict) -> dict:
     """The variables besides the chat every prompt is rendered with: template_kwargs and the fixed date."""
     return {"date_string": TEMPLATE_DATE.strftime("%d %b %Y"), **template_kwargs}
+
+
+def template_reads(template: str | dict) -> set[str] | None:
+    """The names `template` (a dict of named templates: any of them) reads that it does not set itself, as jinja2
+    finds them in its source; None where it cannot be parsed here (a tag of another renderer's), so that a caller
+    cannot tell what it reads."""
+    try:
+        import jinja2
+        from jinja2 import meta
+    except ImportError:
+        return None
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols", _generation_tag()])
+    texts = template.values() if isinstance(template, dict) else [template]
+    try:
+        return set().union(*(meta.find_undeclared_variables(env.parse(t)) for t in texts))
+    except jinja2.TemplateSyntaxError:
+        return None
+
+
+def _generation_tag():
+    """transformers' `{% generation %}...{% endgeneration %}` (the assistant's tokens), parsed as its body."""
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return GenerationTag
 
 
 def standalone(template: str | dict, template_kwargs: dict) -> str | dict:

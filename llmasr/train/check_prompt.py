@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from llmasr.models.chat_template import template_reads
 from llmasr.models.decode_guards import other_end_ids
 
 PROBE = "llmasrprobe"
@@ -53,7 +54,7 @@ def prompt_lines(model, cfg) -> list[str]:
     answer = (f" + {lead!r}" if lead else "") + " + transcript" + (f" + {trail!r}" if trail else "")
     others = other_end_ids(generation_config(cfg.llm.path, model.llm), tok, p.end_id)
     also = f"; also at {', '.join(_token(tok, i) for i in others)} (generation_config.json)" if others else ""
-    variables = ", ".join(f"{k}={v!r}" for k, v in p.render_variables().items())
+    variables = _variables_line(tok.chat_template, p.render_variables(), p.template_kwargs)
     lines = [
         "prompt",
         f"  chat template: {where}",
@@ -63,6 +64,17 @@ def prompt_lines(model, cfg) -> list[str]:
         f"  padding: {_token(tok, p.pad_id)}; template variables: {variables}",
     ]
     return lines + [f"  warning: {note}" for note in prompt_warnings(p)]
+
+
+def _variables_line(template, variables: dict, given: dict) -> str:
+    """The render `variables` `template` reads (a Qwen3 template reads no date_string), and the template_kwargs
+    `given` it never reads (a misspelt enable_thinking); every variable where what it reads cannot be told."""
+    reads = template_reads(template)
+    if reads is None:
+        return ", ".join(f"{k}={v!r}" for k, v in variables.items())
+    said = ", ".join(f"{k}={v!r}" for k, v in variables.items() if k in reads) or "none read"
+    unread = [k for k in given if k not in reads]
+    return said + (f"; model.prompt.template_kwargs the template never reads: {unread}" if unread else "")
 
 
 def prompt_warnings(prompt) -> list[str]:

@@ -477,3 +477,15 @@ def test_a_template_that_writes_the_answer_right_after_its_header_adds_no_spacin
         assert (pb.answer_lead, pb.answer_trail) == ("", "")
         enc = pb.encode(" zero one ")
         assert enc.ids[enc.target_start :] == tok.encode("zero one", add_special_tokens=False) + [pb.end_id]
+
+
+def test_template_reads_names_what_a_template_reads_and_none_where_it_cannot_parse():
+    """check lists the render variables a template reads: transformers' {% generation %} tag and loop controls
+    parse; a tag of another renderer's leaves what it reads untold (None: check then lists every variable)."""
+    from llmasr.models.chat_template import template_reads
+
+    qwen3 = "{% for m in messages %}{% if enable_thinking is false %}{% break %}{% endif %}{% endfor %}"
+    assert template_reads(qwen3) == {"messages", "enable_thinking"}
+    dated = "{% generation %}{{ date_string }}{% endgeneration %}{% set x = 1 %}{{ x }}"
+    assert template_reads({"default": dated, "tool_use": "{{ tools }}"}) == {"date_string", "tools"}
+    assert template_reads("{% unknown_tag %}") is None

@@ -63,7 +63,7 @@ def test_check_names_the_prompt_and_the_end_tokens_and_warns_of_a_block_the_prom
         f"'<|im_end|>\\n<|im_start|>assistant\\n' + transcript + {end}"
     )
     assert f"  an answer ends at {end}; also at {other} (generation_config.json)" in section
-    assert f"  padding: {other}; template variables: date_string='26 Jul 2024'" in section
+    assert f"  padding: {other}; template variables: none read" in section  # Qwen3's reads no date_string
     warning = [line for line in section if line.startswith("  warning:")]
     assert len(warning) == 1 and "writes '<think>\\n\\n</think>\\n\\n' before a finished answer" in warning[0]
     assert "template_kwargs: {enable_thinking: false}" in warning[0]
@@ -76,7 +76,7 @@ def test_check_names_the_prompt_and_the_end_tokens_and_warns_of_a_block_the_prom
     assert section[2].endswith(
         f"'<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + transcript + {end}"
     )
-    assert "template variables: date_string='26 Jul 2024', enable_thinking=False" in section[5]
+    assert section[5].endswith("template variables: enable_thinking=False")
     assert not [line for line in section if "warning" in line]
 
 
@@ -97,6 +97,27 @@ def test_a_training_start_up_warns_of_the_block_in_train_log(qwen3_like, tmp_pat
     quiet = [*common, "model.prompt.template_kwargs={enable_thinking: false}", f"train.output_dir={tmp_path / 'q'}"]
     assert train_main(["--config", str(recipe), *quiet]) == 0
     assert said not in (tmp_path / "q" / "train.log").read_text()
+
+
+DATED = "{{- 'Today Date: ' + date_string + '\\n' -}}" + CHATML_TEMPLATE
+
+
+@pytest.mark.parametrize("dated", [False, True])
+def test_check_lists_the_template_variables_the_template_reads(recipe_file, qwen3_like, tmp_path, capsys, dated):
+    """check had listed date_string='26 Jul 2024' for every template, Qwen3's too, which never reads it; it lists
+    what the template reads (Llama 3's date_string), and names a template_kwargs key it never reads (a misspelling)."""
+    llm, _, _ = qwen3_like
+    template = tmp_path / "t.jinja"
+    template.write_text(DATED if dated else CHATML_TEMPLATE)
+    code, out, err = run_check(capsys, "--config", str(recipe_file), "--deepspeed", "zero0", f"model.llm.path={llm}",
+                               f"model.prompt.chat_template={template}",
+                               "model.prompt.template_kwargs={enable_thinkng: false}",
+                               "--out", str(tmp_path / "a"))  # fmt: skip
+    assert code == 0, err
+    line = _prompt_section(out)[5]
+    read = "date_string='26 Jul 2024'" if dated else "none read"
+    assert line.endswith(f"template variables: {read}; model.prompt.template_kwargs the template never reads: "
+                         "['enable_thinkng']"), line  # fmt: skip
 
 
 @pytest.mark.parametrize("given", ["'false'", "0"])
