@@ -82,8 +82,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
                   if p and p not in linear and _reaches(t, p)]  # fmt: skip
         if others:
             raise ConfigError(
-                f"{what}.lora.target_modules also name modules that are not nn.Linear: {others[:5]}; name the "
-                "Linear layers by a longer suffix (e.g. self_attn.linear_q)"
+                f"{what}.lora.target_modules also name modules that are not nn.Linear or Conv1D layers: {others[:5]}; "
+                "name the linear layers by a longer suffix (e.g. self_attn.linear_q)"
             )
     elif not hf_model:
         # peft's "all-linear" shortcut needs a transformers model. Whole names: a leaf name such as "0" (a Linear

@@ -85,7 +85,7 @@ def test_encoder_lora_targets_are_the_linear_layers_they_name():
     enc = build(["self_attn.linear_q"])
     wrapped = {n for n, m in enc.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
     assert wrapped and all(n.endswith("self_attn.linear_q") for n in wrapped)
-    with pytest.raises(ConfigError, match=r"not nn.Linear: \['0 -> embed.conv.0 \(Conv2d\)'"):
+    with pytest.raises(ConfigError, match=r"not nn.Linear or Conv1D layers: \['0 -> embed.conv.0 \(Conv2d\)'"):
         build(["0"])
 
 
