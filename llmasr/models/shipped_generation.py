@@ -23,7 +23,7 @@ INPUT_IDS_ONLY = ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size")
 # what generate still applies from generation_config.json under llmasr's search, whatever its beam
 KEPT = ("min_length", "min_new_tokens", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
         "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
-        "renormalize_logits")  # fmt: skip
+        "renormalize_logits", "remove_invalid_values", "max_time")  # fmt: skip
 
 
 def _value(v) -> str:

@@ -48,3 +48,10 @@ def test_top_h_is_a_sampling_setting():
         return
     line = shipped_settings_line(GenerationConfig(do_sample=True, top_h=0.3), DecodeConfig())
     assert "do_sample true, top_h 0.3: unused" in line, line
+
+
+def test_a_shipped_time_limit_is_named_applied():
+    """max_time is a stopping criterion generate applies under any search: a shipped one cuts a long clip's
+    transcript, and had gone unnamed."""
+    line = shipped_settings_line(GenerationConfig(max_time=5.0, remove_invalid_values=True), DecodeConfig())
+    assert line.endswith("applied as the LLM's generate applies them: remove_invalid_values true, max_time 5"), line
