@@ -259,14 +259,23 @@ def test_llm_attention_counts_the_backward_products_autograd_runs(tiny_llm_dir, 
     full backward through every layer's scores whenever anything in the LLM trained (over by the first layer's dK,
     by 5 products, and by 8). It equals torch's FlopCounterMode over the same step, the scores as plain matmuls: the
     math kernel multiplies all T^2 query-key pairs of causal attention, of which the count takes T(T+1)/2."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
 
     section = tiny_model_section(tiny_llm_dir, freeze_encoder=True)
     section["adaptor"]["freeze"] = True
     section["llm"]["lora"]["target_modules"] = targets
     torch.manual_seed(0)
     model = build_model(section).train()
+    count, expected = _count_against_torch(model)
+    assert count.llm_tokens == count.llm_slots
+    assert count.flops == pytest.approx(expected, rel=1e-12)
+
+
+def _count_against_torch(model):
+    """(FlopCounter's count of one training step of `model`, torch's FlopCounterMode over the same step with the
+    LLM's causal scores taken as the T(T+1)/2 query-key pairs the count takes; the math kernel multiplies all T^2)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
     batch = random_batch(model, ["hello world"], frames=[24])
     counter = FlopCounter(model)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:
@@ -278,10 +287,8 @@ def test_llm_attention_counts_the_backward_products_autograd_runs(tiny_llm_dir, 
     bmm = [sum(v for op, v in ops[m].items() if "bmm" in str(op)) for m in ("Global", "SpeechLLM.encoder")]
     llm_scores = bmm[0] - bmm[1]  # the LLM's attention products (the encoder's are its only other batched matmuls)
     t = count.llm_tokens
-    assert llm_scores > 0 and count.llm_tokens == count.llm_slots
-    assert count.flops == pytest.approx(
-        reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t), rel=1e-12
-    )
+    assert llm_scores > 0
+    return count, reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t)
 
 
 def test_an_llm_of_conv1d_projections_counts_them(tmp_path):
@@ -289,8 +296,6 @@ def test_an_llm_of_conv1d_projections_counts_them(tmp_path):
     may target as it targets nn.Linear: their matmuls count as a Linear's. The count had left every one of them out
     (the LLM's whole base and LoRA on c_attn), and MFU read that much lower. It equals torch's FlopCounterMode over
     the same step, as test_llm_attention_counts_the_backward_products_autograd_runs reads it."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from llmasr.testing.tiny_llm import DEFAULT_CORPUS, train_bpe_tokenizer, write_tiny_llm_dir
@@ -304,17 +309,5 @@ def test_an_llm_of_conv1d_projections_counts_them(tmp_path):
     section["adaptor"]["freeze"] = True
     section["llm"]["lora"]["target_modules"] = ["c_attn"]
     model = build_model(section).train()
-    batch = random_batch(model, ["hello world"], frames=[24])
-    counter = FlopCounter(model)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as reference:
-        with counter.measure(batch):
-            out = model(batch)
-        out.loss.backward()
-    count = counter.take()
-    ops = reference.get_flop_counts()
-    bmm = [sum(v for op, v in ops[m].items() if "bmm" in str(op)) for m in ("Global", "SpeechLLM.encoder")]
-    llm_scores, t = bmm[0] - bmm[1], count.llm_tokens
-    assert llm_scores > 0
-    assert count.flops == pytest.approx(
-        reference.get_total_flops() - llm_scores + llm_scores * (t + 1) / (2 * t), rel=1e-12
-    )
+    count, expected = _count_against_torch(model)
+    assert count.flops == pytest.approx(expected, rel=1e-12)
