@@ -19,6 +19,7 @@ from llmasr.models.decode_guards import EndTokens, Guards, caps_alone, other_end
 from llmasr.models.decoding import DecodeConfig, setting_names, unknown_setting
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.llm import base_lm
+from llmasr.models.shipped_generation import search_keywords
 
 
 def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs: dict, ctc, heard) -> tuple:
@@ -112,6 +113,8 @@ def llm_search(model, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dic
     if boosts and cfg.num_beams > 1:  # "never": nor does it stop once num_beams have ended (early_stopping true)
         boosted_beams = beam_search_to_the_caps(base_lm(model.llm))
         generate_kwargs = {"early_stopping": "never", **generate_kwargs}
+    generate_kwargs = {**search_keywords(model.llm.generation_config, generate_kwargs, model.prompt.tokenizer),
+                       **generate_kwargs}  # fmt: skip
     with boosted_beams, caps_alone(model.llm):
         out = model.llm.generate(
             inputs_embeds=merged.inputs_embeds,

@@ -17,13 +17,22 @@ SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon
 REPLACED = {"repetition_penalty": "--repetition-penalty", "no_repeat_ngram_size": "--no-repeat-ngram",
             "num_beams": "--beam"}  # fmt: skip
 # read by beam search only: a greedy search (num_beams 1) never uses them
-BEAM_ONLY = ("length_penalty", "early_stopping", "num_beam_groups", "diversity_penalty")
+BEAM_ONLY = ("length_penalty", "early_stopping")
+# each switches generate away from greedy or beam search: to contrastive search, DoLa, group or constrained beam
+# search (which transformers 5 loads from the Hub: offline, a decode failed at its first batch) or to assisted
+# decoding (prompt lookup, early exit, multi-token prediction); the search passes generate its default instead
+SWITCHES = ("penalty_alpha", "dola_layers", "num_beam_groups", "diversity_penalty", "constraints", "force_words_ids",
+            "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")  # fmt: skip
+# generate cannot run them under the search: classifier-free guidance and token healing read input_ids (the search
+# passes embeddings; both failed at the first batch), low_memory is refused by beam search
+UNRUNNABLE = ("guidance_scale", "token_healing", "low_memory")
+SET_ASIDE = (*SWITCHES, *UNRUNNABLE)
 # read of the input_ids generate is given: the search gives it embeddings, and generate ignores them with a warning
 INPUT_IDS_ONLY = ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size")
 # what generate still applies from generation_config.json under llmasr's search, whatever its beam
 KEPT = ("min_length", "min_new_tokens", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
         "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
-        "renormalize_logits", "remove_invalid_values", "max_time")  # fmt: skip
+        "renormalize_logits", "remove_invalid_values", "max_time", "stop_strings", "watermarking_config")  # fmt: skip
 
 
 def _value(v) -> str:
@@ -58,6 +67,8 @@ def shipped_settings_line(generation_config, cfg) -> str | None:
     ]
     beam = [f"{k} {_value(shipped(k))}" for k in BEAM_ONLY if shipped(k) is not None]
     ids_only = [f"{k} {_value(shipped(k))}" for k in INPUT_IDS_ONLY if shipped(k) is not None]
+    switches = [f"{k} {_value(shipped(k))}" for k in SWITCHES if shipped(k)]  # 0 or false switches nothing
+    unrunnable = [f"{k} {_value(shipped(k))}" for k in UNRUNNABLE if shipped(k)]
     kept = [f"{k} {_value(shipped(k))}" for k in KEPT if shipped(k) is not None]
     if cfg.num_beams > 1:
         kept = beam + kept
@@ -67,6 +78,10 @@ def shipped_settings_line(generation_config, cfg) -> str | None:
     parts += replaced
     if beam and cfg.num_beams <= 1:
         parts.append(f"{', '.join(beam)}: unused by a greedy search (beam search reads them: --beam)")
+    if switches:
+        parts.append(f"{', '.join(switches)}: set aside (they switch generate to another search than llmasr's)")
+    if unrunnable:
+        parts.append(f"{', '.join(unrunnable)}: set aside (generate cannot run them under llmasr's search)")
     if ids_only:
         parts.append(f"{', '.join(ids_only)}: unused (generate reads them of input_ids; the search passes embeddings)")
     if kept:
@@ -74,9 +89,22 @@ def shipped_settings_line(generation_config, cfg) -> str | None:
     return f"the LLM's generation_config.json: {'; '.join(parts)}" if parts else None
 
 
+def search_keywords(generation_config, generate_kwargs: dict, tokenizer) -> dict:
+    """What the search passes generate beside its own settings so that the LLM's `generation_config` leaves it the
+    search: transformers' default for each SET_ASIDE setting it ships (unless the caller's `generate_kwargs` give
+    one), and the prompt's `tokenizer` where stop strings apply and the caller gave none (generate needs one)."""
+    shipped = _shipped(generation_config)
+    filled = getattr(generation_config, "_get_default_generation_params", dict)()
+    keywords = {k: filled.get(k) for k in SET_ASIDE if k not in generate_kwargs and shipped(k)}
+    stops = generate_kwargs.get("stop_strings", getattr(generation_config, "stop_strings", None))
+    if stops and "tokenizer" not in generate_kwargs:
+        keywords["tokenizer"] = tokenizer
+    return keywords
+
+
 def left_out_line(generation_config, left_out: tuple[str, ...], where) -> str | None:
     """The export's line for the LLM's `generation_config` before `left_out` (and do_sample) are unset in the file
-    `where`: what goes and what stays, or None where it shipped neither sampling nor a penalty."""
+    `where`: what goes and what stays, or None where it shipped none of them."""
     shipped = _shipped(generation_config)
     gone = [f"{k} {_value(shipped(k))}" for k in ("do_sample", *left_out) if shipped(k) is not None]
     if not gone:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import GenerationConfig
 
 from llmasr.models.decoding import DecodeConfig
-from llmasr.models.shipped_generation import left_out_line, shipped_settings_line
+from llmasr.models.shipped_generation import left_out_line, search_keywords, shipped_settings_line
 
 
 def test_settings_written_at_transformers_defaults_are_not_named():
@@ -55,3 +55,33 @@ def test_a_shipped_time_limit_is_named_applied():
     transcript, and had gone unnamed."""
     line = shipped_settings_line(GenerationConfig(max_time=5.0, remove_invalid_values=True), DecodeConfig())
     assert line.endswith("applied as the LLM's generate applies them: remove_invalid_values true, max_time 5"), line
+
+
+def test_settings_that_switch_the_search_are_named_set_aside_under_greedy_and_beam():
+    """penalty_alpha (contrastive search), num_beam_groups (group beam search) and the like switch generate to a search
+    transformers 5 loads from the Hub; the search sets them aside: a greedy decode had named num_beam_groups as read by
+    beam search, a beam decode as applied, and penalty_alpha not at all."""
+    gen = GenerationConfig(penalty_alpha=0.6, top_k=4, num_beam_groups=2, diversity_penalty=0.5, use_mtp=False)
+    for cfg in (DecodeConfig(), DecodeConfig(num_beams=2)):
+        line = shipped_settings_line(gen, cfg)
+        assert (
+            "penalty_alpha 0.6, num_beam_groups 2, diversity_penalty 0.5: set aside (they switch generate to " in line
+        )
+        assert "use_mtp" not in line and "applied" not in line, line  # false switches nothing
+
+
+def test_the_search_passes_defaults_for_the_settings_it_sets_aside_unless_the_caller_gives_them():
+    gen = GenerationConfig(penalty_alpha=0.6, top_k=4, num_beam_groups=2, stop_strings=["."])
+    assert search_keywords(gen, {}, "tok") == {"penalty_alpha": None, "num_beam_groups": 1, "tokenizer": "tok"}
+    given = {"penalty_alpha": 0.5, "tokenizer": "own"}  # the caller's own keywords reach generate as given
+    assert search_keywords(gen, given, "tok") == {"num_beam_groups": 1}
+    assert search_keywords(GenerationConfig(), {}, "tok") == {}
+    assert search_keywords(GenerationConfig(), {"stop_strings": ["."]}, "tok") == {"tokenizer": "tok"}
+
+
+def test_a_shipped_watermark_is_named_applied():
+    """A watermarking_config biases every step's scores under any search, changing the transcript: it had gone
+    unnamed."""
+    line = shipped_settings_line(GenerationConfig(watermarking_config={"bias": 2.0}), DecodeConfig())
+    assert line.startswith("the LLM's generation_config.json: applied as the LLM's generate applies them: "
+                           "watermarking_config WatermarkingConfig"), line  # fmt: skip

@@ -582,6 +582,16 @@ def test_generate_keywords_transformers_takes_outside_its_signature_still_reach_
         model.transcribe(batch, tokeniser=model.prompt.tokenizer)
 
 
+def test_stop_strings_given_without_a_tokenizer_apply_with_the_prompts(model):
+    """generate raised at the first batch on stop strings given without `tokenizer=` ("could not locate a
+    tokenizer"): the search passes the prompt's, as it does for stop strings the LLM's generation_config.json ships."""
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    assert (
+        model.transcribe(batch, max_new_tokens=3, stop_strings=["\x00never"]).llm
+        == model.transcribe(batch, max_new_tokens=3).llm
+    )
+
+
 @pytest.mark.parametrize("given", ["eos_token_id", "logits_processor", "output_scores", "do_sample", "attention_mask"])
 def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder_runs(model, monkeypatch, given):
     """generate takes eos_token_id or logits_processor, so the typo check let them by, but the search passes them

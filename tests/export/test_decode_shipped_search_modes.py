@@ -1,0 +1,97 @@
+"""Settings of an LLM's generation_config.json that switch transformers' generate away from greedy or beam search
+(contrastive search, DoLa, group and constrained beam search: transformers 5 loads them from the Hub, so an offline
+decode failed at its first batch; assisted decoding by prompt lookup, early exit or multi-token prediction), and
+stop_strings, which generate applies only given a tokenizer the search had not passed (it raised at the first batch).
+`llmasr decode` of a run on such an LLM completes: the mode switches are set aside, named, and change no text; the
+stop strings apply as the LLM's own generate applies them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from llmasr.commands.decode import main
+from llmasr.testing.run_dirs import model_section, read_lines, train_run
+
+SAID = "llmasr.models.shipped_generation"
+
+# shipped settings -> the part of the decode's line that names them
+SWITCHES = {
+    "contrastive": ({"penalty_alpha": 0.6, "top_k": 4}, "penalty_alpha 0.6: set aside"),
+    "dola": ({"dola_layers": "low"}, "dola_layers low: set aside"),
+    "prompt lookup": ({"prompt_lookup_num_tokens": 3}, "prompt_lookup_num_tokens 3: set aside"),
+    "early exit": ({"assistant_early_exit": 1}, "assistant_early_exit 1: set aside"),
+    "multi-token prediction": ({"use_mtp": True}, "use_mtp true: set aside"),
+    "constrained": ({"force_words_ids": [[5]]}, "force_words_ids [[5]]: set aside"),
+    "group beam": ({"num_beam_groups": 2, "diversity_penalty": 0.5}, "num_beam_groups 2, diversity_penalty 0.5: set"),
+    # generate cannot run these under the search: each failed at the first batch
+    "guidance": ({"guidance_scale": 1.5}, "guidance_scale 1.5: set aside"),
+    "token healing": ({"token_healing": True}, "token_healing true: set aside"),
+    "low memory": ({"low_memory": True}, "low_memory true: set aside"),
+}
+
+
+@pytest.fixture(scope="module")
+def llm_run(base_dirs, train_corpus, tmp_path_factory):
+    """(LLM dir, run of one update on it): the LLM's generation_config.json is rewritten between decodes."""
+    root = tmp_path_factory.mktemp("modes")
+    llm = shutil.copytree(base_dirs[0], root / "llm")
+    return llm, train_run(root / "run", model_section(llm, base_dirs[1], encoder_lora=False), train_corpus).run_dir
+
+
+def _decode(run, corpus, out, *extra) -> list[str]:
+    argv = ["--checkpoint", str(run), "--data", str(corpus), "--max-new-tokens", "4", "--num-workers", "0"]
+    assert main([*argv, "--output", str(out), *extra]) == 0
+    return read_lines(out / "hyp.txt")
+
+
+def _said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == SAID]
+
+
+@pytest.fixture(scope="module")
+def plain_hyps(llm_run, corpus, tmp_path_factory):
+    """beam flags -> the run's transcripts with the LLM's generation_config.json as written."""
+    out = tmp_path_factory.mktemp("plain")
+    return {beam: _decode(llm_run[1], corpus, out / (beam or "greedy"), *beam.split()) for beam in ("", "--beam 2")}
+
+
+@pytest.mark.parametrize("beam", ["", "--beam 2"], ids=["greedy", "beam"])
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_shipped_settings_that_switch_the_search_are_set_aside(llm_run, plain_hyps, corpus, tmp_path, caplog, switch,
+                                                               beam):  # fmt: skip
+    llm, run = llm_run
+    shipped, named = SWITCHES[switch]
+    gen_file = llm / "generation_config.json"
+    plain = gen_file.read_text()
+    caplog.set_level(logging.INFO, logger=SAID)
+    try:
+        gen_file.write_text(json.dumps({**json.loads(plain), **shipped}))
+        assert plain_hyps[beam] != [] and _decode(run, corpus, tmp_path, *beam.split()) == plain_hyps[beam]
+    finally:
+        gen_file.write_text(plain)
+    said = _said(caplog)
+    assert len(said) == 1 and named in said[0], said
+
+
+def test_shipped_stop_strings_apply(llm_run, corpus, tmp_path, caplog):
+    """The search passes generate the prompt's tokenizer, as stop strings need: a stop string that never occurs
+    changes no text, and the decode names it applied."""
+    llm, run = llm_run
+    gen_file = llm / "generation_config.json"
+    plain = gen_file.read_text()
+    want = _decode(run, corpus, tmp_path / "plain")
+    caplog.set_level(logging.INFO, logger=SAID)
+    try:
+        gen_file.write_text(json.dumps({**json.loads(plain), "stop_strings": ["\u0000never"]}))
+        assert _decode(run, corpus, tmp_path / "stops") == want
+    finally:
+        gen_file.write_text(plain)
+    said = _said(caplog)
+    assert len(said) == 1 and said[0].endswith(
+        "applied as the LLM's generate applies them: stop_strings ['\\x00never']"
+    )
+
