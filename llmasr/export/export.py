@@ -63,14 +63,15 @@ from llmasr.models.fingerprint import dir_fingerprint
 from llmasr.models.fsmn_vad import FsmnVad
 from llmasr.models.llm import DTYPES, base_lm, dtype_name
 from llmasr.models.rotary import plain_transformers_line
-from llmasr.models.shipped_generation import SAMPLING_ONLY, left_out_line
+from llmasr.models.shipped_generation import SAMPLING_ONLY, SET_ASIDE, left_out_line
 from llmasr.run_dir import CHECKPOINTS, read_meta, resolve_checkpoint
 from llmasr.written_by import written_by
 
 log = logging.getLogger(__name__)
 
-# generation_config.json's settings for sampling (and penalties) that an export leaves unset: greedy by default
-SAMPLING_KEYS = (*SAMPLING_ONLY, "repetition_penalty", "no_repeat_ngram_size")
+# generation_config.json's settings for sampling (and penalties), and those llmasr's search sets aside (another search,
+# or one generate cannot run), that an export leaves unset: greedy by default
+SAMPLING_KEYS = (*SAMPLING_ONLY, "repetition_penalty", "no_repeat_ngram_size", *SET_ASIDE)
 
 FORMAT = "llmasr-exported-1"
 

@@ -95,3 +95,26 @@ def test_shipped_stop_strings_apply(llm_run, corpus, tmp_path, caplog):
         "applied as the LLM's generate applies them: stop_strings ['\\x00never']"
     )
 
+
+def test_the_export_leaves_out_the_shipped_settings_that_switch_the_search(llm_run, tmp_path, caplog):
+    """The export writes a generation_config.json a plain generate searches by as llmasr decodes: it had kept a shipped
+    penalty_alpha (a plain greedy generate on the export was contrastive search, loaded from the Hub) or
+    prompt_lookup_num_tokens."""
+    from transformers import GenerationConfig
+
+    from llmasr.export.export import export_model
+
+    llm, run = llm_run
+    gen_file = llm / "generation_config.json"
+    plain = gen_file.read_text()
+    caplog.set_level(logging.INFO, logger="llmasr.export.export")
+    try:
+        gen_file.write_text(json.dumps({**json.loads(plain), "penalty_alpha": 0.6, "prompt_lookup_num_tokens": 3}))
+        out = export_model(run, tmp_path / "model", dtype="fp32")
+    finally:
+        gen_file.write_text(plain)
+    said = [r.getMessage() for r in caplog.records if "generation_config.json" in r.getMessage()]
+    assert len(said) == 1 and "left out the LLM's penalty_alpha 0.6, prompt_lookup_num_tokens 3," in said[0], said
+    saved = GenerationConfig.from_pretrained(out / "llm")
+    assert saved.penalty_alpha is None and saved.prompt_lookup_num_tokens is None
+    assert saved.get_generation_mode() == "greedy_search"
