@@ -130,7 +130,7 @@ def llm_search(model, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dic
             **cfg.generation(),
             **generate_kwargs,
         )
-    rows = out.sequences.tolist()
+    rows = [_unpadded(row, end, model.prompt.pad_id) for row in out.sequences.tolist()]
     if nbest > 1:
         penalty = generate_kwargs.get("length_penalty")
         rows = _rescored(model, rows, out.sequences_scores, nbest, ctc, weight, penalty)
@@ -138,6 +138,18 @@ def llm_search(model, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dic
     truncated = [guards.truncation(row, cap) for row, cap in zip(rows, caps)]
     scores = hypothesis_logprobs(model.llm, merged, rows, ends, model.logit_transform) if cfg.confidence else None
     return [row[:cap] for row, cap in zip(rows, caps)], truncated, cfg.mode(weight, llm_vocab), scores
+
+
+def _unpadded(row: list[int], end_id: int, pad_id: int) -> list[int]:
+    """`row` without the padding generate writes after a row that something other than its end token ended (a
+    shipped stop string): the guards had read those pads as tokens up to the cap (truncated), and the confidence
+    scored them. A row the guards or the LLM ended holds the end token, and its padding follows it."""
+    if end_id in row or pad_id == end_id:
+        return row
+    n = len(row)
+    while n and row[n - 1] == pad_id:
+        n -= 1
+    return row[:n]
 
 
 def _rescored(model, rows: list, scores: torch.Tensor, nbest: int, ctc, weight: float, penalty=None) -> list:
