@@ -19,7 +19,7 @@ from llmasr.models.decode_guards import EndTokens, Guards, caps_alone, other_end
 from llmasr.models.decoding import DecodeConfig, setting_names, unknown_setting
 from llmasr.models.hotword_boost import HotwordBoost, beam_search_to_the_caps
 from llmasr.models.llm import base_lm
-from llmasr.models.shipped_generation import search_keywords
+from llmasr.models.shipped_generation import SET_ASIDE, SWITCHES, search_keywords
 
 
 def gated_search(model, merged, batch: Batch, cfg: DecodeConfig, generate_kwargs: dict, ctc, heard) -> tuple:
@@ -50,6 +50,11 @@ SEARCH_SETS = {
     "return_dict_in_generate": "the n-best the CTC head rescores",
 }  # fmt: skip
 
+_ASIDE_WHY = {
+    True: "switches generate to another search than llmasr's (it failed at the first batch)",
+    False: "is one generate cannot run under llmasr's search (it reads input_ids, or beam search refuses it)",
+}
+
 
 def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
     """TypeError naming each of `kwargs` (a search's settings no DecodeConfig field takes, for the LLM's generate) that
@@ -58,12 +63,16 @@ def refuse_unknown_generate(llm, kwargs: dict, where: str) -> None:
     says it: generate's signature, the LLM's GenerationConfig (whose update takes what it has) and the model's inputs
     (its check of model_kwargs, where this transformers has it; without it, such a keyword is left to generate); the
     few it takes out of its **kwargs itself, which nothing there names, are GENERATE_KWARGS. One the search passes
-    generate itself (SEARCH_SETS) is refused too, saying what it sets there."""
+    generate itself (SEARCH_SETS) is refused too, saying what it sets there, and one it sets aside when the LLM ships
+    it (shipped_generation.SET_ASIDE), saying why."""
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
     if own := [k for k in kwargs if k in SEARCH_SETS]:
         raise TypeError("; ".join(f"{where}: {k!r} is set by llmasr's search itself ({SEARCH_SETS[k]})" for k in own))
+    # what the search sets aside when the LLM ships it failed after the encoder when a caller gave it (0 or None: unset)
+    if aside := [k for k in kwargs if k in SET_ASIDE and kwargs[k]]:
+        raise TypeError("; ".join(f"{where}: {k}={kwargs[k]!r} {_ASIDE_WHY[k in SWITCHES]}" for k in aside))
     base = base_lm(llm)
     config = getattr(base, "generation_config", None) or GenerationConfig()
     named = (set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}) | GENERATE_KWARGS

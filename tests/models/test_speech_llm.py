@@ -603,3 +603,18 @@ def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder
     with pytest.raises(TypeError, match=rf"^transcribe: {given!r} is set by llmasr's search itself"):
         model.transcribe(batch, **{given: None})
     assert ran == []
+
+
+@pytest.mark.parametrize("given", [("penalty_alpha", 0.6), ("guidance_scale", 1.5), ("prompt_lookup_num_tokens", 3)])
+def test_a_generate_keyword_the_search_sets_aside_is_refused_before_the_encoder_runs(model, monkeypatch, given):
+    """The search sets aside what the LLM ships of these, but a caller's reached generate, which failed after the
+    encoder pass (contrastive search loaded from the Hub, guidance on input_ids the search does not pass, prompt
+    lookup on one row alone). They are refused first, named with why; unset (None) they are let by."""
+    key, value = given
+    batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
+    ran = []
+    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
+    with pytest.raises(TypeError, match=rf"^transcribe: {key}={value!r} (switches generate|is one generate cannot)"):
+        model.transcribe(batch, **{key: value})
+    assert ran == []
+    assert model.transcribe(batch, max_new_tokens=3, **{key: None}).llm == model.transcribe(batch, max_new_tokens=3).llm
