@@ -121,18 +121,19 @@ def test_the_export_leaves_out_the_shipped_settings_that_switch_the_search(llm_r
     assert saved.get_generation_mode() == "greedy_search"
 
 
-def test_a_shipped_stop_string_that_occurs_ends_the_row_untruncated(llm_run, corpus, tmp_path):
+@pytest.mark.parametrize("beam", ["", "--beam 2"], ids=["greedy", "beam"])
+def test_a_shipped_stop_string_that_occurs_ends_the_row_untruncated(llm_run, corpus, tmp_path, beam):
     """A row a shipped stop string ends is ended by the LLM, not by a guard: generate pads it to the batch's longest
     row with no end token, and results.jsonl must not report those pads as a cap or a repetition stop."""
     llm, run = llm_run
     gen_file = llm / "generation_config.json"
     plain = gen_file.read_text()
-    _decode(run, corpus, tmp_path / "plain", "--max-new-tokens", "8")
+    _decode(run, corpus, tmp_path / "plain", "--max-new-tokens", "8", *beam.split())
     before = [json.loads(line) for line in open(tmp_path / "plain" / "results.jsonl")]
     stop = Counter(c for r in before for c in r["hyp"][:2]).most_common(1)[0][0]  # early in some row
     try:
         gen_file.write_text(json.dumps({**json.loads(plain), "stop_strings": [stop]}))
-        _decode(run, corpus, tmp_path / "stops", "--max-new-tokens", "8")
+        _decode(run, corpus, tmp_path / "stops", "--max-new-tokens", "8", *beam.split())
     finally:
         gen_file.write_text(plain)
     rows = [json.loads(line) for line in open(tmp_path / "stops" / "results.jsonl")]
