@@ -54,6 +54,12 @@ def peft_wrapping():
         yield
 
 
+def _reached(model: nn.Module, targets: list[str], skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Each module of `model` a target name reaches, but those at the paths `skip`, as "target -> path (type)"."""
+    return [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()
+            if p and p not in skip and _reaches(t, p)]  # fmt: skip
+
+
 def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool, freeze: bool = True):
     """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match). peft
     leaves the adapters and the biases `lora.bias` names trainable; `freeze` False trains the base as well."""
@@ -65,8 +71,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
         missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
         if missing:
             # a name peft could wrap otherwise (embed_tokens, an nn.Embedding) is no typo: say what it names
-            reached = [f"{t} -> {p} ({type(m).__name__})" for t in missing for p, m in model.named_modules()
-                       if p and _reaches(t, p)]  # fmt: skip
+            reached = _reached(model, missing)
             named = (
                 f"; {reached[:5]}: LoRA wraps nn.Linear and Conv1D layers only (train such a module whole with "
                 f"{what}.freeze: false)"
@@ -77,9 +82,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
                 f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
                 f"{linear_module_names(model)}{named}"
             )
-        linear = set(paths)
-        others = [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()
-                  if p and p not in linear and _reaches(t, p)]  # fmt: skip
+        others = _reached(model, targets, skip=set(paths))
         if others:
             raise ConfigError(
                 f"{what}.lora.target_modules also name modules that are not nn.Linear or Conv1D layers: {others[:5]}; "
