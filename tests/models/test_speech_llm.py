@@ -16,6 +16,14 @@ def model(tiny_llm_dir):
     return llmasr.build_model(tiny_model_section(tiny_llm_dir, ctc_weight=0.3))
 
 
+@pytest.fixture
+def encoder_passes(model, monkeypatch):
+    """One entry for each audio embedding (the encoder's pass) `model` makes in the test."""
+    ran = []
+    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
+    return ran
+
+
 def test_forward_backward_trains_the_right_branches(model):
     model.train()
     out = model(random_batch(model, TARGETS))
@@ -552,19 +560,17 @@ def test_integer_features_are_refused_naming_both_dtypes(model):
         model(samples)
 
 
-def test_a_misspelt_generate_keyword_is_refused_before_the_encoder_runs(model, monkeypatch):
+def test_a_misspelt_generate_keyword_is_refused_before_the_encoder_runs(model, encoder_passes):
     """`model.transcribe(batch, num_beam=4)` went on to the LLM's generate, which refused it only after the encoder
     pass, as transformers' "model_kwargs are not used by the model": it is refused first, named with the nearest
     keyword, by transformers' own reading of what generate takes. generate's own keywords still reach it."""
     batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
-    ran = []
-    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
     for call in (model.transcribe, model.generate, model.generate_ids):
         with pytest.raises(TypeError, match=r"unknown setting 'num_beam'.*; did you mean 'num_beams'\?$"):
             call(batch, num_beam=4)
     with pytest.raises(TypeError, match=r"unknown setting 'output_score'.*; did you mean 'output_scores'\?$"):
         model.transcribe(batch, output_score=True)  # a GenerationConfig field's neighbour
-    assert ran == []  # refused before any work
+    assert encoder_passes == []  # refused before any work
     want = model.transcribe(batch, max_new_tokens=3).llm
     # a GenerationConfig field, a keyword of generate's own, an input of the model: transformers takes them
     assert model.transcribe(batch, max_new_tokens=3, length_penalty=1.0, synced_gpus=False, use_cache=True).llm == want
@@ -593,28 +599,24 @@ def test_stop_strings_given_without_a_tokenizer_apply_with_the_prompts(model):
 
 
 @pytest.mark.parametrize("given", ["eos_token_id", "logits_processor", "output_scores", "do_sample", "attention_mask"])
-def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder_runs(model, monkeypatch, given):
+def test_a_generate_keyword_the_search_sets_itself_is_refused_before_the_encoder_runs(model, encoder_passes, given):
     """generate takes eos_token_id or logits_processor, so the typo check let them by, but the search passes them
     itself: generate was called with two values for one keyword, a TypeError of Python's after the encoder pass.
     They are refused first, named with why."""
     batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
-    ran = []
-    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
     with pytest.raises(TypeError, match=rf"^transcribe: {given!r} is set by llmasr's search itself"):
         model.transcribe(batch, **{given: None})
-    assert ran == []
+    assert encoder_passes == []
 
 
 @pytest.mark.parametrize("given", [("penalty_alpha", 0.6), ("guidance_scale", 1.5), ("prompt_lookup_num_tokens", 3)])
-def test_a_generate_keyword_the_search_sets_aside_is_refused_before_the_encoder_runs(model, monkeypatch, given):
+def test_a_generate_keyword_the_search_sets_aside_is_refused_before_the_encoder_runs(model, encoder_passes, given):
     """The search sets aside what the LLM ships of these, but a caller's reached generate, which failed after the
     encoder pass (contrastive search loaded from the Hub, guidance on input_ids the search does not pass, prompt
     lookup on one row alone). They are refused first, named with why; unset (None) they are let by."""
     key, value = given
     batch = random_batch(model.eval(), TARGETS[:2], frames=[12, 20], seed=5)
-    ran = []
-    monkeypatch.setattr(model, "_embed", lambda *a, **k: ran.append(1) or type(model)._embed(model, *a, **k))
     with pytest.raises(TypeError, match=rf"^transcribe: {key}={value!r} (switches generate|is one generate cannot)"):
         model.transcribe(batch, **{key: value})
-    assert ran == []
+    assert encoder_passes == []
     assert model.transcribe(batch, max_new_tokens=3, **{key: None}).llm == model.transcribe(batch, max_new_tokens=3).llm
