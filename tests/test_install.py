@@ -101,3 +101,15 @@ def test_install_script_pins_on_3_11_and_installs_the_newest_on_older_pythons(tm
     index = "https://download.pytorch.org/whl/cpu"
     rc, calls, _ = run_install(tmp_path / "c", "0 3 12", LLMASR_TORCH_INDEX=index)
     assert rc == 0 and calls[0].endswith(f"--index-url {index} torch==2.13.0") and index not in calls[1]
+
+
+def test_ci_runs_the_readme_test_command_and_its_plugins_are_dev_dependencies():
+    """.ci/run runs exactly the README's test command; the `-n` it passes needs pytest-xdist, which `.[dev]` (what
+    install.sh installs) must bring, else a fresh clone's CI stops on "unrecognized arguments: -n"."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    block = readme[readme.index("```bash") + 1 : readme.index("```", 1)]
+    test_line = next(line for line in block if "pytest" in line).split("#")[0].strip()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert ci == [test_line], (ci, test_line)
+    if " -n " in f"{test_line} ":
+        assert "pytest-xdist" in direct_requirements()
