@@ -139,3 +139,35 @@ def test_a_shipped_stop_string_that_occurs_ends_the_row_untruncated(llm_run, cor
     rows = [json.loads(line) for line in open(tmp_path / "stops" / "results.jsonl")]
     cut = [r for r in rows if r["hyp"].endswith(stop)]
     assert cut and all(r["truncated"] is None for r in cut), (stop, [(r["hyp"], r["truncated"]) for r in rows])
+
+
+def test_the_confidence_of_a_row_a_stop_string_ends_is_that_of_its_own_tokens(llm_run, corpus, tmp_path):
+    """generate pads a row a shipped stop string ends to the batch's longest row; its confidence must score the row's
+    tokens alone, as when the utterance is decoded by itself (no other row, no padding), not those pads too."""
+    llm, run = llm_run
+    gen_file = llm / "generation_config.json"
+    plain = gen_file.read_text()
+    flags = ("--max-new-tokens", "8", "--confidence")
+    _decode(run, corpus, tmp_path / "plain", *flags)
+    before = [json.loads(line) for line in open(tmp_path / "plain" / "results.jsonl")]
+    stop = Counter(c for r in before for c in r["hyp"][:2]).most_common(1)[0][0]
+    lines = {json.loads(line)["key"]: line for line in corpus.read_text().splitlines()}
+    try:
+        gen_file.write_text(json.dumps({**json.loads(plain), "stop_strings": [stop]}))
+        _decode(run, corpus, tmp_path / "batch", *flags)
+        rows = [json.loads(line) for line in open(tmp_path / "batch" / "results.jsonl")]
+        longest = max(len(r["hyp"]) for r in rows)
+        cut = [r for r in rows if r["hyp"].endswith(stop) and len(r["hyp"]) < longest]  # generate padded these
+        assert cut, (stop, [r["hyp"] for r in rows])
+        for r in cut:
+            alone = tmp_path / r["key"]
+            alone.mkdir()
+            (alone / "one.jsonl").write_text(lines[r["key"]].replace('"wav/', f'"{corpus.parent}/wav/') + "\n")
+            _decode(run, alone / "one.jsonl", alone / "out", *flags)
+            (one,) = [json.loads(line) for line in open(alone / "out" / "results.jsonl")]
+            assert one["hyp"] == r["hyp"]
+            # results.jsonl rounds to 4 places: the batch and the lone row may round apart by one step
+            assert one["avg_logprob"] == pytest.approx(r["avg_logprob"], abs=2e-4), (r, one)
+            assert one["logprob"] == pytest.approx(r["logprob"], abs=1e-3), (r, one)
+    finally:
+        gen_file.write_text(plain)
