@@ -274,6 +274,7 @@ def load_checkpoint_model(
     run whose recipe loads the LLM's own Python files to do so. `say`: warn of a newer save `latest` does not name
     (False on a decode's ranks but rank 0, which says it once)."""
     from llmasr.models.builder import build_model
+    from llmasr.models.lora import building_to_read_trained_weights
 
     if average < 1:
         raise CheckpointError(f"--average {average}: the number of checkpoints to average must be >= 1")
@@ -311,7 +312,8 @@ def load_checkpoint_model(
     cfg.llm.dtype = "float32"  # merge in full precision; the export casts afterwards
     cfg.llm.gradient_checkpointing = False
     cfg.encoder.gradient_checkpointing = False
-    model = build_model(cfg)
+    with building_to_read_trained_weights():
+        model = build_model(cfg)
     source = f"checkpoint {ref.root / tags[0]}" + (f" (+{len(tags) - 1} averaged)" if len(tags) > 1 else "")
     _refuse_fresh_frozen(model, cfg, trainable, source)
     load_trained(model, state, trainable, source=source)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import warnings
 
@@ -14,6 +15,20 @@ from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
 
 log = logging.getLogger(__name__)
+
+# False while a model is built to take a run's trained weights (export, decode of a checkpoint): the tied-head note
+# is for the run that trains the adapters, and the export says what it does with the pair (llmasr.export.merge)
+_BUILT_TO_TRAIN = contextvars.ContextVar("llmasr_lora_built_to_train", default=True)
+
+
+@contextlib.contextmanager
+def building_to_read_trained_weights():
+    """Within it, apply_lora says nothing of the LLM's tied head."""
+    token = _BUILT_TO_TRAIN.set(False)
+    try:
+        yield
+    finally:
+        _BUILT_TO_TRAIN.reset(token)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -103,7 +118,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     if hf_model:
         with peft_wrapping():
             model = peft.get_peft_model(model, config)
-        _say_tied_head(model, what)
+        if _BUILT_TO_TRAIN.get():
+            _say_tied_head(model, what)
     else:
         with peft_wrapping():
             model = peft.inject_adapter_in_model(config, model)
