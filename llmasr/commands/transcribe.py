@@ -32,7 +32,8 @@ from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_options import PACE_LOGGER
 from llmasr.export.decode_world import DecodeWorld
-from llmasr.export.transcribe import TranscribeError, Transcriber, clip_problem, utf8
+from llmasr.export.transcribe import TranscribeError, Transcriber
+from llmasr.export.transcribe_clips import clip_problem, utf8
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.models.exported import ExportedModelError
