@@ -347,3 +347,21 @@ def test_help_on_the_python_apis_objects_says_what_each_is():
            DataConfig: "A recipe's `data:` section", build_dataloader: "(loader of collated Batches"}  # fmt: skip
     for obj, start in own.items():
         assert inspect.getdoc(obj).startswith(start), obj
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but hyphens and underscores dropped, spaces hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_names_a_heading():
+    """The contents list and the cross-references ([5. Decode](#5-decode)) lead somewhere: a renamed heading had
+    left its links pointing at nothing, silently."""
+    in_code, headings = False, set()
+    for line in TEXT.splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and (m := re.match(r"#{1,6} (.+)", line)):
+            headings.add(_anchor(m[1]))
+    links = re.findall(r"\]\(#([^)]+)\)", TEXT)
+    assert "5-decode" in links and "fun-asr-nano-llmasr-convert-funasr" in headings
+    assert sorted({a for a in links if a not in headings}) == [], sorted(headings)
