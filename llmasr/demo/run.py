@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ from llmasr.export.export import export_model
 from llmasr.run_dir import checkpoints_dir, latest
 from llmasr.scoring_bootstrap import improvement_probability
 from llmasr.train.ds_config import PRESET_DIR
+from llmasr.train.process_group import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "demo.yaml"
@@ -96,12 +96,6 @@ class State:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2), encoding="utf-8")
         tmp.replace(self.path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gpu_count() -> int:

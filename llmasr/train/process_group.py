@@ -30,9 +30,18 @@ class DistInfo:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A local port for ranks to meet at, held against everyone else until they listen there. A port merely bound
+    and released is the kernel's to hand out again: another process's bind to port 0 (a second test worker's
+    free_port, a gloo listener) could take it in the seconds before rank 0 listened, and the run stopped with
+    "address in use". A connection closed from the listening end leaves that end in TIME_WAIT (a minute): the
+    kernel gives the port to no bind of port 0 and no plain bind, while a listener with SO_REUSEADDR (torch's
+    TCPStore, launched_ranks' meeting, Python's create_server) still binds it."""
+    with socket.create_server(("127.0.0.1", 0), backlog=1) as server:
+        port = int(server.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            conn, _ = server.accept()
+            conn.close()  # the listening end closes first: the TIME_WAIT is the port's own
+    return port
 
 
 def cpu_threads_per_rank(environ=os.environ, cpu_count: int | None = None) -> int | None:

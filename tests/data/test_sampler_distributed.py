@@ -87,11 +87,9 @@ def _worker(rank, world_size, port, d, results):
 
 
 def test_two_process_gloo():
-    import socket
+    from llmasr.train.process_group import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # held until rank 0 listens: the other test worker's binds cannot take it meanwhile
     d = durations(1500, seed=2)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()

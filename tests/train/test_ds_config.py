@@ -1,6 +1,5 @@
 import json
 import re
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from llmasr.train.ds_config import (
     zero_stage,
 )
 from llmasr.train.param_groups import build_param_groups
+from llmasr.train.process_group import free_port
 from llmasr.train.schedulers import BranchLRScheduler, build_group_schedules, schedule_lr
 
 
@@ -307,9 +307,7 @@ def test_bad_json_reports_line_and_column(tmp_path):
 def single_rank():
     """A one-rank gloo world. It stays up for the rest of the session: DeepSpeed caches its process groups, and a
     destroyed world would break a later deepspeed.initialize in the same process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():

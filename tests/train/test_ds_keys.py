@@ -7,6 +7,7 @@ from llmasr.config_io import ConfigError
 from llmasr.train.config import TrainConfig
 from llmasr.train.ds_config import PRESETS, resolve_ds_config
 from llmasr.train.ds_keys import check_ds_keys, known_top_level_keys
+from llmasr.train.process_group import free_port
 
 BASE = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2, "train_batch_size": 16}
 
@@ -117,14 +118,10 @@ def test_settings_the_zero_optimizer_refuses_together_are_refused_at_start(extra
 
 def test_deepspeed_refuses_them_at_initialize_and_keeps_the_rest(monkeypatch):
     """The rule above is DeepSpeed's: its engine refuses each refused config and builds each kept one."""
-    import socket
-
     import deepspeed
     import torch
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(port)).items():  # fmt: skip
         monkeypatch.setenv(key, value)

@@ -37,3 +37,34 @@ def test_deepspeed_s_collectives_leave_no_deprecation_warning():
         warnings.warn("a warning of llmasr's own", FutureWarning, stacklevel=1)
     said = [str(w.message) for w in caught]
     assert not [m for m in said if "_tensor` is deprecated" in m] and "a warning of llmasr's own" in said, said
+
+
+def test_free_port_is_held_against_other_binds_yet_the_ranks_can_listen_there():
+    """Two test workers launch runs at once: a port free_port had merely released was the kernel's to give the
+    other worker's next bind to port 0 (its free_port, a gloo listener) before rank 0 listened, and that run stopped
+    with "address in use". Now no bind to port 0 and no plain bind gets a named port; the ranks' listeners do."""
+    import errno
+    import socket
+
+    import torch.distributed as dist
+
+    from llmasr.train.process_group import free_port
+
+    named = {free_port() for _ in range(200)}
+
+    def bind_any() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    # the kernel picks among ~14000 ports: released ones would be handed out about 8 times in 600 binds
+    assert not named & {bind_any() for _ in range(600)}
+    port = named.pop()
+    with socket.socket() as s, pytest.raises(OSError) as taken:
+        s.bind(("127.0.0.1", port))
+    assert taken.value.errno == errno.EADDRINUSE
+    with socket.create_server(("", port)):  # llmasr.launched_ranks' meeting: rank 0 listens at MASTER_PORT
+        pass
+    store = dist.TCPStore("127.0.0.1", named.pop(), 1, is_master=True)  # the process group's rendezvous
+    store.set("rank0", "here")
+    assert store.get("rank0") == b"here"
