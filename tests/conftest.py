@@ -67,6 +67,16 @@ def _warnings_left_audible():
         pytest.fail("the test left llmasr's warnings silenced (later tests would run under it): " + "; ".join(faults))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _manifest_cache_of_the_run(tmp_path_factory):
+    """Decompressed .gz manifests go to this test run's own folder (each xdist worker its own), not the user's
+    ~/.cache/llmasr: a test reading a .gz manifest outside tests/data (whose tests name one each) left a copy there
+    on every run. Subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMASR_CACHE_DIR", str(tmp_path_factory.mktemp("llmasr_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory):
     """A 2-layer Qwen2 directory with a byte-level BPE tokenizer and a ChatML template."""

@@ -1,0 +1,20 @@
+"""What the suite writes stays in its own temporary folders: two xdist workers, or a second checkout's run, share
+nothing of the user's home."""
+
+import gzip
+import os
+from pathlib import Path
+
+from llmasr.data.manifest import Manifest
+
+
+def test_a_gz_manifest_read_anywhere_in_the_suite_is_decompressed_into_the_runs_own_cache(tmp_path_factory):
+    """tests/export's pseudo-label test read a .gz manifest without tests/data's cache fixture: its copy went to
+    ~/.cache/llmasr/manifests, one more on every run of every checkout."""
+    src = tmp_path_factory.mktemp("gz") / "m.jsonl.gz"
+    with gzip.open(src, "wt", encoding="utf-8") as f:
+        f.write('{"key": "a", "source": "a.wav", "target": "one"}\n')
+    assert len(Manifest.open(src)) == 1
+    cache = Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr")  # llmasr.data.manifest
+    assert cache.is_relative_to(tmp_path_factory.getbasetemp()), cache
+    assert [p.name.split(".")[0] for p in (cache / "manifests").iterdir() if not p.name.startswith(".")] == ["m"]
