@@ -20,6 +20,7 @@ the joined audio: the windows' time offsets, checked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from difflib import SequenceMatcher
@@ -158,6 +159,11 @@ def joined(asr, clips, rng, per_utt: int = 20) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    with contextlib.ExitStack() as cleanup:  # --quick's tiny model and clips, removed once measured
+        return _main(argv, cleanup)
+
+
+def _main(argv: list[str], cleanup: contextlib.ExitStack) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="an exported model directory with a CTC head")
     p.add_argument("--data", help="a manifest of clips with transcripts")
@@ -183,7 +189,7 @@ def main(argv: list[str]) -> int:
 
         from decode_speed import quick_setup
 
-        root = Path(tempfile.mkdtemp(prefix="bench-timestamps-"))
+        root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-timestamps-")))
         model, manifest = quick_setup(root)
         from llmasr.export.decode import DecodeOptions
         from llmasr.models.decoding import DecodeConfig

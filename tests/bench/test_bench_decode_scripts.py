@@ -125,10 +125,18 @@ def test_hotword_boost_refuses_a_manifest_with_too_much_bad_data(tmp_path):
         hotword_boost.main(["--quick", "--max-bad-fraction", "1.5"])
 
 
-def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys):
+def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys, monkeypatch):
+    import tempfile
+
     import timestamps
 
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     assert timestamps.main(["--quick", "--json-out", str(tmp_path / "t.json")]) == 0
+    assert not list(
+        tmp.glob("bench-timestamps-*")
+    )  # --quick's model folder had stayed in /tmp, one more on every suite run
     res = json.loads((tmp_path / "t.json").read_text())
     single, long = res["single"], res["long"]
     assert (
