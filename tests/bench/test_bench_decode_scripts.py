@@ -134,9 +134,8 @@ def test_timestamps_quick_measures_single_clips_and_joined_ones(tmp_path, capsys
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     assert timestamps.main(["--quick", "--json-out", str(tmp_path / "t.json")]) == 0
-    assert not list(
-        tmp.glob("bench-timestamps-*")
-    )  # --quick's model folder had stayed in /tmp, one more on every suite run
+    # --quick's model folder had stayed in /tmp, one more on every suite run
+    assert not list(tmp.glob("bench-timestamps-*"))
     res = json.loads((tmp_path / "t.json").read_text())
     single, long = res["single"], res["long"]
     assert (
