@@ -17,4 +17,5 @@ def test_a_gz_manifest_read_anywhere_in_the_suite_is_decompressed_into_the_runs_
     assert len(Manifest.open(src)) == 1
     cache = Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr")  # llmasr.data.manifest
     assert cache.is_relative_to(tmp_path_factory.getbasetemp()), cache
-    assert [p.name.split(".")[0] for p in (cache / "manifests").iterdir() if not p.name.startswith(".")] == ["m"]
+    # other tests of this worker may have left theirs there too (tests/export's pseudo-label test among them)
+    assert "m" in [p.name.split(".")[0] for p in (cache / "manifests").iterdir() if not p.name.startswith(".")]
