@@ -14,6 +14,7 @@ import functools
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -32,6 +33,7 @@ from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, nano_speech_se
 from llmasr.text_files import malformed_json, not_utf8, unique_keys
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest"]
+log = logging.getLogger(__name__)
 
 
 class EmptyManifest(ValueError):
@@ -190,6 +192,10 @@ def _decompress(path: Path, out: Path) -> Path:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
+        # a copy of each version of the file, kept: a run reading an earlier version reopens its copy in each worker
+        log.info("%s: decompressed to %s (%.1f MB), read from there while the file is unchanged; copies of its "
+                 "earlier versions stay there until removed (LLMASR_CACHE_DIR moves the folder)", path, out,
+                 out.stat().st_size / 1e6)  # fmt: skip
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)

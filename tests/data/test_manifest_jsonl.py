@@ -316,3 +316,19 @@ def test_a_malformed_line_is_placed_in_its_own_line_not_in_json_s_count_of_lines
         f"{path}:2: malformed JSON: Expecting value at the end of the line",
         f"{path}:3: malformed JSON: Expecting value at column 44 of the line",
     ]
+
+
+def test_a_gzip_manifest_says_where_its_copy_is_once(tmp_path, caplog):
+    """The decompressed copy of a .gz manifest (a lhotse cuts.jsonl.gz of thousands of hours: GBs) lands in the
+    user's cache folder, and one for each version of the file: the first read says where, and how to move it."""
+    import logging
+
+    path = tmp_path / "m.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"key": "a", "source": "a.wav", "target": "one"}) + "\n")
+    caplog.set_level(logging.INFO, logger="llmasr.data.manifest")
+    assert len(Manifest.open(path)) == len(Manifest.open(path)) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.manifest"]
+    copy = tmp_path / "cache" / "manifests"  # where the manifest_cache_dir fixture points LLMASR_CACHE_DIR
+    assert len(said) == 1 and said[0].startswith(f"{path}: decompressed to {copy}/m.jsonl."), said
+    assert "LLMASR_CACHE_DIR" in said[0] and "earlier versions stay" in said[0]
