@@ -6,12 +6,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import random
 import socket
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -29,14 +31,43 @@ class DistInfo:
     backend: str
 
 
+def _ports_outside_the_kernels_picks() -> range | None:
+    """Ports below the range the kernel picks from for a bind to port 0 (Linux's ip_local_port_range), or None where
+    it cannot be read (not Linux) or leaves too few."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(max(1024, low - 12000), low) if low - 1024 >= 1000 else None
+
+
+def _unheld(port: int) -> bool:
+    # a plain bind on every address: refused while anyone listens there or a connection of it lingers in TIME_WAIT
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A local port for ranks to meet at, held against everyone else until they listen there. A port merely bound
     and released is the kernel's to hand out again: another process's bind to port 0 (a second test worker's
     free_port, a gloo listener) could take it in the seconds before rank 0 listened, and the run stopped with
-    "address in use". A connection closed from the listening end leaves that end in TIME_WAIT (a minute): the
-    kernel gives the port to no bind of port 0 and no plain bind, while a listener with SO_REUSEADDR (torch's
+    "address in use". Where the kernel's range is known the port is drawn below it: no bind to port 0, on any of the
+    node's addresses (gloo listens at the host name's), is given it. A connection closed from the listening end
+    leaves that end in TIME_WAIT (a minute): the port is then refused to a plain bind (another free_port's check) and
+    to a bind of port 0 at 127.0.0.1 where the range is unknown, while a listener with SO_REUSEADDR (torch's
     TCPStore, launched_ranks' meeting, Python's create_server) still binds it."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1) as server:
+    outside = _ports_outside_the_kernels_picks()
+    port = 0
+    # drawn apart from the random module: runs seeded alike would draw alike
+    for candidate in random.SystemRandom().sample(outside, 50) if outside else ():
+        if _unheld(candidate):
+            port = candidate
+            break
+    with socket.create_server(("127.0.0.1", port), backlog=1) as server:
         port = int(server.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port)):
             conn, _ = server.accept()

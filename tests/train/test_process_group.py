@@ -68,3 +68,22 @@ def test_free_port_is_held_against_other_binds_yet_the_ranks_can_listen_there():
     store = dist.TCPStore("127.0.0.1", named.pop(), 1, is_master=True)  # the process group's rendezvous
     store.set("rank0", "here")
     assert store.get("rank0") == b"here"
+
+
+def test_free_port_is_held_against_binds_to_the_nodes_other_addresses():
+    """gloo listens at the address the host name resolves to (a node's own IP; 127.0.1.1 on a Debian/Ubuntu node),
+    not 127.0.0.1: a TIME_WAIT on 127.0.0.1 alone left the named port to another process's gloo listener there, which
+    then held it against rank 0's store on every address. 127.0.1.1 stands for such an address: all of 127/8 is
+    this host's on Linux."""
+    import socket
+
+    from llmasr.train.process_group import free_port
+
+    named = {free_port() for _ in range(200)}
+
+    def bind_any() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.1.1", 0))
+            return s.getsockname()[1]
+
+    assert not named & {bind_any() for _ in range(600)}
