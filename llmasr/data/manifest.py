@@ -30,10 +30,12 @@ from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import BadRecord, Utterance, audio_reason, is_number
 from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, nano_speech_seconds
+from llmasr.errors import EVERY_RANK
 from llmasr.text_files import malformed_json, not_utf8, unique_keys
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest"]
 log = logging.getLogger(__name__)
+_copies_told: set[Path] = set()  # the .gz copies this process has said where they are
 
 
 class EmptyManifest(ValueError):
@@ -167,6 +169,18 @@ def _cache_dir() -> Path:
 
 
 def _decompressed(path: Path) -> Path:
+    out = _decompressed_copy(path)
+    if out not in _copies_told:
+        # by whichever process opens it, not the maker alone: rank 1 may make it for rank 0, whose INFO lines alone
+        # show (EVERY_RANK: once a run). Each version's copy is kept: a run reading it reopens it in each worker
+        _copies_told.add(out)
+        log.info("%s: decompressed to %s (%.1f MB), read from there while the file is unchanged; copies of its "
+                 "earlier versions stay there until removed (LLMASR_CACHE_DIR moves the folder)", path, out,
+                 out.stat().st_size / 1e6, extra=EVERY_RANK)  # fmt: skip
+    return out
+
+
+def _decompressed_copy(path: Path) -> Path:
     st = path.stat()
     tag = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = _cache_dir() / f"{path.name[:-3]}.{tag}"
@@ -192,10 +206,6 @@ def _decompress(path: Path, out: Path) -> Path:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
-        # a copy of each version of the file, kept: a run reading an earlier version reopens its copy in each worker
-        log.info("%s: decompressed to %s (%.1f MB), read from there while the file is unchanged; copies of its "
-                 "earlier versions stay there until removed (LLMASR_CACHE_DIR moves the folder)", path, out,
-                 out.stat().st_size / 1e6)  # fmt: skip
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)

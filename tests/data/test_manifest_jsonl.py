@@ -332,3 +332,24 @@ def test_a_gzip_manifest_says_where_its_copy_is_once(tmp_path, caplog):
     copy = tmp_path / "cache" / "manifests"  # where the manifest_cache_dir fixture points LLMASR_CACHE_DIR
     assert len(said) == 1 and said[0].startswith(f"{path}: decompressed to {copy}/m.jsonl."), said
     assert "LLMASR_CACHE_DIR" in said[0] and "earlier versions stay" in said[0]
+
+
+def test_a_gzip_manifest_whose_copy_another_rank_made_still_says_where_it_is(tmp_path, caplog):
+    """The ranks of a run open a .gz manifest at once and one of them makes the copy: where rank 1 made it, rank 0
+    (the one rank whose INFO lines show) found it made and said nothing, and the run never told where the GBs went."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"key": "a", "source": "a.wav", "target": "one"}) + "\n")
+    other_rank = "import sys; from llmasr.data.manifest import Manifest; Manifest.open(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", other_rank, str(path)], check=True, env=os.environ.copy())
+    copies = [p for p in (tmp_path / "cache" / "manifests").iterdir() if not p.name.startswith(".")]
+    assert len(copies) == 1  # the other process made it
+    caplog.set_level(logging.INFO, logger="llmasr.data.manifest")
+    assert len(Manifest.open(path)) == len(Manifest.open(path)) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.manifest"]
+    assert len(said) == 1 and said[0].startswith(f"{path}: decompressed to {copies[0]} ("), said
