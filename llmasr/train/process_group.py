@@ -61,12 +61,18 @@ def free_port() -> int:
     to a bind of port 0 at 127.0.0.1 where the range is unknown, while a listener with SO_REUSEADDR (torch's
     TCPStore, launched_ranks' meeting, Python's create_server) still binds it."""
     outside = _ports_outside_the_kernels_picks()
-    port = 0
     # drawn apart from the random module: runs seeded alike would draw alike
     for candidate in random.SystemRandom().sample(outside, 50) if outside else ():
-        if _unheld(candidate):
-            port = candidate
-            break
+        # 29500: torch's and DeepSpeed's default MASTER_PORT, another job's launcher's to take after the check
+        if candidate != 29500 and _unheld(candidate):
+            try:
+                return _left_in_time_wait(candidate)
+            except OSError:  # taken between the check and the listen
+                continue
+    return _left_in_time_wait(0)
+
+
+def _left_in_time_wait(port: int) -> int:
     with socket.create_server(("127.0.0.1", port), backlog=1) as server:
         port = int(server.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port)):
