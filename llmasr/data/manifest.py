@@ -9,33 +9,25 @@ unknown); records are parsed on access. It pickles without its file handle, so D
 from __future__ import annotations
 
 import array
-import fcntl
 import functools
-import gzip
 import hashlib
 import json
-import logging
 import math
 import os
 import re
-import shutil
-import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from llmasr.config_paths import file_problem
+from llmasr.data.gz_copies import IncompleteGzip, decompressed
 from llmasr.data.record_fields import is_cut, json_document
 from llmasr.data.record_line import parse_line
 from llmasr.data.records import BadRecord, Utterance, audio_reason, is_number
 from llmasr.data.stated_duration import FUNASR_FRAMES_PER_SECOND, nano_speech_seconds
-from llmasr.errors import EVERY_RANK
 from llmasr.text_files import malformed_json, not_utf8, unique_keys
 
 __all__ = ["BadRecord", "EmptyManifest", "Utterance", "Manifest"]
-log = logging.getLogger(__name__)
-_copies_told: set[Path] = set()  # the .gz copies this process has said where they are
 
 
 class EmptyManifest(ValueError):
@@ -164,57 +156,6 @@ def manifest_file_problem(path: str | os.PathLike) -> str | None:
     return None if why is None else why + (kaldi_folder_hint(Path(path)) if os.fspath(path) else "")
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr") / "manifests"
-
-
-def _decompressed(path: Path) -> Path:
-    out = _decompressed_copy(path)
-    if out not in _copies_told:
-        # by whichever process opens it, not the maker alone: rank 1 may make it for rank 0, whose INFO lines alone
-        # show (EVERY_RANK: once a run). Each version's copy is kept: a run reading it reopens it in each worker
-        _copies_told.add(out)
-        log.info("%s: decompressed to %s (%.1f MB), read from there while the file is unchanged; copies of its "
-                 "earlier versions stay there until removed (LLMASR_CACHE_DIR moves the folder)", path, out,
-                 out.stat().st_size / 1e6, extra=EVERY_RANK)  # fmt: skip
-    return out
-
-
-def _decompressed_copy(path: Path) -> Path:
-    st = path.stat()
-    tag = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = _cache_dir() / f"{path.name[:-3]}.{tag}"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The ranks of a run open it at once: one decompresses, the others wait for its copy (each had written its own)
-    lock_path = out.with_name(f".{out.name}.lock")
-    with open(lock_path, "ab") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: each writes its own copy, the last one stays
-            pass
-        try:
-            return out if out.is_file() else _decompress(path, out)
-        finally:  # one that comes later finds the copy before it looks for the lock
-            lock_path.unlink(missing_ok=True)
-
-
-def _decompress(path: Path, out: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):  # a copy cut short, a plain file named .gz
-            raise BadManifest(f"manifest {path}: not a complete gzip file ({err})") from None
-        raise
-    return out
-
-
 class Manifest:
     """A lazily read jsonl manifest (FunASR records and/or lhotse cuts); see the module docstring."""
 
@@ -242,7 +183,10 @@ class Manifest:
             raise FileNotFoundError(f"manifest not found: {path}")
         if hint := kaldi_folder_hint(path):
             raise BadManifest(f"manifest {path}: a Kaldi data file, not a jsonl manifest{hint}")
-        data_path = _decompressed(path) if path.name.endswith(".gz") else path
+        try:
+            data_path = decompressed(path) if path.name.endswith(".gz") else path
+        except IncompleteGzip as err:
+            raise BadManifest(f"manifest {path}: {err}") from None
         offsets = array.array("q", [0])  # 8 bytes a line while building, not a Python int each
         linenos = array.array("q")
         durations = array.array("f")

@@ -146,21 +146,21 @@ def test_ranks_opening_a_gzip_manifest_at_once_decompress_it_once(tmp_path, monk
     and read it (each wrote a copy of its own: a node's ranks times the manifest, on the disk of the cache)."""
     import threading
 
-    import llmasr.data.manifest as manifest_module
+    import llmasr.data.gz_copies as copies_module
 
     with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"key": f"u{i}", "source": "a.wav", "target": "x", "duration": 1.0}) + "\n"
                      for i in range(200))  # fmt: skip
     ranks, opened = 4, []
     together = threading.Barrier(ranks)
-    real_open = manifest_module.gzip.open
+    real_open = copies_module.gzip.open
 
     def slow_open(*args, **kw):  # every rank gets to the cache before the first copy is in place
         opened.append(args[0])
         time.sleep(0.3)
         return real_open(*args, **kw)
 
-    monkeypatch.setattr(manifest_module.gzip, "open", slow_open)
+    monkeypatch.setattr(copies_module.gzip, "open", slow_open)
     lengths = []
 
     def rank():

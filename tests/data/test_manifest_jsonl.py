@@ -326,9 +326,9 @@ def test_a_gzip_manifest_says_where_its_copy_is_once(tmp_path, caplog):
     path = tmp_path / "m.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"key": "a", "source": "a.wav", "target": "one"}) + "\n")
-    caplog.set_level(logging.INFO, logger="llmasr.data.manifest")
+    caplog.set_level(logging.INFO, logger="llmasr.data.gz_copies")
     assert len(Manifest.open(path)) == len(Manifest.open(path)) == 1
-    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.manifest"]
+    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.gz_copies"]
     copy = tmp_path / "cache" / "manifests"  # where the manifest_cache_dir fixture points LLMASR_CACHE_DIR
     assert len(said) == 1 and said[0].startswith(f"{path}: decompressed to {copy}/m.jsonl."), said
     assert "LLMASR_CACHE_DIR" in said[0] and "earlier versions stay" in said[0]
@@ -349,7 +349,7 @@ def test_a_gzip_manifest_whose_copy_another_rank_made_still_says_where_it_is(tmp
     subprocess.run([sys.executable, "-c", other_rank, str(path)], check=True, env=os.environ.copy())
     copies = [p for p in (tmp_path / "cache" / "manifests").iterdir() if not p.name.startswith(".")]
     assert len(copies) == 1  # the other process made it
-    caplog.set_level(logging.INFO, logger="llmasr.data.manifest")
+    caplog.set_level(logging.INFO, logger="llmasr.data.gz_copies")
     assert len(Manifest.open(path)) == len(Manifest.open(path)) == 1
-    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.manifest"]
+    said = [r.getMessage() for r in caplog.records if r.name == "llmasr.data.gz_copies"]
     assert len(said) == 1 and said[0].startswith(f"{path}: decompressed to {copies[0]} ("), said
