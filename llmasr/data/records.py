@@ -29,7 +29,8 @@ Fun-ASR-Nano ChatML jsonl (what FunASR's Nano fine-tuning reads, and its scp2jso
   audio URLs are bad records.
 
 lhotse CutSet jsonl(.gz), one cut a line: llmasr.data.lhotse_cut reads it. A .gz manifest is decompressed once into
-a cache folder ($LLMASR_CACHE_DIR or ~/.cache/llmasr/manifests) so lines can be read by offset.
+a cache folder ($LLMASR_CACHE_DIR/manifests or ~/.cache/llmasr/manifests: llmasr.data.gz_copies) so lines can be
+read by offset.
 """
 
 from __future__ import annotations
