@@ -39,6 +39,15 @@ def test_deepspeed_s_collectives_leave_no_deprecation_warning():
     assert not [m for m in said if "_tensor` is deprecated" in m] and "a warning of llmasr's own" in said, said
 
 
+def _kernels_pick(address: str) -> int:
+    """The port the kernel gives a bind to port 0 at `address` (a gloo listener's, another free_port's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
 def test_free_port_is_held_against_other_binds_yet_the_ranks_can_listen_there():
     """Two test workers launch runs at once: a port free_port had merely released was the kernel's to give the
     other worker's next bind to port 0 (its free_port, a gloo listener) before rank 0 listened, and that run stopped
@@ -51,14 +60,8 @@ def test_free_port_is_held_against_other_binds_yet_the_ranks_can_listen_there():
     from llmasr.train.process_group import free_port
 
     named = {free_port() for _ in range(200)}
-
-    def bind_any() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     # the kernel picks among ~14000 ports: released ones would be handed out about 8 times in 600 binds
-    assert not named & {bind_any() for _ in range(600)}
+    assert not named & {_kernels_pick("127.0.0.1") for _ in range(600)}
     port = named.pop()
     with socket.socket() as s, pytest.raises(OSError) as taken:
         s.bind(("127.0.0.1", port))
@@ -75,15 +78,8 @@ def test_free_port_is_held_against_binds_to_the_nodes_other_addresses():
     not 127.0.0.1: a TIME_WAIT on 127.0.0.1 alone left the named port to another process's gloo listener there, which
     then held it against rank 0's store on every address. 127.0.1.1 stands for such an address: all of 127/8 is
     this host's on Linux."""
-    import socket
 
     from llmasr.train.process_group import free_port
 
     named = {free_port() for _ in range(200)}
-
-    def bind_any() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.1.1", 0))
-            return s.getsockname()[1]
-
-    assert not named & {bind_any() for _ in range(600)}
+    assert not named & {_kernels_pick("127.0.1.1") for _ in range(600)}
