@@ -35,7 +35,7 @@ def _ports_outside_the_kernels_picks() -> range | None:
     """Ports below the range the kernel picks from for a bind to port 0 (Linux's ip_local_port_range), or None where
     it cannot be read (not Linux) or leaves too few."""
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
         return None
     return range(max(1024, low - 12000), low) if low - 1024 >= 1000 else None
