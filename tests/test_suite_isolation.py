@@ -2,9 +2,8 @@
 nothing of the user's home."""
 
 import gzip
-import os
-from pathlib import Path
 
+from llmasr.data.gz_copies import _cache_dir
 from llmasr.data.manifest import Manifest
 
 
@@ -15,7 +14,7 @@ def test_a_gz_manifest_read_anywhere_in_the_suite_is_decompressed_into_the_runs_
     with gzip.open(src, "wt", encoding="utf-8") as f:
         f.write('{"key": "a", "source": "a.wav", "target": "one"}\n')
     assert len(Manifest.open(src)) == 1
-    cache = Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr")  # llmasr.data.manifest
+    cache = _cache_dir()  # where llmasr puts the copies, by the rule it uses
     assert cache.is_relative_to(tmp_path_factory.getbasetemp()), cache
     # other tests of this worker may have left theirs there too (tests/export's pseudo-label test among them)
-    assert "m" in [p.name.split(".")[0] for p in (cache / "manifests").iterdir() if not p.name.startswith(".")]
+    assert "m" in [p.name.split(".")[0] for p in cache.iterdir() if not p.name.startswith(".")]

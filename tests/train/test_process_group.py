@@ -78,7 +78,6 @@ def test_free_port_is_held_against_binds_to_the_nodes_other_addresses():
     not 127.0.0.1: a TIME_WAIT on 127.0.0.1 alone left the named port to another process's gloo listener there, which
     then held it against rank 0's store on every address. 127.0.1.1 stands for such an address: all of 127/8 is
     this host's on Linux."""
-
     from llmasr.train.process_group import free_port
 
     named = {free_port() for _ in range(200)}
