@@ -28,8 +28,15 @@ def train_command(recipe_file, preset: str, run_dir, *overrides: str, port: int,
 
 
 def launcher_env() -> dict:
-    """This environment without a rank's variables (a test process may have made itself a 1-rank group)."""
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    """This environment without a rank's variables (a test process may have made itself a 1-rank group), with this
+    checkout first on PYTHONPATH: the ranks import the llmasr under test, not another checkout's editable install
+    put on sys.path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [here, *(os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
+    return env
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "CROSS_RANK", "MASTER_ADDR",
@@ -85,11 +92,7 @@ def launch_nodes(args: list[str], cwds: list, *, ranks: list[int] | None = None,
     port = free_port()
     world = json.dumps({f"node{i}": list(range(n)) for i, n in enumerate(ranks)})
     info = base64.urlsafe_b64encode(world.encode()).decode()
-    env = launcher_env()
-    here = str(Path(__file__).resolve().parents[2])  # this checkout: the nodes start elsewhere
-    env["PYTHONPATH"] = os.pathsep.join(
-        [here, *(os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(":") if p)]
-    )
+    env = launcher_env()  # this checkout on PYTHONPATH: the nodes start in other folders
     procs, outs = [], []
     for node, cwd in enumerate(cwds):
         out = open(Path(cwd) / f".node{node}.out", "w+", encoding="utf-8")  # noqa: SIM115 - read back below
