@@ -6,6 +6,7 @@ Everything goes through soundfile (libsndfile: wav, flac, ogg/vorbis, mp3 where 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -36,6 +37,12 @@ UNKNOWN_SIZE_FROM = 0x7FFF0000
 # A segment end this far past its audio's end is refused (its transcript is of audio the file lacks), a smaller one
 # trimmed to the end (rounding in the segment times): Kaldi's extract-segments --max-overshoot.
 MAX_OVERSHOOT_S = 0.5
+
+
+def sample_index(seconds: float, sample_rate: int) -> int:
+    """The sample at `seconds`, rounded half up as Kaldi's extract-segments and lhotse do (Python's round() takes an
+    exact half to the even sample); rounded to 8 places first so that float error (0.3 * 16000) does not decide."""
+    return math.floor(round(seconds * sample_rate, 8) + 0.5)
 
 
 def _cut_short(header_log: str) -> str | None:
@@ -219,10 +226,10 @@ def load_audio(
         total = int(f.frames)
         if total <= 0:
             raise AudioError(path, "empty audio (0 samples)")
-        first = max(0, int(round(start * sr)))
-        last = total if end is None else min(total, int(round(end * sr)))
+        first = max(0, sample_index(start, sr))
+        last = total if end is None else min(total, sample_index(end, sr))
         if limit is not None:
-            last = min(last, first + int(round(limit * sr)))
+            last = min(last, first + sample_index(limit, sr))
         err = _overshoot(path, start, end, total / sr)
         if err is not None:
             raise err

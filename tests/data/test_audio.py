@@ -49,6 +49,25 @@ def test_range_read_only_requested_frames(tmp_path):
     np.testing.assert_array_equal(tail, x[40000:])
 
 
+def test_a_range_at_an_exact_half_sample_rounds_up_as_kaldi_and_lhotse_do(tmp_path):
+    """Kaldi's extract-segments and lhotse (compute_num_samples) round a time half a sample past a sample up to the
+    next; Python's round() had taken it to the even one, so a segment at 2.5 and 6.5 samples began a sample early."""
+    sr = 16000
+    path = tmp_path / "ramp.wav"
+    sf.write(path, np.arange(100, dtype=np.int16), sr, subtype="PCM_16")
+    scale = 1 / 32768
+
+    def ramp_read(**kw):
+        return np.rint(load_audio(path, sample_rate=sr, **kw) / scale).astype(int).tolist()
+
+    assert ramp_read(start=2.5 / sr, end=6.5 / sr) == [3, 4, 5, 6]
+    assert ramp_read(start=3.5 / sr, end=7.5 / sr) == [4, 5, 6, 7]
+    assert ramp_read(start=0.5 / sr, limit=2.5 / sr) == [1, 2, 3]
+    # float error alone does not move a time that lands on a sample: 0.3 s * 16000 is 4800.000000000001
+    assert ramp_read(start=0.003, end=0.0035) == list(range(48, 56))
+    assert [audio.sample_index(t, sr) for t in (0.0, 2.4999 / sr, 2.5 / sr, 0.3)] == [0, 2, 3, 4800]
+
+
 def test_channels_select_and_mixdown(tmp_path):
     sr = 16000
     left, right = sine(300, sr, 1.0), sine(1200, sr, 1.0, amp=0.25)
