@@ -27,8 +27,8 @@ VERBS = {
     "convert": ("llmasr.commands.convert", "convert a FunASR Fun-ASR-Nano directory into an llmasr model directory"),
     "data": (
         "",
-        "data tools: `llmasr data check|cmvn|kaldi|pseudo-label ...` (validate manifests, global CMVN, Kaldi -> "
-        "jsonl, a decode's transcripts as training lines)",
+        "data tools: `llmasr data check|cmvn|kaldi|pseudo-label|cache ...` (validate manifests, global CMVN, Kaldi "
+        "-> jsonl, a decode's transcripts as training lines, .gz manifests' decompressed copies)",
     ),
     "demo": ("llmasr.commands.demo", "synthesize speech, train, export and decode a tiny model on this machine"),
 }
@@ -44,6 +44,7 @@ DATA_TOOLS = {
     "cmvn": "llmasr.commands.data_cmvn",
     "kaldi": "llmasr.commands.data_kaldi",
     "pseudo-label": "llmasr.commands.data_pseudo_label",
+    "cache": "llmasr.commands.data_cache",
 }
 
 

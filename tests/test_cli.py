@@ -17,7 +17,7 @@ def test_help_and_unknown_verb(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown verb 'frobnicate'" in capsys.readouterr().err
     assert main(["data", "--help"]) == 0  # the usage promises VERB --help
-    assert "llmasr data {check|cmvn|kaldi|pseudo-label}" in capsys.readouterr().out
+    assert "llmasr data {check|cmvn|kaldi|pseudo-label|cache}" in capsys.readouterr().out
     assert main(["data", "frob"]) == 2 and "llmasr data {check|" in capsys.readouterr().err
 
 

@@ -72,6 +72,7 @@ SECTION_VERBS = {
         "data cmvn",
         "data kaldi",
         "data pseudo-label",
+        "data cache",
         "decode",
         "check",
         "transcribe",

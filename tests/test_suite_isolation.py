@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import llmasr
-from llmasr.data.gz_copies import _cache_dir
+from llmasr.data.gz_copies import cache_folder
 from llmasr.data.manifest import Manifest
 from llmasr.testing.launcher import launcher_env
 
@@ -20,7 +20,7 @@ def test_a_gz_manifest_read_anywhere_in_the_suite_is_decompressed_into_the_runs_
     with gzip.open(src, "wt", encoding="utf-8") as f:
         f.write('{"key": "a", "source": "a.wav", "target": "one"}\n')
     assert len(Manifest.open(src)) == 1
-    cache = _cache_dir()  # where llmasr puts the copies, by the rule it uses
+    cache = cache_folder()  # where llmasr puts the copies, by the rule it uses
     assert cache.is_relative_to(tmp_path_factory.getbasetemp()), cache
     # other tests of this worker may have left theirs there too (tests/export's pseudo-label test among them)
     assert "m" in [p.name.split(".")[0] for p in cache.iterdir() if not p.name.startswith(".")]

@@ -1,43 +1,59 @@
 """Decompressed copies of .gz manifests, which are read by offset: one per version of a file (its path, size and
 modification time), in $LLMASR_CACHE_DIR/manifests or ~/.cache/llmasr/manifests, made by one process while the
-others of a run wait for it."""
+others of a run wait for it, each with a record of the file it came from. A process that reads a copy holds a shared
+lock on it until it exits (its DataLoader workers reopen the copy by path): `cached_copies` tells which are in use,
+and `remove` leaves those alone."""
 
 from __future__ import annotations
 
 import fcntl
 import gzip
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.atomic_file import write_atomic
 from llmasr.errors import EVERY_RANK
 
 log = logging.getLogger(__name__)
 _copies_told: set[Path] = set()  # the .gz copies this process has said where they are
+_held: dict[Path, int] = {}  # copy -> the descriptor whose shared lock says this process reads it
+_holding = threading.Lock()
+ABANDONED_AFTER_S = 600  # a partial copy unchanged this long was left by a process killed while it decompressed
 
 
 class IncompleteGzip(ValueError):
     """A .gz file that does not decompress whole (a copy cut short, a plain file named .gz)."""
 
 
-def _cache_dir() -> Path:
+def cache_folder() -> Path:
     return Path(os.environ.get("LLMASR_CACHE_DIR") or Path.home() / ".cache" / "llmasr") / "manifests"
 
 
 def decompressed(path: Path) -> Path:
-    """The decompressed copy of the .gz manifest `path`, made on the first read of this version of the file; each
-    process that opens it says where it is, once."""
-    out = _decompressed_copy(path)
+    """The decompressed copy of the .gz manifest `path`, made on the first read of this version of the file and held
+    (a shared lock) while this process lives; each process that opens it says where it is, once."""
+    for _ in range(3):
+        out = _decompressed_copy(path)
+        if _hold(out):
+            break
+    else:  # removed three times between its making and its lock: something removes copies as they are made
+        raise OSError(f"{path}: its decompressed copy {out} was removed as soon as it was made, three times")
     if out not in _copies_told:
         # by whichever process opens it, not the maker alone: rank 1 may make it for rank 0, whose INFO lines alone
         # show (EVERY_RANK: once a run). Each version's copy is kept: a run reading it reopens it in each worker
         _copies_told.add(out)
         log.info("%s: decompressed to %s (%.1f MB), read from there while the file is unchanged; copies of its "
-                 "earlier versions stay there until removed (LLMASR_CACHE_DIR moves the folder)", path, out,
+                 "earlier versions stay there until `llmasr data cache --prune` removes them (LLMASR_CACHE_DIR moves "
+                 "the folder)", path, out,
                  out.stat().st_size / 1e6, extra=EVERY_RANK)  # fmt: skip
     return out
 
@@ -45,7 +61,7 @@ def decompressed(path: Path) -> Path:
 def _decompressed_copy(path: Path) -> Path:
     st = path.stat()
     tag = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = _cache_dir() / f"{path.name[:-3]}.{tag}"
+    out = cache_folder() / f"{path.name[:-3]}.{tag}"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -57,16 +73,18 @@ def _decompressed_copy(path: Path) -> Path:
         except OSError:  # a file system without locks: each writes its own copy, the last one stays
             pass
         try:
-            return out if out.is_file() else _decompress(path, out)
+            return out if out.is_file() else _decompress(path, out, st)
         finally:  # one that comes later finds the copy before it looks for the lock
             lock_path.unlink(missing_ok=True)
 
 
-def _decompress(path: Path, out: Path) -> Path:
+def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
+        source = {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        write_atomic(_record_path(out), json.dumps(source) + "\n")  # before the copy: never a copy without one
         os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
     except BaseException as err:
         if os.path.exists(tmp):
@@ -75,3 +93,144 @@ def _decompress(path: Path, out: Path) -> Path:
             raise IncompleteGzip(f"not a complete gzip file ({err})") from None
         raise
     return out
+
+
+def _record_path(copy: Path) -> Path:
+    return copy.with_name(f".{copy.name}.source")
+
+
+def _hold(copy: Path) -> bool:
+    """Take a shared lock on `copy` for the rest of this process; False where it was removed before the lock held
+    (`remove` took it first), so that the caller makes it again."""
+    with _holding:
+        if copy in _held:
+            return True
+        try:
+            fd = os.open(copy, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a file system without locks: nothing can tell a copy in use there
+            pass
+        try:
+            same = os.stat(copy).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return False
+        _held[copy] = fd
+        return True
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    """A file in the copies' folder. `state`: current (its .gz is unchanged), changed (the .gz has changed since: a
+    copy of an earlier version), gone (no file at the .gz's path), unrecorded (made before llmasr recorded where
+    copies come from), partial (left half-written by a process killed while it decompressed)."""
+
+    path: Path
+    size: int
+    source: str | None
+    state: str
+    in_use: bool
+
+    @property
+    def stale(self) -> bool:
+        return self.state != "current"
+
+
+def cached_copies(folder: Path | None = None) -> list[CachedCopy]:
+    """The copies in `folder` (the cache's, by default), largest first."""
+    folder = folder or cache_folder()
+    if not folder.is_dir():
+        return []
+    copies = []
+    for entry in folder.iterdir():
+        try:
+            st = entry.stat()
+        except FileNotFoundError:  # removed while listed
+            continue
+        if not entry.is_file():
+            continue
+        if entry.name.startswith(".tmp-"):
+            if time.time() - st.st_mtime > ABANDONED_AFTER_S:
+                copies.append(CachedCopy(entry, st.st_size, None, "partial", False))
+        elif not entry.name.startswith("."):
+            source, state = _source_state(entry)
+            copies.append(CachedCopy(entry, st.st_size, source, state, _in_use(entry)))
+    return sorted(copies, key=lambda c: (-c.size, c.path.name))
+
+
+def _source_state(copy: Path) -> tuple[str | None, str]:
+    try:
+        record = json.loads(_record_path(copy).read_text(encoding="utf-8"))
+        source = str(record["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "unrecorded"
+    try:
+        st = os.stat(source)
+    except OSError:
+        return source, "gone"
+    return source, "current" if (st.st_size, st.st_mtime_ns) == (record["size"], record["mtime_ns"]) else "changed"
+
+
+def _in_use(copy: Path) -> bool:
+    """Whether some process holds a lock on `copy` (reads it, or is removing it)."""
+    if copy in _held:
+        return True
+    try:
+        fd = os.open(copy, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this file system: nothing is known to hold it
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove(copy: CachedCopy) -> bool:
+    """Delete `copy` and its record unless a process reads it (True when deleted). The exclusive lock held while
+    deleting keeps out a run that would start reading it: that run finds it gone and makes it again."""
+    if copy.state == "partial":
+        copy.path.unlink(missing_ok=True)
+        return True
+    try:
+        fd = os.open(copy.path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError:  # no locks on this file system
+        pass
+    try:
+        copy.path.unlink(missing_ok=True)
+        _record_path(copy.path).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_orphan_records(folder: Path | None = None) -> int:
+    """Delete the records whose copies are gone (a copy deleted by hand); how many. A record is written just before
+    its copy lands, so only one older than a minute counts."""
+    folder = folder or cache_folder()
+    removed = 0
+    for record in folder.glob(".*.source") if folder.is_dir() else []:
+        copy = record.with_name(record.name[1 : -len(".source")])
+        try:
+            if not copy.exists() and time.time() - record.stat().st_mtime > 60:
+                record.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
