@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _copies_told: set[Path] = set()  # the .gz copies this process has said where they are
 _held: dict[Path, int] = {}  # copy -> the descriptor whose shared lock says this process reads it
 _holding = threading.Lock()
-ABANDONED_AFTER_S = 600  # a partial copy unchanged this long was left by a process killed while it decompressed
+ABANDONED_AFTER_S = 600  # an unnamed partial copy unchanged this long was left by a process killed mid-way
 
 
 class IncompleteGzip(ValueError):
@@ -79,7 +79,7 @@ def _decompressed_copy(path: Path) -> Path:
 
 
 def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".tmp-{out.name}.")  # named: its maker's lock tells it apart
     try:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -155,12 +155,38 @@ def cached_copies(folder: Path | None = None) -> list[CachedCopy]:
         if not entry.is_file():
             continue
         if entry.name.startswith(".tmp-"):
-            if time.time() - st.st_mtime > ABANDONED_AFTER_S:
+            if _abandoned(entry, st):
                 copies.append(CachedCopy(entry, st.st_size, None, "partial", False))
         elif not entry.name.startswith("."):
             source, state = _source_state(entry)
             copies.append(CachedCopy(entry, st.st_size, source, state, _in_use(entry)))
     return sorted(copies, key=lambda c: (-c.size, c.path.name))
+
+
+def _abandoned(tmp: Path, st: os.stat_result) -> bool:
+    """Whether the partial copy `tmp` was left by a process stopped while it decompressed: its maker holds the
+    copy's lock until it is done (an unnamed one, from an llmasr before copies were named, by its age)."""
+    made_as = tmp.name[len(".tmp-") :].rpartition(".")[0]
+    if not made_as:
+        return time.time() - st.st_mtime > ABANDONED_AFTER_S
+    return not _locked(tmp.with_name(f".{made_as}.lock"))
+
+
+def _locked(path: Path) -> bool:
+    """Whether some process holds a lock on `path` (False where there is no such file, or no locks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this file system: nothing is known to hold it
+        return False
+    finally:
+        os.close(fd)
 
 
 def _source_state(copy: Path) -> tuple[str | None, str]:
@@ -178,21 +204,7 @@ def _source_state(copy: Path) -> tuple[str | None, str]:
 
 def _in_use(copy: Path) -> bool:
     """Whether some process holds a lock on `copy` (reads it, or is removing it)."""
-    if copy in _held:
-        return True
-    try:
-        fd = os.open(copy, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this file system: nothing is known to hold it
-        return False
-    finally:
-        os.close(fd)
+    return copy in _held or _locked(copy)
 
 
 def remove(copy: CachedCopy) -> bool:

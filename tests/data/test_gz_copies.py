@@ -122,17 +122,34 @@ def test_partial_unrecorded_and_orphaned_files_are_pruned(tmp_path, capsys):
     record = folder / f".{copy.path.name}.source"
     record.unlink()  # a copy made before records were kept
     old = time.time() - 2 * gz_copies.ABANDONED_AFTER_S
-    partial, fresh = folder / ".tmp-abc", folder / ".tmp-def"  # a decompression killed long ago; one under way
+    # by an llmasr that did not name them: a decompression killed long ago, one perhaps under way
+    partial, fresh = folder / ".tmp-abc", folder / ".tmp-def"
     partial.write_bytes(b"x" * 10)
     fresh.write_bytes(b"y")
     os.utime(partial, (old, old))
+    # named after their copies: one whose maker was killed (its lock left, held by none), one whose maker holds it
+    killed = folder / ".tmp-big.jsonl.00aa11bb22cc33dd.k1"
+    killed.write_bytes(b"z" * 5)
+    (folder / ".big.jsonl.00aa11bb22cc33dd.lock").touch()
+    making = folder / ".tmp-big.jsonl.99aa11bb22cc33dd.m2"
+    making.write_bytes(b"w")
+    lock = folder / ".big.jsonl.99aa11bb22cc33dd.lock"
+    maker = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(120)", str(lock)], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     orphan = folder / ".gone.jsonl.0123456789abcdef.source"  # its copy deleted by hand
     orphan.write_text("{}", encoding="utf-8")
     os.utime(orphan, (old, old))
-    assert states() == [("partial", False, None), ("unrecorded", False, None)]
-    rc, out = cache(capsys, "--prune")
-    assert rc == 0 and "removed 2 file(s)" in out
-    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == [".tmp-def"]
+    try:
+        assert maker.stdout.readline().strip() == "locked"
+        assert states() == [("partial", False, None), ("partial", False, None), ("unrecorded", False, None)]
+        rc, out = cache(capsys, "--prune")
+    finally:
+        maker.kill()
+        maker.wait()
+    assert rc == 0 and "removed 3 file(s)" in out
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == sorted([".tmp-def", making.name])
 
 
 def test_the_verb_lists_an_empty_folder_and_refuses_a_lone_dry_run(tmp_path, monkeypatch):
