@@ -1,11 +1,12 @@
 """`llmasr transcribe --model DIR | --checkpoint RUN_DIR AUDIO... [--hotwords FILE] [--task TEXT] [--language LANG]
-[decode's search and guard flags] [--device D] [--timestamps] [--confidence]`: print each audio file's transcript, one
-"AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe), each printed and flushed as soon as it and
-those before it are done (a stopped run first prints the finished lines held back behind an undone file); with
---timestamps or --confidence one JSON line per file with its words' times or the LLM's log-probability of its text, and
-"truncated". A transcript a guard cut (the length cap, the repetition stop) is named on stderr, stdout's line unchanged,
-as is one a gate left empty (the VAD's, the CTC head's). A file that cannot be read is named on stderr where it falls,
-the others still print, and the exit status is 1."""
+[decode's search and guard flags] [--device D] [--timestamps] [--confidence] [--subtitles srt|vtt]`: print each audio
+file's transcript, one "AUDIO<TAB>TEXT" line per file in the order given (llmasr.export.transcribe), each printed and
+flushed as soon as it and those before it are done (a stopped run first prints the finished lines held back behind an
+undone file); with --timestamps or --confidence one JSON line per file with its words' times or the LLM's
+log-probability of its text, and "truncated"; with --subtitles each file's subtitles written too, cues timed by its
+words (llmasr.export.subtitles). A transcript a guard cut (the length cap, the repetition stop) is named on stderr,
+stdout's line unchanged, as is one a gate left empty (the VAD's, the CTC head's). A file that cannot be read is named
+on stderr where it falls, the others still print, and the exit status is 1."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from llmasr import errors, slurm_env
+from llmasr.atomic_file import write_atomic
 from llmasr.commands.decode_flags import (
     check_model_args,
     model_args,
@@ -32,6 +34,7 @@ from llmasr.data.hotwords import PhraseFileError, read_phrase_file
 from llmasr.export.decode import DecodeError
 from llmasr.export.decode_options import PACE_LOGGER
 from llmasr.export.decode_world import DecodeWorld
+from llmasr.export.subtitles import FORMATS, subtitle_paths, subtitles
 from llmasr.export.transcribe import TranscribeError, Transcriber
 from llmasr.export.transcribe_clips import clip_problem, utf8
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
@@ -77,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(per token, the end included; summed), from one more forward; a file decoded in windows adds "
         '"window_confidence": [{"start", "end", "avg_logprob"}, ...]',
     )  # fmt: skip
+    p.add_argument(
+        "--subtitles", choices=FORMATS,
+        help="also write each file's subtitles, STEM.srt or STEM.vtt, into --subtitles-dir: cues of the transcript's "
+        "own text timed by its word timestamps (needs a CTC head), ended at sentence ends, pauses of 0.5 s, 7 s or "
+        "two lines of 42 columns (a CJK character takes two)",
+    )  # fmt: skip
+    p.add_argument("--subtitles-dir", metavar="DIR", help="where --subtitles writes (default: the working directory)")
     return p
 
 
@@ -194,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:  # named before the model loads
         print(f"llmasr transcribe: error: {'; '.join(missing)}", file=sys.stderr)
         return 2
+    if args.subtitles_dir is not None and not args.subtitles:
+        parser.error("--subtitles-dir goes with --subtitles srt|vtt")
+    try:  # two files that would write one subtitle file, or a folder that cannot be made: before the model loads
+        args.subtitle_paths = _subtitle_paths(args)
+    except (ValueError, OSError) as err:
+        print(f"llmasr transcribe: error: --subtitles: {err}", file=sys.stderr)
+        return 2
     try:
         device = DecodeWorld().device(args.device)  # decode's choice: cuda when available
     except ValueError as err:
@@ -201,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # word times and confidence only when they are printed: the model's saved decode.timestamps and decode.confidence
     # do not change the output
-    given = {**search_settings(args), "timestamps": bool(args.timestamps), "confidence": bool(args.confidence)}
+    given = {**search_settings(args), "timestamps": bool(args.timestamps or args.subtitles),
+             "confidence": bool(args.confidence)}  # fmt: skip
     if refused := refused_flag(given):  # before the model loads
         print(f"llmasr transcribe: error: {refused}", file=sys.stderr)
         return 2
@@ -224,11 +242,12 @@ def _transcribe(args, device, given: dict, hotwords) -> int:
         if vad_only := vad_flags_problem(given, asr.cfg):
             raise DecodeError(vad_only)
     except REFUSED as err:
-        print(f"llmasr transcribe: error: {err}", file=sys.stderr)
+        timed = args.subtitles and not args.timestamps and str(err).startswith("decode.timestamps")
+        print(f"llmasr transcribe: error: {'--subtitles: ' if timed else ''}{err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
     try:  # each file's line as soon as it and those before it are done: a stopped run keeps the finished ones
         rows = asr.transcripts(args.audio, hotwords=hotwords, keep_going=True, task=args.task, language=args.language,
-                               on_row=lambda _, row: _print_row(row, args, asr.cfg))  # fmt: skip
+                               on_row=lambda i, row: _print_row(i, row, args, asr.cfg))  # fmt: skip
     except REFUSED as err:
         print(f"llmasr transcribe: error: {err}", file=sys.stderr)
         return errors.exit_status(err)
@@ -238,12 +257,26 @@ def _transcribe(args, device, given: dict, hotwords) -> int:
     return 1 if failed else 0
 
 
-def _print_row(row: dict, args, cfg: DecodeConfig) -> None:
-    """One file's line on stdout (whole and flushed: a run stopped after it keeps it), its notes on stderr."""
+def _subtitle_paths(args) -> list[Path] | None:
+    if not args.subtitles:
+        return None
+    folder = Path(args.subtitles_dir or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    return subtitle_paths(args.audio, args.subtitles, folder)
+
+
+def _print_row(position: int, row: dict, args, cfg: DecodeConfig) -> None:
+    """One file's line on stdout (whole and flushed: a run stopped after it keeps it), its notes on stderr, and its
+    subtitles where asked."""
     path = row["audio"]
     if "error" in row:  # named where it falls; the other files' lines still print
         print(f"llmasr transcribe: error: {_one_line(path)}: {row['error']}", file=sys.stderr)
         return
+    if args.subtitle_paths is not None:
+        if row["hyp"].strip() and not row["timestamps"]:  # its text is still shown, over the whole file
+            print(f"llmasr transcribe: warning: {_one_line(path)}: no word times (the CTC head could not align its "
+                  "text): its subtitles are one cue over the whole file", file=sys.stderr)  # fmt: skip
+        write_atomic(args.subtitle_paths[position], subtitles(row, args.subtitles, untimed_whole=True))
     if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
         print(f"llmasr transcribe: warning: {_one_line(path)}: {stopped_by(row, cfg)}", file=sys.stderr)
     if row.get("no_speech"):  # an empty line on stdout is no failure: said why

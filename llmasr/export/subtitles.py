@@ -1,0 +1,164 @@
+"""Subtitles (SubRip .srt, WebVTT .vtt) from a transcript's word timestamps.
+
+    from llmasr.export.subtitles import subtitles
+    asr = Transcriber.load("exp/run/export", timestamps=True)
+    (row,) = asr.transcripts(["talk.wav"])
+    open("talk.srt", "w", encoding="utf-8").write(subtitles(row, "srt"))
+
+Words are grouped into cues as subtitle style guides ask: a cue ends after a sentence's end, before a pause of
+CueRules.pause_s or more, before it would last longer than max_seconds, or before its text would pass max_lines lines
+of line_columns columns (a character of a wide script, CJK, takes two: 21 Chinese characters a line against 42
+Latin). A cue's text is the transcript's own (its spacing and punctuation), wrapped into lines at the space or
+character nearest the middle.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.text_units import is_no_space_char
+
+FORMATS = ("srt", "vtt")
+SENTENCE_END = re.compile(r"[.?!…。？！]['\"”’」』)]*$")
+
+
+@dataclass(frozen=True)
+class CueRules:
+    line_columns: int = 42
+    max_lines: int = 2
+    max_seconds: float = 7.0
+    pause_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str  # lines joined by "\n"
+
+
+class Untimed(ValueError):
+    """A transcript with text but no word times (the CTC head could not align it), or no timestamps asked for."""
+
+
+def columns(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False) -> list[Cue]:
+    """The cues of one transcript row (`Transcriber.transcripts` with timestamps, a results.jsonl line, or a JSON line
+    of `llmasr transcribe --timestamps`): its "hyp" (or "text") and its "timestamps" ([word, start s, end s] each). No
+    text, no cues. Text without word times (the CTC head could not align it) raises Untimed, or with `untimed_whole`
+    is one cue over the whole clip ("duration")."""
+    text = " ".join((row["hyp"] if "hyp" in row else row.get("text") or "").split())
+    words = row.get("timestamps")
+    if not text:
+        return []
+    if not words:
+        if untimed_whole and row.get("duration"):
+            return [Cue(0.0, float(row["duration"]), _wrap(text, rules.line_columns))]
+        raise Untimed("no word times for its text" if words is None else "its text has no timed words")
+    spans = _spans(text, [w[0] for w in words])
+    out, first = [], 0
+    for k in range(1, len(words) + 1):
+        if k < len(words) and not _ends_cue(text, spans, words, first, k, rules):
+            continue
+        start, end = float(words[first][1]), float(words[k - 1][2])
+        if k < len(words):  # shown until the next cue begins at the latest
+            end = min(end, float(words[k][1]))
+        out.append(
+            Cue(start, max(end, start + 0.001), _wrap(_cue_text(text, spans, words, first, k), rules.line_columns))
+        )
+        first = k
+    return out
+
+
+def _ends_cue(text: str, spans, words, first: int, k: int, rules: CueRules) -> bool:
+    """Whether the cue holding words[first:k] ends before word k."""
+    if SENTENCE_END.search(words[k - 1][0]) or words[k][1] - words[k - 1][2] >= rules.pause_s:
+        return True
+    if words[k][2] - words[first][1] > rules.max_seconds:
+        return True
+    return columns(_cue_text(text, spans, words, first, k + 1)) > rules.line_columns * rules.max_lines
+
+
+def _spans(text: str, units: list[str]) -> list[tuple[int, int]] | None:
+    """Where each timed word lies in the transcript, in order; None where one is not found as written."""
+    at, out = 0, []
+    for unit in units:
+        i = text.find(unit, at)
+        if i < 0:
+            return None
+        out.append((i, i + len(unit)))
+        at = i + len(unit)
+    return out
+
+
+def _cue_text(text: str, spans, words, first: int, stop: int) -> str:
+    if spans is not None:  # the transcript's own spacing and punctuation between the words
+        return text[spans[first][0] : spans[stop - 1][1]]
+    out = ""
+    for word, *_ in words[first:stop]:  # words not found as written: spaced but within a script without spaces
+        out += word if not out or (is_no_space_char(out[-1]) and is_no_space_char(word[0])) else " " + word
+    return out
+
+
+def _wrap(text: str, width: int) -> str:
+    """`text` in two lines where it is wider than `width` columns, broken at a space or before a character of a
+    script without spaces: after punctuation where both lines then fit, else nearest the middle."""
+    total = columns(text)
+    if total <= width:
+        return text
+    breaks, seen = [], 0  # (where the second line starts, the first line's columns, after punctuation)
+    for i, ch in enumerate(text[:-1]):
+        seen += columns(ch)
+        if ch.isspace():
+            breaks.append((i + 1, seen - 1, unicodedata.category(text[i - 1])[0] == "P" if i else False))
+        elif is_no_space_char(text[i + 1]) and (is_no_space_char(ch) or unicodedata.category(ch)[0] == "P"):
+            breaks.append((i + 1, seen, unicodedata.category(ch)[0] == "P"))
+    if not breaks:  # one long word
+        return text
+    fitting = [b for b in breaks if b[1] <= width and total - b[1] <= width]
+    cut = min(fitting or breaks, key=lambda b: (not b[2], abs(b[1] - total / 2)) if fitting else abs(b[1] - total / 2))
+    return f"{text[: cut[0]].rstrip()}\n{text[cut[0] :].lstrip()}"
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def subtitles(row: dict, fmt: str, rules: CueRules = CueRules(), *, untimed_whole: bool = False) -> str:
+    """One transcript row as the text of an .srt or .vtt file (an empty one where nothing was said); `untimed_whole`
+    as cues takes it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"subtitle format {fmt!r}: one of {', '.join(FORMATS)}")
+    sep = "," if fmt == "srt" else "."
+    found = cues(row, rules, untimed_whole=untimed_whole)
+    texts = [c.text if fmt == "srt" else _vtt_escaped(c.text) for c in found]
+    blocks = [f"{_clock(c.start, sep)} --> {_clock(c.end, sep)}\n{t}\n" for c, t in zip(found, texts, strict=True)]
+    if fmt == "srt":
+        return "\n".join(f"{i}\n{block}" for i, block in enumerate(blocks, start=1))
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _vtt_escaped(text: str) -> str:
+    """WebVTT reads `<` as a tag and `&` as an entity: written as entities, as the format asks."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def subtitle_paths(audio: list[str], fmt: str, folder: Path) -> list[Path]:
+    """Where the subtitles of each of `audio` go: FOLDER/STEM.FMT. ValueError naming both files where two would be
+    one file (a/x.wav and b/x.flac), rather than the second overwriting the first."""
+    out, seen = [], {}
+    for path in audio:
+        target = folder / f"{Path(path).stem}.{fmt}"
+        if target in seen:
+            raise ValueError(f"{seen[target]} and {path} would both write {target}: give them different names (or "
+                             "transcribe them in two runs with different --subtitles-dir)")  # fmt: skip
+        seen[target] = path
+        out.append(target)
+    return out

@@ -1,0 +1,139 @@
+"""Subtitles from word timestamps (llmasr.export.subtitles, `llmasr transcribe --subtitles srt|vtt`): cues end at
+sentence ends, pauses, the duration cap and two lines; their text is the transcript's own; the files are valid SRT and
+WebVTT; the command writes one a file, refuses names that would collide and a model without word times."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import soundfile as sf
+
+from llmasr.commands.transcribe import main as transcribe_main
+from llmasr.export.subtitles import CueRules, Untimed, columns, cues, subtitle_paths, subtitles
+from llmasr.testing.run_dirs import write_corpus, write_joined_recording
+from llmasr.text_units import UNIT
+
+TEXTS = ["zero one two", "three four", "five six seven eight", "nine"]
+SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d)"
+
+
+def timed(text: str, step=0.3, pause_after: dict | None = None) -> dict:
+    """A row whose units follow each other `step` apart, with a longer pause after the units named."""
+    words, t = [], 0.5
+    for m in UNIT.finditer(text):
+        words.append([m.group(), round(t, 3), round(t + step * 0.8, 3)])
+        t += step + (pause_after or {}).get(m.group(), 0.0)
+    return {"hyp": text, "timestamps": words, "duration": t + 1}
+
+
+def test_cues_end_at_sentence_ends_and_pauses_and_keep_the_transcripts_own_text():
+    row = timed("Hello there, how are you? I'm fine thanks.", pause_after={"fine": 1.0})
+    got = cues(row)
+    assert [c.text for c in got] == ["Hello there, how are you?", "I'm fine", "thanks."]
+    assert got[0].start == 0.5 and got[0].end == row["timestamps"][4][2]
+    assert all(a.end <= b.start for a, b in zip(got, got[1:]))
+
+
+def test_a_long_cue_is_cut_at_seven_seconds_or_two_lines_and_wrapped_at_the_middle():
+    words = " ".join(f"word{i}" for i in range(40))
+    got = cues(timed(words, step=0.3))
+    assert len(got) > 2 and all(c.end - c.start <= 7.0 for c in got)
+    for c in got:
+        lines = c.text.split("\n")
+        assert len(lines) <= 2 and all(columns(line) <= 42 for line in lines), c.text
+    assert " ".join(" ".join(c.text.split("\n")) for c in got) == words  # every word, once, in order
+    slow = cues(timed("a b c d e f g h i j k l", step=1.0), CueRules(max_seconds=3.0))
+    assert [c.text for c in slow] == ["a b c", "d e f", "g h i", "j k l"]  # 2.8 s each: a fourth word passes 3 s
+
+
+def test_chinese_counts_two_columns_a_character_and_breaks_after_its_punctuation():
+    text = "今天天气很好。我们一起去公园散步吧，然后再去吃饭，好不好？"
+    got = cues(timed(text, step=0.2))
+    assert [c.text for c in got] == ["今天天气很好。", "我们一起去公园散步吧，\n然后再去吃饭，好不好？"]
+    assert columns("今天") == 4
+
+
+def test_rows_without_text_or_without_times():
+    assert cues({"hyp": "  ", "timestamps": None}) == []
+    with pytest.raises(Untimed):
+        cues({"hyp": "words", "timestamps": None})
+    whole = cues({"hyp": "words  here", "timestamps": None, "duration": 3.2}, untimed_whole=True)
+    assert [(c.start, c.end, c.text) for c in whole] == [(0.0, 3.2, "words here")]
+
+
+def test_srt_and_vtt_text():
+    row = timed("One <b> & two. Three", pause_after={})
+    srt = subtitles(row, "srt")
+    assert srt.startswith("1\n00:00:00,500 --> 00:00:01,") and "\n\n2\n00:00:01," in srt and "One <b> & two." in srt
+    vtt = subtitles(row, "vtt")
+    assert vtt.startswith("WEBVTT\n\n00:00:00.500 --> ") and "One &lt;b&gt; &amp; two." in vtt
+    assert subtitles({"hyp": "", "timestamps": []}, "srt") == "" and subtitles({"hyp": ""}, "vtt") == "WEBVTT\n\n"
+    hour = {"hyp": "late", "timestamps": [["late", 3725.5, 3726.25]]}
+    assert "01:02:05,500 --> 01:02:06,250" in subtitles(hour, "srt")
+    with pytest.raises(ValueError, match="one of srt, vtt"):
+        subtitles(row, "ass")
+
+
+def test_two_files_that_would_write_one_subtitle_file_are_refused(tmp_path):
+    assert subtitle_paths(["a/x.wav", "b/y.flac"], "srt", tmp_path) == [tmp_path / "x.srt", tmp_path / "y.srt"]
+    with pytest.raises(ValueError, match=r"a/x.wav and b/x.flac would both write .*x.srt"):
+        subtitle_paths(["a/x.wav", "b/x.flac"], "srt", tmp_path)
+
+
+def srt_cues(text: str) -> list[tuple[float, float, str]]:
+    out = []
+    for block in filter(None, text.split("\n\n")):
+        lines = block.split("\n")
+        a, b = (sum(int(g) * k for g, k in zip(m, (3600, 60, 1, 0.001))) for m in re.findall(SRT_TIME, lines[1]))
+        out.append((a, b, " ".join(lines[2:])))
+        assert lines[0] == str(len(out))
+    return out
+
+
+def test_transcribe_writes_each_files_subtitles_beside_its_printed_text(exported_dir, tmp_path, capsys):
+    manifest = write_corpus(tmp_path / "c", TEXTS)
+    long, seconds = write_joined_recording(tmp_path / "c", TEXTS)  # decoded in windows
+    clips = [str(manifest.parent / "wav" / "test0.wav"), str(long.parent / "long.wav")]
+    out = tmp_path / "subs"
+    args = [
+        "--model",
+        str(exported_dir),
+        "--max-new-tokens",
+        "4",
+        "--max-window-seconds",
+        "2",
+        "--window-overlap",
+        "0.5",
+    ]
+    assert transcribe_main([*args, "--subtitles", "srt", "--subtitles-dir", str(out), *clips]) == 0
+    printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())  # stdout's lines as before
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.rsplit('/', 1)[1][:-4]}.srt" for p in clips)
+    for clip in clips:
+        got = srt_cues((out / f"{clip.rsplit('/', 1)[1][:-4]}.srt").read_text(encoding="utf-8"))
+        assert " ".join(t for *_, t in got).split() == printed[clip].split()  # the transcript, all of it
+        assert all(0 <= a < b <= sf.info(clip).duration for a, b, _ in got)
+        assert all(b1 <= a2 for (_, b1, _), (a2, _, _) in zip(got, got[1:]))
+    assert transcribe_main([*args, "--subtitles", "vtt", "--subtitles-dir", str(out), "--timestamps", clips[0]]) == 0
+    vtt = (out / "test0.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n") and vtt == subtitles(json.loads(capsys.readouterr().out), "vtt")
+
+
+def test_transcribe_refuses_before_loading_what_subtitles_cannot_write(exported_dir, tmp_path, capsys, monkeypatch):
+    manifest = write_corpus(tmp_path / "c", TEXTS[:1])
+    clip = manifest.parent / "wav" / "test0.wav"
+    twin = tmp_path / "other" / "test0.flac"
+    twin.parent.mkdir()
+    sf.write(twin, sf.read(clip)[0], 16000)
+    assert transcribe_main(["--model", str(exported_dir), "--subtitles", "srt", str(clip), str(twin)]) == 2
+    assert f"--subtitles: {clip} and {twin} would both write test0.srt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        transcribe_main(["--model", str(exported_dir), "--subtitles-dir", str(tmp_path), str(clip)])
+    assert "--subtitles-dir goes with --subtitles srt|vtt" in capsys.readouterr().err
+    import llmasr.export.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "_ctc_head", lambda model: (False, False))  # a model trained without one
+    assert transcribe_main(["--model", str(exported_dir), "--subtitles", "srt", str(clip)]) == 2
+    err = capsys.readouterr().err
+    assert "llmasr transcribe: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
