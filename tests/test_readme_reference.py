@@ -62,7 +62,7 @@ OTHER_PROGRAMS = {
 
 # The commands whose flags each section may name (a section may also name the flags of a bench/ script it names).
 SECTION_VERBS = {
-    "## The embedded demo": ("demo", "train", "decode"),
+    "## The embedded demo": ("demo", "train", "decode", "transcribe"),
     "## What it gets right": ("decode", "export"),
     "## Coming from FunASR": ("train", "export"),
     "### Fun-ASR-Nano: `llmasr convert funasr`": ("convert", "decode"),

@@ -147,9 +147,11 @@ def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, t
     board = run_dir / "tensorboard"
     print(f"  TensorBoard logs         {board}   (tensorboard --logdir {shlex.quote(str(board))})")
     print(f"  learning-rate schedule   {run_dir / 'lr_schedule.png'} ({run_dir / 'lr_schedule.csv'})")
-    use = f"llmasr transcribe --model {shlex.quote(str(model_dir))} [--timestamps] YOUR.wav"
+    use = f"llmasr transcribe --model {shlex.quote(str(model_dir))} [--timestamps] [--subtitles srt] YOUR.wav"
     print(f"  exported model           {model_dir}   ({use})")
     print(f"  decoding results         {test_dir}/results.jsonl, wer.txt")
+    subtitles = Path(test_dir).parent / "long_audio" / "decode" / "subtitles"  # the workdir's, beside decode_test
+    print(f"  subtitles                {subtitles}   (the minute-long audio's, cues timed by its words)")
 
 
 def _ci(interval) -> str:

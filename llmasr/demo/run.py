@@ -356,7 +356,7 @@ def stage_long_audio(args, workdir: Path, state: State, model_dir: Path, corpus:
     """Minute-long utterances joined from the test clips (one with --quick, else three), decoded in windows."""
     out = workdir / "long_audio"
     count = 1 if args.quick else 3
-    fp = fingerprint("long_audio", count, state.data["export"]["fingerprint"])
+    fp = fingerprint("long_audio", count, "with subtitles", state.data["export"]["fingerprint"])
     result = out / "result.json"
     if state.done("long_audio", fp) and result.is_file():
         return json.loads(result.read_text(encoding="utf-8"))

@@ -95,6 +95,14 @@ def test_quick_demo_trains_exports_and_decodes(tmp_path):
     assert hot["hotword"]["b_wer"] is not None and hot["hotword_unprompted"]["b_wer"] is not None
     rows = [json.loads(line) for line in open(workdir / "decode_hotword" / "results.jsonl")]
     assert all(len(r["hotwords"]) == 5 for r in rows) and len(rows) == summary["corpus"]["hotword"]
+    # the minute-long utterance's subtitles: its whole transcript in timed cues, inside its audio
+    long_rows = [json.loads(line) for line in open(workdir / "long_audio" / "decode" / "results.jsonl")]
+    for row in long_rows:
+        srt = (workdir / "long_audio" / "decode" / "subtitles" / f"{row['key']}.srt").read_text(encoding="utf-8")
+        blocks = [b.split("\n") for b in srt.split("\n\n") if b]
+        assert [b[0] for b in blocks] == [str(i) for i in range(1, len(blocks) + 1)] and len(blocks) > 1
+        assert " ".join(" ".join(b[2:]) for b in blocks).split() == row["hyp"].split()
+    assert "cues, in" in done.stdout
 
     # A rerun reuses every stage.
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
