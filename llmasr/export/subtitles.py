@@ -22,7 +22,11 @@ from pathlib import Path
 from llmasr.text_units import is_no_space_char
 
 FORMATS = ("srt", "vtt")
-SENTENCE_END = re.compile(r"[.?!…。？！]['\"”’」』)]*$")
+CLOSERS = "'\"”’»›)]}」』）］｝】》〉〕〗〙〛"
+SENTENCE_END = re.compile(f"[.?!…。？！｡][{re.escape(CLOSERS)}]*$")  # on the cue's text: "。」" ends a sentence
+# What a line or a cue may not begin with, where it stays with the character before: a combining mark (Thai's vowels
+# and tone marks above and below a letter), the long-vowel mark and small kana (Japanese line-breaking rules)
+NO_LINE_START = set("ーぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿｧｨｩｪｫｯｬｭｮｰ")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,24 @@ class Untimed(ValueError):
 
 
 def columns(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    """Display columns: a wide character (CJK) takes two, a mark drawn on the letter before it (Thai's) none."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if _on_letter(ch) else 1 for ch in text)
+
+
+def _on_letter(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Mn", "Me", "Cf")
+
+
+def _joins_before(ch: str) -> bool:
+    """`ch` belongs to the character before it: a mark drawn on it (Thai's), small kana, the long-vowel mark."""
+    return ch in NO_LINE_START or unicodedata.category(ch) in ("Mn", "Mc", "Me")
+
+
+def _cannot_begin(unit: str) -> bool:
+    """A cue may not begin with the timed unit `unit`: one that joins the character before, or one of closing
+    punctuation alone (CJK's "。" and "」" are units of their own; "¿Qué" or '"Stop' may begin one)."""
+    closing = ("Pe", "Pf", "Po")
+    return _joins_before(unit[0]) or all(ch in CLOSERS or unicodedata.category(ch) in closing for ch in unit)
 
 
 def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False) -> list[Cue]:
@@ -78,7 +99,9 @@ def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False
 
 def _ends_cue(text: str, spans, words, first: int, k: int, rules: CueRules) -> bool:
     """Whether the cue holding words[first:k] ends before word k."""
-    if SENTENCE_END.search(words[k - 1][0]) or words[k][1] - words[k - 1][2] >= rules.pause_s:
+    if _cannot_begin(words[k][0]):  # a closing quote, a full stop or a mark stays with the unit before
+        return False
+    if SENTENCE_END.search(_cue_text(text, spans, words, first, k)) or words[k][1] - words[k - 1][2] >= rules.pause_s:
         return True
     if words[k][2] - words[first][1] > rules.max_seconds:
         return True
@@ -107,22 +130,26 @@ def _cue_text(text: str, spans, words, first: int, stop: int) -> str:
 
 
 def _wrap(text: str, width: int) -> str:
-    """`text` in two lines where it is wider than `width` columns, broken at a space or before a character of a
-    script without spaces: after punctuation where both lines then fit, else nearest the middle."""
+    """`text` in two lines where it is wider than `width` columns, broken at a space or between two characters of a
+    script without spaces (never after an opening bracket nor before what cannot begin a line): of the breaks where
+    both lines then fit, after punctuation first, then at a space (Thai's words run on between its spaces), else
+    nearest the middle."""
     total = columns(text)
     if total <= width:
         return text
-    breaks, seen = [], 0  # (where the second line starts, the first line's columns, after punctuation)
+    breaks, seen = [], 0  # (where the second line starts, the first line's columns, its rank: lower is preferred)
     for i, ch in enumerate(text[:-1]):
         seen += columns(ch)
+        after = text[i - 1] if ch.isspace() and i else ch
+        punct = unicodedata.category(after)[0] == "P" and unicodedata.category(after) not in ("Ps", "Pi")
         if ch.isspace():
-            breaks.append((i + 1, seen - 1, unicodedata.category(text[i - 1])[0] == "P" if i else False))
-        elif is_no_space_char(text[i + 1]) and (is_no_space_char(ch) or unicodedata.category(ch)[0] == "P"):
-            breaks.append((i + 1, seen, unicodedata.category(ch)[0] == "P"))
+            breaks.append((i + 1, seen - 1, 0 if punct else 1))
+        elif is_no_space_char(text[i + 1]) and not _joins_before(text[i + 1]) and (is_no_space_char(ch) or punct):
+            breaks.append((i + 1, seen, 0 if punct else 2))
     if not breaks:  # one long word
         return text
     fitting = [b for b in breaks if b[1] <= width and total - b[1] <= width]
-    cut = min(fitting or breaks, key=lambda b: (not b[2], abs(b[1] - total / 2)) if fitting else abs(b[1] - total / 2))
+    cut = min(fitting or breaks, key=lambda b: (b[2], abs(b[1] - total / 2)) if fitting else abs(b[1] - total / 2))
     return f"{text[: cut[0]].rstrip()}\n{text[cut[0] :].lstrip()}"
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 import pytest
 import soundfile as sf
 
 from llmasr.commands.transcribe import main as transcribe_main
-from llmasr.export.subtitles import CueRules, Untimed, columns, cues, subtitle_paths, subtitles
+from llmasr.export.subtitles import CueRules, Untimed, _wrap, columns, cues, subtitle_paths, subtitles
 from llmasr.testing.run_dirs import write_corpus, write_joined_recording
 from llmasr.text_units import UNIT
 
@@ -53,6 +54,37 @@ def test_chinese_counts_two_columns_a_character_and_breaks_after_its_punctuation
     got = cues(timed(text, step=0.2))
     assert [c.text for c in got] == ["今天天气很好。", "我们一起去公园散步吧，\n然后再去吃饭，好不好？"]
     assert columns("今天") == 4
+
+
+def test_a_closing_quote_stays_with_its_sentence_and_a_line_never_starts_with_what_cannot_begin_one():
+    # Japanese and Chinese close a quotation after its full stop, in a unit of its own: it had opened the next cue
+    said = cues(timed("彼は「こんにちは。」と言った。それから「さようなら。」と言って帰った。"))
+    assert [c.text for c in said] == [
+        "彼は「こんにちは。」",
+        "と言った。",
+        "それから「さようなら。」",
+        "と言って帰った。",
+    ]
+    assert [c.text for c in cues(timed("他说：“我们走吧。”然后就走了。"))] == ["他说：“我们走吧。”", "然后就走了。"]
+    # a line breaks after a closing bracket, never after an opening one (it had: "美しい「" and "桜の花」を...")
+    assert (
+        _wrap("私は昨日とても美しい「桜の花」を見に公園へ行きました", 42)
+        == "私は昨日とても美しい「桜の花」\nを見に公園へ行きました"
+    )
+    assert _wrap("今日はとても楽しかったですねースーパーに行きました", 42).split("\n")[1][0] != "ー"
+
+
+def test_thai_keeps_a_vowel_or_tone_mark_on_its_letter_and_breaks_lines_at_its_spaces():
+    text = "สวัสดีครับ วันนี้อากาศดีมาก เราจะไปเที่ยวที่ทะเลกันนะครับ แล้วก็จะไปกินข้าวที่ร้านอาหารริมทะเลด้วยกันครับ"
+    marks = {ch for ch in text if unicodedata.category(ch) == "Mn"}
+    for rules in (CueRules(), CueRules(line_columns=20)):
+        got = cues(timed(text, step=0.1), rules)
+        assert "".join(c.text.replace("\n", " ") for c in got).replace(" ", "") == text.replace(" ", "")
+        for c in got:
+            assert all(line[0] not in marks for line in c.text.split("\n")), c.text  # a mark had begun a line
+    assert columns("ที่") == 1  # the marks above and below a letter take no column
+    two = "สวัสดีครับ วันนี้อากาศดีมาก เราจะไปเที่ยวที่ทะเลกันนะครับ"
+    assert _wrap(two, 42) == "สวัสดีครับ วันนี้อากาศดีมาก\nเราจะไปเที่ยวที่ทะเลกันนะครับ"  # at a space, not mid-word
 
 
 def test_rows_without_text_or_without_times():
