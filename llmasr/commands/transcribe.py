@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from llmasr import errors, slurm_env
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subtitles_dir is not None and not args.subtitles:
         parser.error("--subtitles-dir goes with --subtitles srt|vtt")
     try:  # two files that would write one subtitle file, or a folder that cannot be made: before the model loads
-        args.subtitle_paths = _subtitle_paths(args)
+        args.subtitle_paths, args.unwritten = _subtitle_paths(args), 0
     except (ValueError, OSError) as err:
         print(f"llmasr transcribe: error: --subtitles: {err}", file=sys.stderr)
         return 2
@@ -254,7 +255,10 @@ def _transcribe(args, device, given: dict, hotwords) -> int:
     failed = sum("error" in row for row in rows)
     if failed:
         print(f"llmasr transcribe: error: {failed} of {len(rows)} files could not be transcribed", file=sys.stderr)
-    return 1 if failed else 0
+    if args.unwritten:
+        print(f"llmasr transcribe: error: the subtitles of {args.unwritten} of {len(rows)} files could not be "
+              "written", file=sys.stderr)  # fmt: skip
+    return 1 if failed or args.unwritten else 0
 
 
 def _subtitle_paths(args) -> list[Path] | None:
@@ -262,6 +266,11 @@ def _subtitle_paths(args) -> list[Path] | None:
         return None
     folder = Path(args.subtitles_dir or ".")
     folder.mkdir(parents=True, exist_ok=True)
+    try:  # a folder it cannot write in (read-only, another's): said now, not once per file after each is decoded
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmasr-subtitles-"):
+            pass
+    except OSError as err:
+        raise OSError(f"{folder}: cannot write subtitles there ({err.strerror or err})") from None
     return subtitle_paths(args.audio, args.subtitles, folder)
 
 
@@ -276,7 +285,11 @@ def _print_row(position: int, row: dict, args, cfg: DecodeConfig) -> None:
         if row["hyp"].strip() and not row["timestamps"]:  # its text is still shown, over the whole file
             print(f"llmasr transcribe: warning: {_one_line(path)}: no word times (the CTC head could not align its "
                   "text): its subtitles are one cue over the whole file", file=sys.stderr)  # fmt: skip
-        write_atomic(args.subtitle_paths[position], subtitles(row, args.subtitles, untimed_whole=True))
+        try:  # a full disk: this file named, its line still printed, the others still decoded (exit 1)
+            write_atomic(args.subtitle_paths[position], subtitles(row, args.subtitles, untimed_whole=True))
+        except OSError as err:
+            args.unwritten += 1
+            print(f"llmasr transcribe: error: {_one_line(path)}: --subtitles: {err}", file=sys.stderr)
     if row.get("truncated"):  # the text printed is cut: said where a script can see it, stdout's format kept
         print(f"llmasr transcribe: warning: {_one_line(path)}: {stopped_by(row, cfg)}", file=sys.stderr)
     if row.get("no_speech"):  # an empty line on stdout is no failure: said why

@@ -169,3 +169,20 @@ def test_transcribe_refuses_before_loading_what_subtitles_cannot_write(exported_
     assert transcribe_main(["--model", str(exported_dir), "--subtitles", "srt", str(clip)]) == 2
     err = capsys.readouterr().err
     assert "llmasr transcribe: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
+
+
+def test_subtitles_that_cannot_be_written_are_named_and_the_other_files_still_decoded(exported_dir, tmp_path, capsys):
+    manifest = write_corpus(tmp_path / "c", TEXTS[:2])
+    clips = [str(manifest.parent / "wav" / f"test{i}.wav") for i in range(2)]
+    out = tmp_path / "subs"
+    (out / "test0.srt").mkdir(parents=True)  # as a full disk or a lost mount would fail its write
+    args = ["--model", str(exported_dir), "--max-new-tokens", "4", "--subtitles", "srt", "--subtitles-dir", str(out)]
+    assert transcribe_main([*args, *clips]) == 1  # had raised out of the command: no line for it, no later file
+    got = capsys.readouterr()
+    assert [line.split("\t")[0] for line in got.out.splitlines()] == clips  # each file's transcript still printed
+    assert f"llmasr transcribe: error: {clips[0]}: --subtitles: " in got.err and "test0.srt" in got.err
+    assert "the subtitles of 1 of 2 files could not be written" in got.err and (out / "test1.srt").is_file()
+    # a folder nothing can be written in (sysfs: not even root's files) is refused before the model loads
+    assert transcribe_main(["--model", str(tmp_path / "no-model"), "--subtitles", "vtt", "--subtitles-dir", "/sys",
+                            clips[0]]) == 2  # fmt: skip
+    assert "llmasr transcribe: error: --subtitles: /sys: cannot write subtitles there (" in capsys.readouterr().err
