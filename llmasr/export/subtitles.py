@@ -14,6 +14,7 @@ character nearest the middle.
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -179,11 +180,12 @@ def _vtt_escaped(text: str) -> str:
 
 def subtitle_paths(audio: list[str], fmt: str, folder: Path) -> list[Path]:
     """Where the subtitles of each of `audio` go: FOLDER/STEM.FMT. ValueError naming both files where two would be
-    one file (a/x.wav and b/x.flac), rather than the second overwriting the first."""
+    one file (a/x.wav and b/x.flac), rather than the second overwriting the first; one file named twice (a list
+    that repeats it, ./x.wav and x.wav) writes the same subtitles twice."""
     out, seen = [], {}
     for path in audio:
         target = folder / f"{Path(path).stem}.{fmt}"
-        if target in seen:
+        if target in seen and os.path.realpath(seen[target]) != os.path.realpath(path):
             raise ValueError(f"{seen[target]} and {path} would both write {target}: give them different names (or "
                              "transcribe them in two runs with different --subtitles-dir)")  # fmt: skip
         seen[target] = path

@@ -112,6 +112,11 @@ def test_two_files_that_would_write_one_subtitle_file_are_refused(tmp_path):
     assert subtitle_paths(["a/x.wav", "b/y.flac"], "srt", tmp_path) == [tmp_path / "x.srt", tmp_path / "y.srt"]
     with pytest.raises(ValueError, match=r"a/x.wav and b/x.flac would both write .*x.srt"):
         subtitle_paths(["a/x.wav", "b/x.flac"], "srt", tmp_path)
+    # one file named twice (a list that repeats it) is no collision: it had been refused, "give
+    # them different names"
+    (tmp_path / "x.wav").touch()
+    twice = [str(tmp_path / "x.wav"), str(tmp_path / "." / "x.wav")]
+    assert subtitle_paths(twice, "vtt", tmp_path / "out") == [tmp_path / "out" / "x.vtt"] * 2
 
 
 def srt_cues(text: str) -> list[tuple[float, float, str]]:
