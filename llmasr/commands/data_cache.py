@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from llmasr.command_run import command
 from llmasr.data import gz_copies
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             size = _size(sum(c.size for c in stale))
             print(f"`llmasr data cache --prune` removes the {len(stale)} not current ({size}) but those in use")
         return 0
+    if chosen and (no_locks := gz_copies.locks_work(folder)):  # in use or not cannot be told: nothing removed
+        print(f"llmasr data cache: error: {folder}: {no_locks}, so a copy a running process reads cannot be told from "
+              "one none reads: nothing removed. Delete them by hand while no run reads them, or set LLMASR_CACHE_DIR "
+              "to a folder on a file system with locks", file=sys.stderr)  # fmt: skip
+        return 1
     kept = [c for c in chosen if c.in_use]
     gone = [c for c in chosen if not c.in_use and (args.dry_run or gz_copies.remove(c))]
     kept += [c for c in chosen if not c.in_use and c not in gone]  # taken by a run after the listing

@@ -208,8 +208,9 @@ def _in_use(copy: Path) -> bool:
 
 
 def remove(copy: CachedCopy) -> bool:
-    """Delete `copy` and its record unless a process reads it (True when deleted). The exclusive lock held while
-    deleting keeps out a run that would start reading it: that run finds it gone and makes it again."""
+    """Delete `copy` and its record unless a process reads it or no lock can tell (True when deleted). The exclusive
+    lock held while deleting keeps out a run that would start reading it: that run finds it gone and makes it
+    again."""
     if copy.state == "partial":
         copy.path.unlink(missing_ok=True)
         return True
@@ -219,17 +220,27 @@ def remove(copy: CachedCopy) -> bool:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # read by a running process, or no locks on this file system to tell: kept either way
         os.close(fd)
         return False
-    except OSError:  # no locks on this file system
-        pass
     try:
         copy.path.unlink(missing_ok=True)
         _record_path(copy.path).unlink(missing_ok=True)
     finally:
         os.close(fd)
     return True
+
+
+def locks_work(folder: Path | None = None) -> str | None:
+    """None where `folder`'s file system keeps file locks, else why not (a shared file system mounted without them:
+    Lustre without `flock`, some NFS): there a copy a running process reads cannot be told from one none reads."""
+    folder = folder or cache_folder()
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".locks-") as probe:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        return f"file locks fail there ({err.strerror or err})"
+    return None
 
 
 def remove_orphan_records(folder: Path | None = None) -> int:

@@ -3,6 +3,7 @@ cache` lists them and removes the ones no longer current, never one a running pr
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -170,3 +171,22 @@ def test_prune_and_clear_are_one_or_the_other(flags, capsys):
     with pytest.raises(SystemExit) as err:
         data_cache.main(flags)
     assert err.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_on_a_file_system_without_locks_nothing_is_removed(tmp_path, capsys, monkeypatch):
+    src = write_gz(tmp_path / "cuts.jsonl.gz", 3)
+    read_elsewhere(src)
+    write_gz(src, 5)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    read_elsewhere(src)  # a copy of the earlier version, which a run started before the change may still read
+
+    def no_locks(fd, op):  # Lustre mounted without flock, NFS without its lock service
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(gz_copies.fcntl, "flock", no_locks)
+    rc = data_cache.main(["--prune"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "file locks fail there (No locks available)" in err and "nothing removed" in err
+    assert len(gz_copies.cached_copies()) == 2  # the lock that tells a copy in use had been skipped, the copy removed
+    (old,) = [c for c in gz_copies.cached_copies() if c.stale]
+    assert not gz_copies.remove(old) and old.path.is_file()
