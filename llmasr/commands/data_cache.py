@@ -12,7 +12,7 @@ STATES = {
     "current": "its .gz is unchanged",
     "changed": "a copy of an earlier version: the .gz has changed since",
     "gone": "no file at the .gz's path now (moved, renamed or deleted)",
-    "unrecorded": "made by an llmasr that did not record its .gz: made again on the next read if still needed",
+    "unrecorded": "made by an llmasr that did not record its .gz, and not read since (a read records it)",
     "partial": "left half-written by a process stopped while it decompressed",
 }
 

@@ -63,6 +63,7 @@ def _decompressed_copy(path: Path) -> Path:
     tag = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_folder() / f"{path.name[:-3]}.{tag}"
     if out.is_file():
+        _record_found(out, path, st)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # The ranks of a run open it at once: one decompresses, the others wait for its copy (each had written its own)
@@ -83,8 +84,7 @@ def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
     try:
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
-        source = {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        write_atomic(_record_path(out), json.dumps(source) + "\n")  # before the copy: never a copy without one
+        write_atomic(_record_path(out), _record(path, st))  # before the copy: never a copy without one
         os.replace(tmp, out)  # atomic: concurrent ranks all end with the same complete file
     except BaseException as err:
         if os.path.exists(tmp):
@@ -97,6 +97,21 @@ def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
 
 def _record_path(copy: Path) -> Path:
     return copy.with_name(f".{copy.name}.source")
+
+
+def _record(path: Path, st: os.stat_result) -> str:
+    return json.dumps({"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n"
+
+
+def _record_found(copy: Path, path: Path, st: os.stat_result) -> None:
+    """Record where `copy` came from where an llmasr that kept no records made it: its name is of this version of
+    `path` (the same rule since the first), so it is current, not a copy `data cache --prune` would remove."""
+    if _record_path(copy).exists():
+        return
+    try:
+        write_atomic(_record_path(copy), _record(path, st))
+    except OSError:  # a folder this process may read but not write: the copy is still read
+        pass
 
 
 def _hold(copy: Path) -> bool:

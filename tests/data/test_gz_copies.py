@@ -190,3 +190,13 @@ def test_on_a_file_system_without_locks_nothing_is_removed(tmp_path, capsys, mon
     assert len(gz_copies.cached_copies()) == 2  # the lock that tells a copy in use had been skipped, the copy removed
     (old,) = [c for c in gz_copies.cached_copies() if c.stale]
     assert not gz_copies.remove(old) and old.path.is_file()
+
+
+def test_a_copy_an_earlier_llmasr_made_is_recorded_when_read_again(tmp_path):
+    src = write_gz(tmp_path / "cuts.jsonl.gz", 3)
+    read_elsewhere(src)
+    (copy,) = gz_copies.cached_copies()
+    gz_copies._record_path(copy.path).unlink()  # as an llmasr that kept no record left it
+    assert states() == [("unrecorded", False, None)]
+    read_elsewhere(src)  # it had stayed unrecorded, so --prune removed it though it is of the .gz as it is
+    assert states() == [("current", False, str(src.resolve()))]
