@@ -190,7 +190,7 @@ def _abandoned(tmp: Path, st: os.stat_result) -> bool:
 def _locked(path: Path) -> bool:
     """Whether some process holds a lock on `path` (False where there is no such file, or no locks)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_to_lock(path)
     except OSError:
         return False
     try:
@@ -202,6 +202,16 @@ def _locked(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _open_to_lock(path: Path) -> int:
+    """A descriptor of `path` that can take an exclusive lock: NFS makes flock a lock on the server that needs the
+    file open for writing (read-only, every try failed, EBADF, and every copy looked free); read-only where this
+    user may not write it (another's copy in a shared folder)."""
+    try:
+        return os.open(path, os.O_RDWR)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _source_state(copy: Path) -> tuple[str | None, str]:
@@ -230,7 +240,7 @@ def remove(copy: CachedCopy) -> bool:
         copy.path.unlink(missing_ok=True)
         return True
     try:
-        fd = os.open(copy.path, os.O_RDONLY)
+        fd = _open_to_lock(copy.path)
     except FileNotFoundError:
         return True
     try:

@@ -4,6 +4,7 @@ cache` lists them and removes the ones no longer current, never one a running pr
 from __future__ import annotations
 
 import errno
+import fcntl
 import gzip
 import json
 import os
@@ -200,3 +201,35 @@ def test_a_copy_an_earlier_llmasr_made_is_recorded_when_read_again(tmp_path):
     assert states() == [("unrecorded", False, None)]
     read_elsewhere(src)  # it had stayed unrecorded, so --prune removed it though it is of the .gz as it is
     assert states() == [("current", False, str(src.resolve()))]
+
+
+def test_on_nfs_a_copy_in_use_is_told_from_one_not_in_use(tmp_path, capsys, monkeypatch):
+    """NFS makes flock a lock on the server, and an exclusive one needs the file open for writing (flock(2), NFS
+    details): a read-only descriptor's try fails with EBADF whether or not a process reads the copy."""
+    src = write_gz(tmp_path / "m.jsonl.gz", 2)
+    read_elsewhere(src)
+    write_gz(src, 3)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    real_flock = gz_copies.fcntl.flock
+
+    def nfs_flock(fd, op):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, op)
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from llmasr.data.manifest import Manifest; "
+         "Manifest.open(sys.argv[1]); print('open', flush=True); time.sleep(120)", str(src)],
+        stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        monkeypatch.setattr(gz_copies.fcntl, "flock", nfs_flock)
+        assert states() == [("changed", False, str(src)), ("current", True, str(src))]  # none had been in use
+        rc, out = cache(capsys, "--clear")
+        assert rc == 0 and "removed 1 file(s)" in out and "kept 1 that a running process reads" in out
+        assert states() == [("current", True, str(src))]
+    finally:
+        holder.kill()
+        holder.wait()
