@@ -30,6 +30,14 @@ _holding = threading.Lock()
 ABANDONED_AFTER_S = 600  # an unnamed partial copy unchanged this long was left by a process killed mid-way
 
 
+def _fresh_lock_in_child() -> None:  # a forked DataLoader worker: a thread of its parent may have held the lock
+    global _holding
+    _holding = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 class IncompleteGzip(ValueError):
     """A .gz file that does not decompress whole (a copy cut short, a plain file named .gz)."""
 

@@ -233,3 +233,34 @@ def test_on_nfs_a_copy_in_use_is_told_from_one_not_in_use(tmp_path, capsys, monk
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_process_forked_while_another_thread_takes_a_copy_can_take_copies(tmp_path):
+    """A DataLoader worker is forked from a process whose other thread may be opening a manifest at that moment: the
+    child inherits the lock around the held copies taken, by a thread it does not have, and had waited forever."""
+    import multiprocessing
+    import threading
+
+    src = write_gz(tmp_path / "m.jsonl.gz", 2)
+    taken, release = threading.Event(), threading.Event()
+
+    def opening():
+        with gz_copies._holding:
+            taken.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=opening)
+    thread.start()
+    try:
+        taken.wait(60)
+        child = multiprocessing.get_context("fork").Process(target=gz_copies.decompressed, args=(src,))
+        child.start()
+        child.join(30)
+        stuck = child.is_alive()
+        if stuck:
+            child.kill()
+            child.join()
+    finally:
+        release.set()
+        thread.join()
+    assert not stuck and child.exitcode == 0
