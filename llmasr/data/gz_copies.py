@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 _copies_told: set[Path] = set()  # the .gz copies this process has said where they are
 _held: dict[Path, int] = {}  # copy -> the descriptor whose shared lock says this process reads it
 _holding = threading.Lock()
+# A copy's name: its .gz's name less ".gz", then its version's tag (16 hex digits), by the rule llmasr always used.
+# Nothing else in the folder is a copy (LLMASR_CACHE_DIR=data puts it in data/manifests, lhotse's recipes' folder)
+COPY_NAME = re.compile(r"[^.].*\.[0-9a-f]{16}")
 ABANDONED_AFTER_S = 600  # an unnamed partial copy unchanged this long was left by a process killed mid-way
 
 
@@ -180,7 +184,7 @@ def cached_copies(folder: Path | None = None) -> list[CachedCopy]:
         if entry.name.startswith(".tmp-"):
             if _abandoned(entry, st):
                 copies.append(CachedCopy(entry, st.st_size, None, "partial", False))
-        elif not entry.name.startswith("."):
+        elif COPY_NAME.fullmatch(entry.name):  # the folder may hold other files: a corpus's own manifests
             source, state = _source_state(entry)
             copies.append(CachedCopy(entry, st.st_size, source, state, _in_use(entry)))
     return sorted(copies, key=lambda c: (-c.size, c.path.name))

@@ -264,3 +264,17 @@ def test_a_process_forked_while_another_thread_takes_a_copy_can_take_copies(tmp_
         release.set()
         thread.join()
     assert not stuck and child.exitcode == 0
+
+
+def test_files_that_are_no_copies_are_neither_listed_nor_removed(tmp_path, capsys):
+    """LLMASR_CACHE_DIR=data puts the copies in data/manifests, where lhotse's recipes write a corpus's own
+    manifests: those are no copies of llmasr's, and --prune and --clear had removed them ("unrecorded")."""
+    src = write_gz(tmp_path / "m.jsonl.gz", 2)
+    read_elsewhere(src)
+    folder = gz_copies.cache_folder()
+    own = [folder / "librispeech_cuts_train-clean-100.jsonl.gz", folder / "train.jsonl", folder / "README"]
+    for path in own:
+        path.write_text("mine\n", encoding="utf-8")
+    assert states() == [("current", False, str(src.resolve()))]
+    rc, out = cache(capsys, "--clear")
+    assert rc == 0 and "removed 1 file(s)" in out and all(path.is_file() for path in own)
