@@ -287,6 +287,8 @@ def remove_orphan_records(folder: Path | None = None) -> int:
     removed = 0
     for record in folder.glob(".*.source") if folder.is_dir() else []:
         copy = record.with_name(record.name[1 : -len(".source")])
+        if not COPY_NAME.fullmatch(copy.name):  # another's hidden file
+            continue
         try:
             if not copy.exists() and time.time() - record.stat().st_mtime > 60:
                 record.unlink()

@@ -272,9 +272,11 @@ def test_files_that_are_no_copies_are_neither_listed_nor_removed(tmp_path, capsy
     src = write_gz(tmp_path / "m.jsonl.gz", 2)
     read_elsewhere(src)
     folder = gz_copies.cache_folder()
-    own = [folder / "librispeech_cuts_train-clean-100.jsonl.gz", folder / "train.jsonl", folder / "README"]
+    own = [folder / "librispeech_cuts_train-clean-100.jsonl.gz", folder / "train.jsonl", folder / ".notes.source"]
+    old = time.time() - 3600
     for path in own:
         path.write_text("mine\n", encoding="utf-8")
+        os.utime(path, (old, old))  # a hidden file named as a record is not one: no copy of its name is missing
     assert states() == [("current", False, str(src.resolve()))]
     rc, out = cache(capsys, "--clear")
     assert rc == 0 and "removed 1 file(s)" in out and all(path.is_file() for path in own)
