@@ -102,6 +102,8 @@ def _ends_cue(text: str, spans, words, first: int, k: int, rules: CueRules) -> b
     """Whether the cue holding words[first:k] ends before word k."""
     if _cannot_begin(words[k][0]):  # a closing quote, a full stop or a mark stays with the unit before
         return False
+    if words[k][1] <= words[first][1]:  # it would take no time (units at a long-audio seam): shown with the next
+        return False
     if SENTENCE_END.search(_cue_text(text, spans, words, first, k)) or words[k][1] - words[k - 1][2] >= rules.pause_s:
         return True
     if words[k][2] - words[first][1] > rules.max_seconds:

@@ -87,6 +87,14 @@ def test_thai_keeps_a_vowel_or_tone_mark_on_its_letter_and_breaks_lines_at_its_s
     assert _wrap(two, 42) == "สวัสดีครับ วันนี้อากาศดีมาก\nเราจะไปเที่ยวที่ทะเลกันนะครับ"  # at a space, not mid-word
 
 
+def test_a_cue_that_would_take_no_time_joins_the_next():
+    # at a long-audio seam a unit can take no time, the next starting where it stands: its cue had been shown for a
+    # millisecond, under the next one from its start
+    row = {"hyp": "Well. Yes. No more.", "timestamps": [["Well.", 0.5, 1.0], ["Yes.", 1.0, 1.0], ["No", 1.0, 1.3],
+                                                        ["more.", 1.3, 1.6]]}  # fmt: skip
+    assert [(c.start, c.end, c.text) for c in cues(row)] == [(0.5, 1.0, "Well."), (1.0, 1.6, "Yes. No more.")]
+
+
 def test_rows_without_text_or_without_times():
     assert cues({"hyp": "  ", "timestamps": None}) == []
     with pytest.raises(Untimed):
