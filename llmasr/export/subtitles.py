@@ -81,7 +81,7 @@ def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False
         return []
     if not words:
         if untimed_whole and row.get("duration"):
-            return [Cue(0.0, float(row["duration"]), _wrap(text, rules.line_columns))]
+            return [Cue(0.0, float(row["duration"]), _wrap(text, rules.line_columns, rules.max_lines))]
         raise Untimed("no word times for its text" if words is None else "its text has no timed words")
     spans = _spans(text, [w[0] for w in words])
     out, first = [], 0
@@ -92,7 +92,11 @@ def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False
         if k < len(words):  # shown until the next cue begins at the latest
             end = min(end, float(words[k][1]))
         out.append(
-            Cue(start, max(end, start + 0.001), _wrap(_cue_text(text, spans, words, first, k), rules.line_columns))
+            Cue(
+                start,
+                max(end, start + 0.001),
+                _wrap(_cue_text(text, spans, words, first, k), rules.line_columns, rules.max_lines),
+            )
         )
         first = k
     return out
@@ -108,7 +112,9 @@ def _ends_cue(text: str, spans, words, first: int, k: int, rules: CueRules) -> b
         return True
     if words[k][2] - words[first][1] > rules.max_seconds:
         return True
-    return columns(_cue_text(text, spans, words, first, k + 1)) > rules.line_columns * rules.max_lines
+    # the lines as they would be wrapped, not their columns summed: words do not fill each line to its last column
+    lines = _wrap(_cue_text(text, spans, words, first, k + 1), rules.line_columns, rules.max_lines).split("\n")
+    return any(columns(line) > rules.line_columns for line in lines)
 
 
 def _spans(text: str, units: list[str]) -> list[tuple[int, int]] | None:
@@ -132,13 +138,13 @@ def _cue_text(text: str, spans, words, first: int, stop: int) -> str:
     return out
 
 
-def _wrap(text: str, width: int) -> str:
-    """`text` in two lines where it is wider than `width` columns, broken at a space or between two characters of a
-    script without spaces (never after an opening bracket nor before what cannot begin a line): of the breaks where
-    both lines then fit, after punctuation first, then at a space (Thai's words run on between its spaces), else
-    nearest the middle."""
+def _wrap(text: str, width: int, lines: int = 2) -> str:
+    """`text` in up to `lines` lines where it is wider than `width` columns, broken at a space or between two
+    characters of a script without spaces (never after an opening bracket nor before what cannot begin a line): of
+    the breaks where the lines then fit, after punctuation first, then at a space (Thai's words run on between its
+    spaces), else where the lines are nearest even."""
     total = columns(text)
-    if total <= width:
+    if total <= width or lines < 2:
         return text
     breaks, seen = [], 0  # (where the second line starts, the first line's columns, its rank: lower is preferred)
     for i, ch in enumerate(text[:-1]):
@@ -151,9 +157,10 @@ def _wrap(text: str, width: int) -> str:
             breaks.append((i + 1, seen, 0 if punct else 2))
     if not breaks:  # one long word
         return text
-    fitting = [b for b in breaks if b[1] <= width and total - b[1] <= width]
-    cut = min(fitting or breaks, key=lambda b: (b[2], abs(b[1] - total / 2)) if fitting else abs(b[1] - total / 2))
-    return f"{text[: cut[0]].rstrip()}\n{text[cut[0] :].lstrip()}"
+    even = total / lines  # the first line's share
+    fitting = [b for b in breaks if b[1] <= width and total - b[1] <= width * (lines - 1)]
+    cut = min(fitting or breaks, key=lambda b: (b[2], abs(b[1] - even)) if fitting else abs(b[1] - even))
+    return f"{text[: cut[0]].rstrip()}\n{_wrap(text[cut[0] :].lstrip(), width, lines - 1)}"
 
 
 def _clock(seconds: float, sep: str) -> str:

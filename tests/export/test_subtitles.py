@@ -45,6 +45,11 @@ def test_a_long_cue_is_cut_at_seven_seconds_or_two_lines_and_wrapped_at_the_midd
         lines = c.text.split("\n")
         assert len(lines) <= 2 and all(columns(line) <= 42 for line in lines), c.text
     assert " ".join(" ".join(c.text.split("\n")) for c in got) == words  # every word, once, in order
+    # three lines where the rules allow three: they had been wrapped into two, each past the width
+    three = cues(timed(words, step=0.1), CueRules(line_columns=30, max_lines=3, max_seconds=60))
+    assert len(three) > 1 and all(len(c.text.split("\n")) <= 3 for c in three)
+    assert all(columns(line) <= 30 for c in three for line in c.text.split("\n")), [c.text for c in three]
+    assert " ".join(" ".join(c.text.split("\n")) for c in three) == words
     slow = cues(timed("a b c d e f g h i j k l", step=1.0), CueRules(max_seconds=3.0))
     assert [c.text for c in slow] == ["a b c", "d e f", "g h i", "j k l"]  # 2.8 s each: a fourth word passes 3 s
 
