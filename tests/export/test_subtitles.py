@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from llmasr.commands.transcribe import main as transcribe_main
-from llmasr.export.subtitles import CueRules, Untimed, columns, cues, subtitle_paths, subtitles
+from llmasr.export.subtitles import CueRules, Untimed, columns, cues, decode_subtitles, subtitle_paths, subtitles
 from llmasr.testing.run_dirs import write_corpus, write_joined_recording
 from llmasr.text_units import UNIT
 
@@ -137,3 +137,16 @@ def test_transcribe_refuses_before_loading_what_subtitles_cannot_write(exported_
     assert transcribe_main(["--model", str(exported_dir), "--subtitles", "srt", str(clip)]) == 2
     err = capsys.readouterr().err
     assert "llmasr transcribe: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
+
+
+def test_a_decodes_results_become_one_file_a_key(tmp_path):
+    results = tmp_path / "results.jsonl"
+    rows = [{"key": "spk1/utt1", **timed("one two. three")}, {"key": "utt2", "hyp": "", "timestamps": []}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert decode_subtitles(results, tmp_path / "subs", "vtt") == 2
+    assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["spk1_utt1.vtt", "utt2.vtt"]
+    assert (tmp_path / "subs" / "spk1_utt1.vtt").read_text(encoding="utf-8") == subtitles(rows[0], "vtt")
+    rows.append({"key": "spk1_utt1", **timed("four")})  # the same file as the first key's
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"results.jsonl:3: key 'spk1_utt1' would write .* as line 1 did"):
+        decode_subtitles(results, tmp_path / "subs2", "srt")
