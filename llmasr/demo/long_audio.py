@@ -80,13 +80,14 @@ def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cf
     {"wer", "parts_wer", "utterances", "windows", "text"}, and "ctc_wer", "parts_ctc_wer" for the CTC branch when
     opts.ctc (the parts' from parts_results' folder's ctc/results.jsonl)."""
     from llmasr.export.decode import decode_manifest
+    from llmasr.export.subtitles import decode_subtitles
 
     # word times too (they change no text): each utterance's subtitles, as `llmasr transcribe --subtitles` writes
     summary = decode_manifest(model, joined, out_dir, dataclasses.replace(cfg, timestamps=True), opts, device=device)
     parts, _, _ = parts_wer(joined, parts_results)
     n, windows, audio = summary["utterances"], summary["windows"], summary["audio_seconds"]
     out = {"wer": summary["rate"], "parts_wer": parts, "utterances": n, "windows": windows}
-    out["subtitles"] = write_subtitles(out_dir / "results.jsonl", out_dir / "subtitles")
+    out["subtitles"] = decode_subtitles(out_dir / "results.jsonl", out_dir / "subtitles", "srt")
     out["text"] = (
         f"long audio: {n} utterance(s) of {audio / max(n, 1):.0f} s (joined test clips) decoded in {windows} windows "
         f"(limit {summary['max_window_seconds'] or 0:.1f} s): WER {summary['rate']:.2%}; the same clips one by one "
@@ -98,15 +99,3 @@ def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cf
         out["text"] += f" (CTC branch {out['ctc_wer']:.2%}; one by one {out['parts_ctc_wer']:.2%})"
     out["text"] += f"; their subtitles, {out['subtitles']} cues, in {out_dir / 'subtitles'}"
     return out
-
-
-def write_subtitles(results: Path, folder: Path) -> int:
-    """Each row of a decode's `results` (with word times) as folder/KEY.srt; how many cues in all."""
-    from llmasr.export.subtitles import cues, subtitles
-
-    folder.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for row in map(json.loads, results.read_text(encoding="utf-8").splitlines()):
-        (folder / f"{row['key']}.srt").write_text(subtitles(row, "srt", untimed_whole=True), encoding="utf-8")
-        total += len(cues(row, untimed_whole=True))
-    return total

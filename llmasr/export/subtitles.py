@@ -14,6 +14,7 @@ character nearest the middle.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
@@ -180,6 +181,22 @@ def subtitles(row: dict, fmt: str, rules: CueRules = CueRules(), *, untimed_whol
     if fmt == "srt":
         return "\n".join(f"{i}\n{block}" for i, block in enumerate(blocks, start=1))
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def decode_subtitles(results: Path, folder: Path, fmt: str) -> int:
+    """Each row of a decode's `results` (results.jsonl of `llmasr decode --timestamps`) as folder/KEY.srt (or .vtt;
+    a key's slashes written as "_"); how many cues in all. A row without word times gets one cue over its audio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    total, written = 0, {}
+    for n, line in enumerate(Path(results).read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        target = folder / f"{str(row['key']).replace('/', '_').replace(chr(92), '_')}.{fmt}"
+        if target in written:
+            raise ValueError(f"{results}:{n}: key {row['key']!r} would write {target}, as line {written[target]} did")
+        written[target] = n
+        target.write_text(subtitles(row, fmt, untimed_whole=True), encoding="utf-8")
+        total += len(cues(row, untimed_whole=True))
+    return total
 
 
 def _vtt_escaped(text: str) -> str:

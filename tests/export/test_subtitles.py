@@ -12,7 +12,16 @@ import pytest
 import soundfile as sf
 
 from llmasr.commands.transcribe import main as transcribe_main
-from llmasr.export.subtitles import CueRules, Untimed, _wrap, columns, cues, subtitle_paths, subtitles
+from llmasr.export.subtitles import (
+    CueRules,
+    Untimed,
+    _wrap,
+    columns,
+    cues,
+    decode_subtitles,
+    subtitle_paths,
+    subtitles,
+)
 from llmasr.testing.run_dirs import write_corpus, write_joined_recording
 from llmasr.text_units import UNIT
 
@@ -204,3 +213,16 @@ def test_subtitles_that_cannot_be_written_are_named_and_the_other_files_still_de
     assert transcribe_main(["--model", str(tmp_path / "no-model"), "--subtitles", "vtt", "--subtitles-dir", "/sys",
                             clips[0]]) == 2  # fmt: skip
     assert "llmasr transcribe: error: --subtitles: /sys: cannot write subtitles there (" in capsys.readouterr().err
+
+
+def test_a_decodes_results_become_one_file_a_key(tmp_path):
+    results = tmp_path / "results.jsonl"
+    rows = [{"key": "spk1/utt1", **timed("one two. three")}, {"key": "utt2", "hyp": "", "timestamps": []}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert decode_subtitles(results, tmp_path / "subs", "vtt") == 2
+    assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["spk1_utt1.vtt", "utt2.vtt"]
+    assert (tmp_path / "subs" / "spk1_utt1.vtt").read_text(encoding="utf-8") == subtitles(rows[0], "vtt")
+    rows.append({"key": "spk1_utt1", **timed("four")})  # the same file as the first key's
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"results.jsonl:3: key 'spk1_utt1' would write .* as line 1 did"):
+        decode_subtitles(results, tmp_path / "subs2", "srt")
