@@ -21,6 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.atomic_file import write_atomic
 from llmasr.text_units import is_no_space_char
 
 FORMATS = ("srt", "vtt")
@@ -183,9 +184,10 @@ def subtitles(row: dict, fmt: str, rules: CueRules = CueRules(), *, untimed_whol
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def decode_subtitles(results: Path, folder: Path, fmt: str) -> int:
+def decode_subtitles(results: str | Path, folder: str | Path, fmt: str) -> int:
     """Each row of a decode's `results` (results.jsonl of `llmasr decode --timestamps`) as folder/KEY.srt (or .vtt;
     a key's slashes written as "_"); how many cues in all. A row without word times gets one cue over its audio."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     total, written = 0, {}
     for n, line in enumerate(Path(results).read_text(encoding="utf-8").splitlines(), start=1):
@@ -194,7 +196,7 @@ def decode_subtitles(results: Path, folder: Path, fmt: str) -> int:
         if target in written:
             raise ValueError(f"{results}:{n}: key {row['key']!r} would write {target}, as line {written[target]} did")
         written[target] = n
-        target.write_text(subtitles(row, fmt, untimed_whole=True), encoding="utf-8")
+        write_atomic(target, subtitles(row, fmt, untimed_whole=True))  # a stopped run leaves no half a file
         total += len(cues(row, untimed_whole=True))
     return total
 

@@ -219,7 +219,7 @@ def test_a_decodes_results_become_one_file_a_key(tmp_path):
     results = tmp_path / "results.jsonl"
     rows = [{"key": "spk1/utt1", **timed("one two. three")}, {"key": "utt2", "hyp": "", "timestamps": []}]
     results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert decode_subtitles(results, tmp_path / "subs", "vtt") == 2
+    assert decode_subtitles(str(results), str(tmp_path / "subs"), "vtt") == 2  # paths as the README writes them
     assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["spk1_utt1.vtt", "utt2.vtt"]
     assert (tmp_path / "subs" / "spk1_utt1.vtt").read_text(encoding="utf-8") == subtitles(rows[0], "vtt")
     rows.append({"key": "spk1_utt1", **timed("four")})  # the same file as the first key's
