@@ -94,6 +94,9 @@ def _decompressed_copy(path: Path) -> Path:
 def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".tmp-{out.name}.")  # named: its maker's lock tells it apart
     try:
+        # readable as any file this process makes (mkstemp's are its owner's alone): a team's shared
+        # LLMASR_CACHE_DIR had given the others a copy they could not open
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
         write_atomic(_record_path(out), _record(path, st))  # before the copy: never a copy without one
@@ -105,6 +108,16 @@ def _decompress(path: Path, out: Path, st: os.stat_result) -> Path:
             raise IncompleteGzip(f"not a complete gzip file ({err})") from None
         raise
     return out
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it: another thread's file made meanwhile would
+    get none)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o022
 
 
 def _record_path(copy: Path) -> Path:

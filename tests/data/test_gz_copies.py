@@ -280,3 +280,16 @@ def test_files_that_are_no_copies_are_neither_listed_nor_removed(tmp_path, capsy
     assert states() == [("current", False, str(src.resolve()))]
     rc, out = cache(capsys, "--clear")
     assert rc == 0 and "removed 1 file(s)" in out and all(path.is_file() for path in own)
+
+
+def test_a_copy_is_readable_as_the_files_its_maker_makes(tmp_path):
+    """mkstemp makes a file its owner's alone: a team's shared LLMASR_CACHE_DIR gave the others a copy they could not
+    open. A copy now has the mode any file this process makes gets (its umask)."""
+    src = write_gz(tmp_path / "m.jsonl.gz", 2)
+    old = os.umask(0o027)
+    try:
+        Manifest.open(src)
+    finally:
+        os.umask(old)
+    (copy,) = gz_copies.cached_copies()
+    assert copy.path.stat().st_mode & 0o777 == 0o640
