@@ -142,10 +142,19 @@ def train_char_bpe_tokenizer(texts: list[str], vocab_size: int = 120, *, chat_te
     return _wrapped(tok, chat_template)
 
 
+# The sparse blocks of the tiny MoEs (every layer one): Qwen3-30B-A3B's shape (8 routed experts here, top-2, no
+# shared expert) and Qwen1.5-MoE / Qwen2-57B-A14B's (4 routed experts, top-2, a shared expert behind a sigmoid gate)
+MOE_SHAPES = {
+    "qwen3_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "norm_topk_prob": True},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 64},
+}  # fmt: skip
+
+
 def write_tiny_llm_dir(
     path: str | Path,
     *,
-    arch: str = "qwen2",  # qwen2 (Qwen2/Qwen2.5), qwen3 or llama
+    arch: str = "qwen2",  # qwen2 (Qwen2/Qwen2.5), qwen3, llama, or the MoEs qwen3_moe, qwen2_moe (MOE_SHAPES)
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -164,15 +173,25 @@ def write_tiny_llm_dir(
 
     Pass `model` to save an already trained model (the demo pretrains one on text) with its `tokenizer`.
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+        Qwen2Config,
+        Qwen2MoeConfig,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
         tokenizer = train_bpe_tokenizer(texts or DEFAULT_CORPUS, vocab_size, chat_template=chat_template)
     if model is None:
-        cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[arch]
+        cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig, "qwen3_moe": Qwen3MoeConfig,
+               "qwen2_moe": Qwen2MoeConfig}[arch]  # fmt: skip
+        moe = dict(MOE_SHAPES[arch], head_dim=hidden_size // num_heads) if arch in MOE_SHAPES else {}
         config = cls(
+            **moe,
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
             intermediate_size=intermediate_size,

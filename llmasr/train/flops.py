@@ -3,7 +3,8 @@
 Counted per matrix product (a multiply-add is 2 FLOPs), for the real (unpadded) rows of a batch:
 
 - forward: 2 * weight elements * rows, for every Linear and convolution (a convolution's rows are its output
-  positions; grouped/depthwise convolutions count their own weight elements), LoRA's A and B included;
+  positions; grouped/depthwise convolutions count their own weight elements), LoRA's A and B included; an MoE
+  layer's fused experts for the top-k experts each token runs, and its router (llmasr.train.flops_moe);
 - backward, activation gradient: the same again wherever a gradient flows into the module's input (autograd computes
   it exactly when the input requires grad, which is what the counter reads);
 - backward, weight gradient: the same again only for weights that are trained (frozen base weights have none);
@@ -45,6 +46,7 @@ from torch import nn
 
 from llmasr.models.llm import causal_lm_parts
 from llmasr.models.whisper import WhisperAudioEncoder
+from llmasr.train import flops_moe
 from llmasr.train.param_groups import numel
 
 GEMMS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -219,6 +221,9 @@ class FlopCounter:
             if module is not None:
                 self._hook_branch(module, branch)
         self._hook_branch(decoder, "llm")
+        moe = flops_moe.hooks(decoder, flops_moe.num_experts(config), lambda: self.armed, gemm_flops,
+                              lambda flops, dtype: self._add("llm", flops, dtype))  # fmt: skip
+        self.handles += moe
         self._hook_branch(head, "head")  # a plain Linear, or peft's wrapper: its base layer and LoRA A/B
         self.handles.append(decoder.register_forward_pre_hook(self._on_decoder, with_kwargs=True))
         fused = getattr(model, "fused_head", None)

@@ -311,3 +311,30 @@ def test_an_llm_of_conv1d_projections_counts_them(tmp_path):
     model = build_model(section).train()
     count, expected = _count_against_torch(model)
     assert count.flops == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_an_moe_llm_counts_its_top_k_experts_and_router(tmp_path, arch):
+    """A Mixture-of-Experts LLM (transformers' fused experts: 3-D parameters run by indexing, not nn.Linear layers;
+    the router a weight of its own): each token costs its top-k experts' matmuls and the router's, not all experts'
+    and not none. The count had left the experts and the router out, the bulk of an MoE layer's work."""
+    from llmasr.testing.tiny_llm import MOE_SHAPES, write_tiny_llm_dir
+
+    shape = MOE_SHAPES[arch]
+    torch.manual_seed(0)
+    model = build_model(tiny_model_section(write_tiny_llm_dir(tmp_path / arch, arch=arch), freeze_encoder=True))
+    batch = random_batch(model, ["hello world"], frames=[24])
+    count = counted(model, batch)
+    vocab = model.llm.get_base_model().config.vocab_size
+    tokens = int(batch.text_lens[0]) + 12
+    dense_mlp = 3 * 64 * 128  # the hand count's Qwen2 MLP (gate, up, down), in place of which an MoE layer runs:
+    experts = shape["num_experts_per_tok"] * 3 * 64 * shape["moe_intermediate_size"]
+    router = shape["num_experts"] * 64
+    shared = 3 * 64 * shape.get("shared_expert_intermediate_size", 0) + (64 if arch == "qwen2_moe" else 0)
+    # frozen weights after a trained adaptor: forward and the input gradient, in each of the 2 layers
+    moe = 2 * (2 * tokens * (experts + router + shared - dense_mlp) * 2)
+    expected = tiny_hand_count(24, int(batch.text_lens[0]), batch.labelled_tokens, vocab) + moe
+    assert count.flops == pytest.approx(expected, rel=1e-9)
+    two = random_batch(model, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    rows = [counted(model, two.select([i])) for i in range(2)]
+    assert counted(model, two).flops == pytest.approx(sum(r.flops for r in rows), rel=1e-9)  # padding left out
