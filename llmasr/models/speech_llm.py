@@ -28,6 +28,7 @@ from llmasr.models.llm import base_lm, causal_lm_parts, logit_transform
 from llmasr.models.llm_search import gated_search, refuse_unknown_generate
 from llmasr.models.losses import group_rows, labels_only_cross_entropy
 from llmasr.models.prompt import PromptBuilder
+from llmasr.models.router_aux import router_aux
 
 BRANCHES = ("encoder", "adaptor", "ctc_head", "llm")
 
@@ -79,6 +80,9 @@ class SpeechLLMOutput(dict):
     ctc_unaligned: torch.Tensor | None = None  # [B] bool: rows too long for CTC (ctc.ctc_unalignable); None: no head
     # forward(groups=...): [G, 5] float32, each group's rows' (llm_loss_sum, n_tokens, n_correct, ctc_loss_sum, n_utts)
     by_group: torch.Tensor | None = None
+    # an MoE's router load-balancing loss (llmasr.models.router_aux) times n_tokens, for a token-weighted mean; None
+    # where the LLM's config adds none
+    router_aux_sum: torch.Tensor | None = None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -127,6 +131,7 @@ class SpeechLLM(nn.Module):
         self.fused_head: nn.Module | None = None  # training's fused head + loss (llmasr.models.fused_kernels)
         # what the LM's own forward does to the head's logits
         self.logit_transform = logit_transform(base_lm(llm).config)
+        self.router_aux = router_aux(base_lm(llm))  # an MoE's load-balancing term, where its config asks for it
 
     # -- train/eval ---------------------------------------------------------------------------------------------
     def frozen_branches(self) -> list[str]:
@@ -241,15 +246,18 @@ class SpeechLLM(nn.Module):
         )
         return enc, enc_lens, log_probs, merged
 
-    def _llm_hidden(self, merged) -> torch.Tensor:
+    def _llm_hidden(self, merged) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the decoder's last hidden states, the router's load-balancing loss or None: llmasr.models.router_aux)."""
         _, decoder, _ = causal_lm_parts(self.llm)
         out = decoder(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=merged.attention_mask,
             position_ids=merged.position_ids,
             use_cache=False,
+            **({"output_router_logits": True} if self.router_aux is not None else {}),
         )
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        aux = None if self.router_aux is None else self.router_aux(out.router_logits, merged.attention_mask)
+        return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), aux
 
     def forward(
         self,
@@ -276,12 +284,14 @@ class SpeechLLM(nn.Module):
             )
         enc, enc_lens, log_probs, merged = self._embed(batch, for_generation=False)
         head = causal_lm_parts(self.llm)[2]
-        hidden = self._llm_hidden(merged)
+        hidden, aux = self._llm_hidden(merged)
         token = labels_only_cross_entropy(
             hidden, merged.labels, head, self.fused_head, self.logit_transform, groups=groups, n_groups=n_groups
         )
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
         loss = token.loss_sum / n_tok
+        if aux is not None:  # weighted by the batch's share of the window's tokens: a window's is their mean
+            loss = loss + self.router_aux.coef * aux * token.n_tokens / n_tok
         n_utts = int(batch.text_ids.shape[0])
         ctc_sum = loss.new_zeros(())
         ctc_rows = None  # each row's CTC loss, for `groups`
@@ -313,6 +323,7 @@ class SpeechLLM(nn.Module):
             n_utts,
             unaligned,
             by_group,
+            None if aux is None else aux.detach() * token.n_tokens,
         )
 
     def ctc_texts(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:

@@ -11,13 +11,14 @@ from llmasr.models.ctc_config import CTCConfig
 from llmasr.models.encoder_spec import encoder_frontend
 from llmasr.models.funasr_ctc import query_frames_warning
 from llmasr.models.funasr_dir import streaming_encoder_dir
+from llmasr.models.router_aux import router_aux_note
 from llmasr.unread_fields import as_section, changed
 
 
 def start_notes(cfg: ModelConfig) -> list[str]:
     """Every note the model's settings give, in a fixed order."""
     notes = (whisper_dither_note(cfg.encoder), frozen_full_context_note(cfg.encoder), ctc_off_note(cfg.ctc))
-    return [note for note in (*notes, query_frames_warning(cfg)) if note]
+    return [note for note in (*notes, query_frames_warning(cfg), router_aux_note(cfg.llm.path)) if note]
 
 
 def whisper_dither_note(cfg: EncoderConfig) -> str | None:

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from llmasr.models.llm import causal_lm_parts
+from llmasr.models.router_aux import num_experts
 from llmasr.models.whisper import WhisperAudioEncoder
 from llmasr.train import flops_moe
 from llmasr.train.param_groups import numel
@@ -221,7 +222,7 @@ class FlopCounter:
             if module is not None:
                 self._hook_branch(module, branch)
         self._hook_branch(decoder, "llm")
-        moe = flops_moe.hooks(decoder, flops_moe.num_experts(config), lambda: self.armed, gemm_flops,
+        moe = flops_moe.hooks(decoder, num_experts(config), lambda: self.armed, gemm_flops,
                               lambda flops, dtype: self._add("llm", flops, dtype))  # fmt: skip
         self.handles += moe
         self._hook_branch(head, "head")  # a plain Linear, or peft's wrapper: its base layer and LoRA A/B

@@ -20,15 +20,6 @@ def _shape(p: nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 leaves a partitioned parameter's shape [0]
 
 
-def num_experts(config) -> int:
-    """The routed experts of each MoE layer of an LLM `config` (transformers' spellings); 0 for a dense LLM."""
-    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 1:
-            return value
-    return 0
-
-
 def moe_modules(decoder: nn.Module, experts: int) -> tuple[list[nn.Module], list[nn.Module]]:
     """(fused experts modules, routers) in `decoder`: modules holding 3-D parameters of `experts` rows, and modules
     other than linear layers holding a 2-D weight of `experts` rows and nothing 3-D."""

@@ -36,6 +36,11 @@ TAIL_BYTES = 1 << 20  # how much of train.log's end a resume reads for the updat
 TB_NAMES = {"utt/s": "utt_per_s", "audio_s/s": "audio_s_per_s", "tok/s": "llm_tokens_per_s"}
 
 
+# a window's figures train.log and TensorBoard show, where the run has them (router_aux_loss: an MoE's router
+# load-balancing loss, llmasr.models.router_aux)
+WINDOW_FIGURES = ("loss", "llm_loss", "ctc_loss", "router_aux_loss", "acc")
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -182,7 +187,7 @@ class Progress:
         eta, untimed = self._eta(update)
         self._show(update, stats, lrs, eta, untimed)
         w = self.writer
-        for key in ("loss", "llm_loss", "ctc_loss", "acc"):
+        for key in WINDOW_FIGURES:
             if key in stats:
                 w.add_scalar(f"train/{key}", stats[key], update)
         for name, lr in lrs.items():
@@ -219,7 +224,7 @@ class Progress:
             if not isinstance(value, str):
                 w.add_scalar(f"throughput/{TB_NAMES.get(key, key)}", value, update)
         row = {"update": update, "epoch": epoch}
-        row.update({k: float(stats[k]) for k in ("loss", "llm_loss", "ctc_loss", "acc") if k in stats})
+        row.update({k: float(stats[k]) for k in WINDOW_FIGURES if k in stats})
         row.update({f"lr/{k}": v for k, v in lrs.items()})
         row.update({k: v if isinstance(v, int) else float(v) for k, v in extra.items() if v is not None})  # a count
         row.update(figures)

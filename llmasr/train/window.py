@@ -42,18 +42,20 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
             skip_update=skip_update,
         )
         if not empty:
-            kept.append((batch, (out.n_tokens, out.llm_loss_sum, out.ctc_loss_sum, out.n_correct, out.ctc_unaligned)))
+            aux = 0.0 if out.router_aux_sum is None else out.router_aux_sum
+            kept.append((batch, (out.n_tokens, out.llm_loss_sum, out.ctc_loss_sum, out.n_correct, out.ctc_unaligned,
+                                 aux)))  # fmt: skip
     # One read back from the device for the whole window: a read after each micro batch would keep the host from
     # queueing the next micro batch's kernels while the device runs the current ones.
     count = counter.take_pending() if counter is not None else []
     read = host_values([v for _, figures in kept for v in figures] + count)  # a value that is no tensor passes as is
     n = sum(len(figures) for _, figures in kept)
     read, count = read[:n], read[n:]
-    llm_sum = ctc_sum = correct = audio = 0.0
+    llm_sum = ctc_sum = correct = audio = aux_sum = 0.0
     unaligned: list[str] = []  # this rank's utterances CTC had no path for (their CTC loss is 0)
     nonfinite: list[list[str]] = []  # the keys of this rank's micro batches whose loss is NaN or infinite
     for j, (batch, figures) in enumerate(kept):
-        n_tokens, llm, ctc, n_correct, rows = read[j * len(figures) : (j + 1) * len(figures)]
+        n_tokens, llm, ctc, n_correct, rows, aux = read[j * len(figures) : (j + 1) * len(figures)]
         if int(n_tokens) != batch.labelled_tokens:
             raise RuntimeError(
                 f"the model labelled {int(n_tokens)} tokens but the batch holds {batch.labelled_tokens}: "
@@ -62,6 +64,7 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         if not (math.isfinite(llm) and math.isfinite(ctc)):
             nonfinite.append(list(batch.keys))
         llm_sum += llm
+        aux_sum += aux
         ctc_sum += ctc
         correct += n_correct
         audio += batch.audio_seconds
@@ -69,8 +72,8 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
     lists = sum(bool(h) for b in real for h in b.hotwords)
     dropped = sum(sum(b.hotwords_dropped) for b in real)
     waits = rank_slots(wait_s)  # each rank's wait in its own slot: the sum holds every rank's
-    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, *rest = all_reduce_sum(
-        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), len(nonfinite), *waits, *count],
+    llm_sum, ctc_sum, correct, audio, lists, dropped, n_unaligned, n_nonfinite, aux_sum, *rest = all_reduce_sum(
+        [llm_sum, ctc_sum, correct, audio, lists, dropped, len(unaligned), len(nonfinite), aux_sum, *waits, *count],
         engine.device,
     )
     waits, count = rest[: len(waits)], rest[len(waits) :]
@@ -83,6 +86,10 @@ def run_window(engine, window: list[Batch], world_size: int, counter: FlopCounte
         stats["ctc_loss"] = ctc_sum / n_utt if n_utt > 0 else nan
         loss += model.ctc_weight * stats["ctc_loss"]
         stats.update(ctc_unaligned=int(n_unaligned), ctc_unaligned_keys=unaligned)  # all ranks; this rank's keys
+    router = getattr(model, "router_aux", None)
+    if router is not None:  # the MoE's load-balancing term: in the loss trained on, apart from llm_loss
+        stats["router_aux_loss"] = aux_sum / n_tok if n_tok > 0 else nan
+        loss += router.coef * stats["router_aux_loss"]
     stats.update(loss=loss, n_tokens=int(n_tok), n_utts=int(n_utt), audio_seconds=audio)
     stats.update(hotword_lists=int(lists), hotwords_dropped=int(dropped))  # the token cap's drops, logged
     stats["data_wait_s"] = max(waits)

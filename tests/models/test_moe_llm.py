@@ -1,0 +1,60 @@
+"""A Mixture-of-Experts LLM (Qwen3-MoE, Qwen2-MoE; tiny ones in the on-disk format of a release) as the speech LLM's
+decoder: the loss llmasr trains on is the one its own Hugging Face forward computes, the router's load-balancing
+term included exactly when config.json's output_router_logits asks for it, and the start-up says which."""
+
+import json
+
+import pytest
+import torch
+
+from llmasr.config_io import from_dict
+from llmasr.models.builder import build_model
+from llmasr.models.config import ModelConfig
+from llmasr.models.llm import base_lm
+from llmasr.models.start_notes import start_notes
+from llmasr.testing.tiny_llm import write_tiny_llm_dir
+from llmasr.testing.tiny_recipe import random_batch, tiny_model_section
+
+
+def moe_dir(path, arch: str, router_logits: bool):
+    path = write_tiny_llm_dir(path, arch=arch)
+    config = json.loads((path / "config.json").read_text())
+    config.update(output_router_logits=router_logits, router_aux_loss_coef=0.5)  # a coefficient the test can see
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("router_logits", [True, False])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_the_training_loss_is_the_moe_s_own_forward_loss(tmp_path, arch, router_logits):
+    """With output_router_logits true the HF forward adds router_aux_loss_coef x the load-balancing loss; llmasr's
+    loss, computed from the decoder's hidden states, had left it out."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_section(moe_dir(tmp_path / arch, arch, router_logits), freeze_encoder=True))
+    model.train()
+    batch = random_batch(model, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    out = model(batch)
+    _, _, _, merged = model._embed(batch, for_generation=False)
+    hf = base_lm(model.llm)(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                            position_ids=merged.position_ids, labels=merged.labels, use_cache=False)  # fmt: skip
+    assert (hf.aux_loss is not None) == router_logits
+    torch.testing.assert_close(out.loss, hf.loss, rtol=1e-5, atol=1e-6)
+    if router_logits:  # the term is there, large enough to matter at this coefficient
+        assert float(0.5 * hf.aux_loss) > 0.1
+        assert float(out.router_aux_sum / out.n_tokens) == pytest.approx(float(hf.aux_loss), rel=1e-5)
+    else:
+        assert out.router_aux_sum is None
+
+
+@pytest.mark.parametrize("router_logits", [True, False])
+def test_start_up_says_whether_the_router_loss_is_trained_on(tmp_path, router_logits):
+    path = moe_dir(tmp_path / "m", "qwen3_moe", router_logits)
+    notes = [
+        n for n in start_notes(from_dict(ModelConfig, tiny_model_section(path), "model")) if "Mixture-of-Experts" in n
+    ]
+    assert len(notes) == 1
+    said = "is in the training loss, router_aux_loss_coef 0.5" if router_logits else "is not in the training loss"
+    assert f"model.llm.path is a Mixture-of-Experts LLM (8 experts, top-2): its router's load-balancing loss {said}" \
+        in notes[0]  # fmt: skip
+    dense = write_tiny_llm_dir(tmp_path / "dense")
+    assert not [n for n in start_notes(from_dict(ModelConfig, tiny_model_section(dense), "model")) if "Experts" in n]
