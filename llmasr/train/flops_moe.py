@@ -9,6 +9,7 @@ costs 2 * one expert's weight elements * (tokens x k) forward, the router 2 * it
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from llmasr.train.param_groups import numel
@@ -20,42 +21,47 @@ def _shape(p: nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 leaves a partitioned parameter's shape [0]
 
 
-def moe_modules(decoder: nn.Module, experts: int) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(fused experts modules, routers) in `decoder`: modules holding 3-D parameters of `experts` rows, and modules
-    other than linear layers holding a 2-D weight of `experts` rows and nothing 3-D."""
+def moe_modules(decoder: nn.Module, experts: int) -> tuple[list[tuple], list[tuple]]:
+    """([(fused experts module, one expert's weight elements, its 3-D weights)], [(router, weight elements, its
+    weights)]) in `decoder`: modules holding 3-D parameters of `experts` rows, and modules other than linear layers
+    holding a 2-D weight of `experts` rows and nothing 3-D. Read once, as built: a wrapper may swap the parameters
+    for others while the module runs."""
     fused, routers = [], []
     if experts <= 1:
         return fused, routers
     for module in decoder.modules():
-        own = [_shape(p) for p in module.parameters(recurse=False)]
-        if any(len(s) == 3 and s[0] == experts for s in own):
-            fused.append(module)
-        elif not isinstance(module, GEMMS) and any(len(s) == 2 and s[0] == experts for s in own):
-            routers.append(module)
+        own = list(module.parameters(recurse=False))
+        cubes = [p for p in own if len(_shape(p)) == 3 and _shape(p)[0] == experts]
+        if cubes:
+            fused.append((module, sum(numel(p) for p in cubes) // experts, cubes))
+        elif not isinstance(module, GEMMS):
+            rows = [p for p in own if len(_shape(p)) == 2 and _shape(p)[0] == experts]
+            if rows:
+                routers.append((module, sum(numel(p) for p in rows), rows))
     return fused, routers
 
 
-def experts_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """(hidden states, rows run, weight elements of one expert, whether any expert weight trains) of one call of a
-    fused experts module, forward(hidden_states, top_k_index, top_k_weights); None where the call is not that."""
+def _call(x, rows: int, weights: int, params: list) -> tuple:
+    return x, rows, weights, any(p.requires_grad for p in params)
+
+
+def experts_call(args: tuple, kwargs: dict, weights: int, params: list) -> tuple | None:
+    """(hidden states, rows run, one expert's weight elements, whether they train) of one call of a fused experts
+    module, forward(hidden_states, top_k_index, top_k_weights); None where the call is not that."""
     hidden = args[0] if args else kwargs.get("hidden_states")
     index = args[1] if len(args) > 1 else kwargs.get("top_k_index")
-    if not (hasattr(hidden, "requires_grad") and hasattr(index, "numel")):
+    if not (torch.is_tensor(hidden) and torch.is_tensor(index)):
         return None
-    weights = [p for p in module.parameters(recurse=False) if len(_shape(p)) == 3]
-    experts = _shape(weights[0])[0]
-    per_expert = sum(numel(p) for p in weights) // experts
-    return hidden, int(index.numel()), per_expert, any(p.requires_grad for p in weights)
+    return _call(hidden, int(index.numel()), weights, params)
 
 
-def router_call(module: nn.Module, args: tuple) -> tuple:
+def router_call(args: tuple, weights: int, params: list) -> tuple | None:
     """(input, rows, router weight elements, whether they train) of one router call; None where the call takes no
     tensor of the weight's width."""
     x = args[0] if args else None
-    weights = [p for p in module.parameters(recurse=False) if len(_shape(p)) == 2]
-    if not hasattr(x, "requires_grad") or not weights or x.shape[-1] != _shape(weights[0])[1]:
+    if not torch.is_tensor(x) or x.shape[-1] != _shape(params[0])[1]:
         return None
-    return x, x.numel() // x.shape[-1], sum(numel(p) for p in weights), any(p.requires_grad for p in weights)
+    return _call(x, x.numel() // x.shape[-1], weights, params)
 
 
 def hooks(decoder: nn.Module, experts: int, armed, gemm_flops, add) -> list:
@@ -68,8 +74,12 @@ def hooks(decoder: nn.Module, experts: int, armed, gemm_flops, add) -> list:
             x, rows, weights, trains = call
             add(gemm_flops(weights, rows, input_grad=x.requires_grad, weight_grad=trains), x.dtype)
 
-    on_experts = lambda mod, args, kwargs, out: count(experts_call(mod, args, kwargs) if armed() else None)  # noqa: E731
-    on_router = lambda mod, args, out: count(router_call(mod, args) if armed() else None)  # noqa: E731
-    return [m.register_forward_hook(on_experts, with_kwargs=True) for m in fused] + [
-        m.register_forward_hook(on_router) for m in routers
+    def on_experts(weights: int, params: list):
+        return lambda mod, args, kwargs, out: count(experts_call(args, kwargs, weights, params) if armed() else None)
+
+    def on_router(weights: int, params: list):
+        return lambda mod, args, out: count(router_call(args, weights, params) if armed() else None)
+
+    return [m.register_forward_hook(on_experts(w, p), with_kwargs=True) for m, w, p in fused] + [
+        m.register_forward_hook(on_router(w, p)) for m, w, p in routers
     ]
