@@ -138,6 +138,7 @@ def llm_search(model, merged, feat_lens, cfg: DecodeConfig, generate_kwargs: dic
             return_dict_in_generate=True,
             **cfg.generation(),
             **generate_kwargs,
+            **_no_router_loss(model.llm),
         )
     rows = [_unpadded(row, end, model.prompt.pad_id) for row in out.sequences.tolist()]
     if nbest > 1:
@@ -175,3 +176,10 @@ def _rescored(model, rows: list, scores: torch.Tensor, nbest: int, ctc, weight: 
     hyps = [[(model.prompt.decode(r), sums[b * nbest + i]) for i, r in enumerate(g)] for b, g in enumerate(groups)]
     best = rescore_nbest(hyps, ctc[0], ctc[1], model.ctc_tokenizer, weight)
     return [g[i] for g, i in zip(groups, best)]
+
+
+def _no_router_loss(llm) -> dict:
+    """generate's keyword for an MoE whose config.json sets output_router_logits: false. Its forward would compute the
+    router's load-balancing loss at each cached step, over the whole attention mask but the new position's router
+    logits alone, and raise on the shapes (transformers' load_balancing_loss_func); a search needs no loss."""
+    return {"output_router_logits": False} if getattr(base_lm(llm).config, "output_router_logits", False) else {}

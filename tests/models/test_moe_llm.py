@@ -58,3 +58,14 @@ def test_start_up_says_whether_the_router_loss_is_trained_on(tmp_path, router_lo
         in notes[0]  # fmt: skip
     dense = write_tiny_llm_dir(tmp_path / "dense")
     assert not [n for n in start_notes(from_dict(ModelConfig, tiny_model_section(dense), "model")) if "Experts" in n]
+
+
+def test_an_moe_whose_config_asks_for_the_router_loss_decodes(tmp_path):
+    """output_router_logits true: transformers' forward computed the load-balancing loss at each cached generation
+    step over the whole attention mask and the new position's router logits alone, and raised (validation's WER
+    after the first epoch, `llmasr decode`)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_section(moe_dir(tmp_path / "m", "qwen3_moe", True), freeze_encoder=True)).eval()
+    batch = random_batch(model, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
+    texts = model.generate(batch, max_new_tokens=4)
+    assert len(texts) == 2
