@@ -83,7 +83,10 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     paths = _linear_paths(model)
     targets = lora.target_modules
     if targets != "all-linear":
-        missing = [t for t in targets if not any(_reaches(t, p) for p in paths)]
+        # a name of fused MoE expert weights (3-D parameters: gate_proj/up_proj of gate_up_proj, down_proj) peft
+        # puts LoRA on, as it does for the nn.Linear experts of the checkpoints' own layout
+        cubes = expert_weights(model) if hf_model else []
+        missing = [t for t in targets if not any(_reaches(t, p) for p in paths) and not _names_experts(t, cubes)]
         if missing:
             # a name peft could wrap otherwise (embed_tokens, an nn.Embedding) is no typo: say what it names
             reached = _reached(model, missing)
@@ -117,9 +120,21 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
     )
     if hf_model:
         with peft_wrapping():
-            model = peft.get_peft_model(model, config)
+            try:
+                model = peft.get_peft_model(model, config)
+            except ValueError as err:
+                if "ParamWrapper" not in str(err):
+                    raise
+                raise ConfigError(
+                    f"{what}.lora.target_modules {lora.target_modules} reach this MoE's fused expert weights "
+                    f"({', '.join(_short(expert_weights(model)))}: 3-D parameters, which peft wraps with its "
+                    f"ParamWrapper), and peft trains those without dropout only: set {what}.lora.dropout: 0, or leave "
+                    f"out the names that reach them ({_reaching(lora.target_modules, expert_weights(model))}; the "
+                    f"linear layers: {linear_module_names(model)})"
+                ) from None
         if _BUILT_TO_TRAIN.get():
             _say_tied_head(model, what)
+            _say_expert_lora(model, what, lora.target_modules)
     else:
         with peft_wrapping():
             model = peft.inject_adapter_in_model(config, model)
@@ -142,3 +157,45 @@ def _say_tied_head(llm, what: str) -> None:
             "with the two untied (%s a weight of its own), --adapter-only keeps the base tied", what, name, name,
             extra=EVERY_RANK,  # every rank builds the LLM alike, and twice under ZeRO-3 (engine's shapes build)
         )  # fmt: skip
+
+
+def expert_weights(model: nn.Module) -> list[str]:
+    """The names of an MoE's fused expert weights in `model`: 3-D parameters (transformers' gate_up_proj and
+    down_proj, [experts, out, in]), which peft wraps with its ParamWrapper rather than as linear layers."""
+    return [name for name, p in model.named_parameters() if len(getattr(p, "ds_shape", p.shape)) == 3]
+
+
+def _names_experts(target: str, cubes: list[str]) -> bool:
+    """Whether `target` names fused expert weights as peft maps the checkpoints' per-expert names onto them
+    (gate_proj and up_proj onto gate_up_proj)."""
+    leaf = target.rsplit(".", 1)[-1]
+    wanted = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}.get(leaf, leaf)
+    return any(name.rsplit(".", 1)[-1] == wanted for name in cubes)
+
+
+def _reaching(targets, cubes: list[str]) -> str:
+    """Which of `targets` reach the fused expert weights `cubes`."""
+    return "all-linear" if targets == "all-linear" else str([t for t in targets if _names_experts(t, cubes)])
+
+
+def _short(names: list[str]) -> list[str]:
+    """Parameter names with the layer index and peft's base_layer taken out, each once (mlp.experts.gate_up_proj)."""
+    short = (n.split(".layers.", 1)[-1].split(".", 1)[-1].replace(".base_layer", "") for n in names)
+    return list(dict.fromkeys(short))
+
+
+def _say_expert_lora(llm, what: str, targets) -> None:
+    """Which fused expert weights and routers the LoRA reaches (peft's ParamWrapper): a router with LoRA changes
+    which experts each token runs."""
+    wrapped = [f"{name}.{m.parameter_name}" for name, m in llm.named_modules() if type(m).__name__ == "ParamWrapper"]
+    if not wrapped:
+        return
+    cubes = set(_short(expert_weights(llm)))
+    experts = [n for n in _short(wrapped) if n in cubes or n.endswith(tuple("." + c.rsplit(".", 1)[-1] for c in cubes))]
+    routers = [n for n in _short(wrapped) if n not in experts]
+    router = (f"; and on its router ({', '.join(routers)}): which experts each token runs trains too (name the "
+              "linear layers alone to keep the routing as released)") if routers else ""  # fmt: skip
+    log.warning(
+        "%s.lora.target_modules %s put LoRA on this MoE's fused expert weights (%s, in each MoE layer)%s",
+        what, targets, ", ".join(experts) or "none", router, extra=EVERY_RANK,
+    )  # fmt: skip

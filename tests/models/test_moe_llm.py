@@ -69,3 +69,41 @@ def test_an_moe_whose_config_asks_for_the_router_loss_decodes(tmp_path):
     batch = random_batch(model, ["hello world", "the quick brown fox jumps"], frames=[24, 40])
     texts = model.generate(batch, max_new_tokens=4)
     assert len(texts) == 2
+
+
+def test_lora_on_fused_experts_with_dropout_is_refused_naming_the_keys(tmp_path):
+    """peft wraps an MoE's 3-D expert weights (and, under all-linear, its router) with its ParamWrapper, which takes
+    no dropout: peft's own ValueError had named neither the recipe key nor the experts."""
+    from llmasr.config_io import ConfigError
+
+    path = write_tiny_llm_dir(tmp_path / "m", arch="qwen2_moe")
+    for targets in ("all-linear", ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]):
+        section = tiny_model_section(path)
+        section["llm"]["lora"].update(target_modules=targets, dropout=0.05)
+        with pytest.raises(ConfigError) as err:
+            build_model(section)
+        reach = "all-linear" if targets == "all-linear" else "['gate_proj', 'up_proj', 'down_proj']"
+        assert str(err.value).startswith(
+            f"model.llm.lora.target_modules {targets} reach this MoE's fused expert weights (mlp.experts.gate_up_proj, "
+            "mlp.experts.down_proj: 3-D parameters, which peft wraps with its ParamWrapper), and peft trains those "
+            f"without dropout only: set model.llm.lora.dropout: 0, or leave out the names that reach them ({reach};"
+        )
+
+
+def test_lora_names_of_the_experts_reach_fused_experts_and_all_linear_says_it_trains_the_router(tmp_path, caplog):
+    """The recipes' [q_proj, ..., gate_proj, up_proj, down_proj] on a Qwen3-MoE (no nn.Linear of those names: its
+    experts are 3-D parameters, which peft reaches by those names) had been refused as matching nothing."""
+    path = write_tiny_llm_dir(tmp_path / "m", arch="qwen3_moe")
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for targets, router in ((names, False), ("all-linear", True)):
+        section = tiny_model_section(path)
+        section["llm"]["lora"].update(target_modules=targets, dropout=0.0)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="llmasr.models.lora"):
+            model = build_model(section)
+        trained = {n.split(".layers.0.", 1)[-1] for n, p in model.llm.named_parameters() if p.requires_grad}
+        assert "mlp.experts.lora_A.default.weight" in trained  # down_proj's adapter
+        assert ("mlp.gate.lora_A.default.weight" in trained) == router
+        said = [r.getMessage() for r in caplog.records if "fused expert weights" in r.getMessage()]
+        assert len(said) == 1 and "(mlp.experts.down_proj, mlp.experts.gate_up_proj, in each MoE layer)" in said[0]
+        assert ("on its router (mlp.gate.weight): which experts each token runs trains too" in said[0]) == router
