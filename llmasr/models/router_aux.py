@@ -41,6 +41,12 @@ class RouterAux:
         aux = self.loss_fn(tuple(router_logits), self.experts, self.top_k, attention_mask)
         return aux if torch.is_tensor(aux) else attention_mask.new_zeros((), dtype=torch.float32)
 
+    def term(self, aux: torch.Tensor, n_tokens, normalizer) -> torch.Tensor:
+        """What one micro batch adds to the loss: coef x its `aux`, weighted by its share of the window's labelled
+        tokens (`normalizer`: the window's per rank, llmasr.train.window), so that a window's accumulated term is
+        the token-weighted mean of its micro batches' (one batch alone: coef x its own, as the HF forward adds)."""
+        return self.coef * aux * n_tokens / normalizer
+
 
 def router_aux(model) -> RouterAux | None:
     """The term a transformers MoE causal LM `model` (its config and class) adds to its loss; None when it adds none

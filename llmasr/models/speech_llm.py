@@ -80,8 +80,7 @@ class SpeechLLMOutput(dict):
     ctc_unaligned: torch.Tensor | None = None  # [B] bool: rows too long for CTC (ctc.ctc_unalignable); None: no head
     # forward(groups=...): [G, 5] float32, each group's rows' (llm_loss_sum, n_tokens, n_correct, ctc_loss_sum, n_utts)
     by_group: torch.Tensor | None = None
-    # an MoE's router load-balancing loss (llmasr.models.router_aux) times n_tokens, for a token-weighted mean; None
-    # where the LLM's config adds none
+    # an MoE's router loss (llmasr.models.router_aux) x n_tokens, for a token-weighted mean; None: the LLM adds none
     router_aux_sum: torch.Tensor | None = None
 
     def __setattr__(self, name, value):
@@ -247,7 +246,7 @@ class SpeechLLM(nn.Module):
         return enc, enc_lens, log_probs, merged
 
     def _llm_hidden(self, merged) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the decoder's last hidden states, the router's load-balancing loss or None: llmasr.models.router_aux)."""
+        """(the decoder's last hidden states, an MoE's router loss or None: llmasr.models.router_aux)."""
         _, decoder, _ = causal_lm_parts(self.llm)
         out = decoder(
             inputs_embeds=merged.inputs_embeds,
@@ -289,9 +288,7 @@ class SpeechLLM(nn.Module):
             hidden, merged.labels, head, self.fused_head, self.logit_transform, groups=groups, n_groups=n_groups
         )
         n_tok = token.n_tokens.clamp(min=1) if token_normalizer is None else token_normalizer
-        loss = token.loss_sum / n_tok
-        if aux is not None:  # weighted by the batch's share of the window's tokens: a window's is their mean
-            loss = loss + self.router_aux.coef * aux * token.n_tokens / n_tok
+        loss = token.loss_sum / n_tok + (0.0 if aux is None else self.router_aux.term(aux, token.n_tokens, n_tok))
         n_utts = int(batch.text_ids.shape[0])
         ctc_sum = loss.new_zeros(())
         ctc_rows = None  # each row's CTC loss, for `groups`
