@@ -1,5 +1,5 @@
 """The device a model is asked to run on, checked against this machine before anything loads (decoding, Transcriber,
-an exported model loaded from Python)."""
+an exported model loaded from Python), and device values read back to the host at once (training's logged figures)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,19 @@ def usable_device(device: str | torch.device) -> torch.device:
     if device.index is not None and device.index >= count:
         raise ValueError(f"device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+def host_values(values: list) -> list:
+    """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
+    transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
+    once more, and the host cannot queue the next kernels while it waits."""
+    tensors = [v.detach().reshape(-1).double() for v in values if torch.is_tensor(v)]
+    flat = torch.cat(tensors).tolist() if tensors else []
+    out, at = [], 0
+    for v in values:
+        if torch.is_tensor(v):
+            out.append(flat[at] if v.dim() == 0 else flat[at : at + v.numel()])
+            at += v.numel()
+        else:
+            out.append(v)
+    return out

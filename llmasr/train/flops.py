@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmasr.models.devices import host_values
 from llmasr.models.llm import causal_lm_parts
 from llmasr.models.router_aux import num_experts
 from llmasr.models.whisper import WhisperAudioEncoder
@@ -168,22 +169,6 @@ def _position_pairs(module: nn.Module, args: tuple, q: torch.Tensor) -> float:
 
 def _params(module: nn.Module | None):
     return module.parameters() if isinstance(module, nn.Module) else ()
-
-
-def host_values(values: list) -> list:
-    """`values` with each device tensor among them (0-dim: a float; n-dim: a flat list of floats) read back in one
-    transfer; other values pass through. Each float() or .tolist() of its own makes the host wait for the device
-    once more, and the host cannot queue the next kernels while it waits."""
-    tensors = [v.detach().reshape(-1).double() for v in values if torch.is_tensor(v)]
-    flat = torch.cat(tensors).tolist() if tensors else []
-    out, at = [], 0
-    for v in values:
-        if torch.is_tensor(v):
-            out.append(flat[at] if v.dim() == 0 else flat[at : at + v.numel()])
-            at += v.numel()
-        else:
-            out.append(v)
-    return out
 
 
 class FlopCounter:

@@ -14,7 +14,8 @@ from itertools import islice
 import torch
 
 from llmasr.data.batch import Batch
-from llmasr.train.flops import FlopCounter, StepCount, host_values
+from llmasr.models.devices import host_values
+from llmasr.train.flops import FlopCounter, StepCount
 from llmasr.train.process_group import all_gather_object, all_reduce_sum
 
 

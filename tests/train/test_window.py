@@ -24,7 +24,8 @@ from llmasr.train.config import OptimConfig, TrainConfig
 TARGETS = ["zero one two", "three four", "five six seven eight", "nine", "one one", "two three four five"]
 aten = torch.ops.aten
 SYNCS = (aten._local_scalar_dense, aten.nonzero)
-TRAINING = ("/llmasr/train/", "/llmasr/data/")  # the training loop's own code (not the model's, DeepSpeed's)
+TRAINING = ("/llmasr/train/", "/llmasr/data/", "/llmasr/models/devices.py")  # the training loop's own code and its
+# one read back (llmasr.models.devices.host_values), not the model's, not DeepSpeed's
 
 
 def _on_device(t) -> bool:
