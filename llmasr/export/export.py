@@ -281,6 +281,14 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
     else:
         merged = exported_llm(model.llm, DTYPES[dtype_name])
         merged.config.use_cache = True
+        if getattr(merged.config, "output_router_logits", False):  # a training setting of an MoE
+            merged.config.output_router_logits = False
+            log.warning(
+                "the export's llm/config.json sets output_router_logits false: with it on, transformers' generate "
+                "over a batch with an attention mask fails (each cached step's router logits against the whole "
+                "mask); a round trained on from OUT/finetune.yaml has no router load-balancing loss unless it is set "
+                "true again there"
+            )
         gen = merged.generation_config
         end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well
         others = other_end_ids(gen, model.prompt.tokenizer, end)

@@ -49,6 +49,10 @@ def test_the_export_s_llm_is_the_trained_moe_to_plain_transformers(moe_run):
     with torch.no_grad():
         want = base_lm(trained.llm)(input_ids=ids).logits
         torch.testing.assert_close(plain(input_ids=ids).logits, want, rtol=0, atol=1e-5)
+    # a training setting the export turns off: plain transformers' batched generate with a mask fails with it on
+    assert json.loads((out / "llm" / "config.json").read_text())["output_router_logits"] is False
+    ids, mask = torch.tensor([[0, 5, 17, 33], [40, 41, 42, 7]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    assert plain.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False).shape == (2, 7)
     exported = load_exported(out)
     batch = random_batch(exported, TEXTS[:2], seed=1)
-    assert len(exported.generate(batch, max_new_tokens=3)) == 2  # decoding under output_router_logits true
+    assert len(exported.generate(batch, max_new_tokens=3)) == 2
