@@ -286,8 +286,8 @@ def _write_llm(model, recipe, tmp: Path, dtype_name: str, *, adapter_only: bool,
             log.warning(
                 "the export's llm/config.json sets output_router_logits false: with it on, transformers' generate "
                 "over a batch with an attention mask fails (each cached step's router logits against the whole "
-                "mask); a round trained on from OUT/finetune.yaml has no router load-balancing loss unless it is set "
-                "true again there"
+                "mask); a round trained on from OUT/finetune.yaml has no router load-balancing loss unless "
+                "OUT/llm/config.json sets it true again"
             )
         gen = merged.generation_config
         end = int(model.prompt.end_id)  # first: the answer's end; the LLM's other ends stop generate as well
