@@ -35,6 +35,14 @@ def read_elsewhere(path):
     assert out.returncode == 0, out.stderr
 
 
+def reading_elsewhere(path) -> subprocess.Popen:
+    """A process that opens the manifest and holds on (a run reading it): it prints "open" once it has."""
+    code = ("import sys, time; from llmasr.data.manifest import Manifest; Manifest.open(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(120)")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
+                            env=os.environ.copy())  # fmt: skip
+
+
 def states():
     return sorted((c.state, c.in_use, c.source) for c in gz_copies.cached_copies())
 
@@ -68,11 +76,7 @@ def test_each_version_of_a_gz_is_listed_with_its_source_and_prune_removes_the_ea
 
 def test_a_copy_a_running_process_reads_is_kept_by_prune_and_clear(tmp_path, capsys):
     src = write_gz(tmp_path / "m.jsonl.gz", 2)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from llmasr.data.manifest import Manifest; "
-         "Manifest.open(sys.argv[1]); print('open', flush=True); time.sleep(120)", str(src)],
-        stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
+    holder = reading_elsewhere(src)
     try:
         assert holder.stdout.readline().strip() == "open"
         src.unlink()  # the run's .gz is gone now, but the run still reads the copy
@@ -218,11 +222,7 @@ def test_on_nfs_a_copy_in_use_is_told_from_one_not_in_use(tmp_path, capsys, monk
             raise OSError(errno.EBADF, "Bad file descriptor")
         return real_flock(fd, op)
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from llmasr.data.manifest import Manifest; "
-         "Manifest.open(sys.argv[1]); print('open', flush=True); time.sleep(120)", str(src)],
-        stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
+    holder = reading_elsewhere(src)
     try:
         assert holder.stdout.readline().strip() == "open"
         monkeypatch.setattr(gz_copies.fcntl, "flock", nfs_flock)
