@@ -84,7 +84,7 @@ def check_llm_dir(path: str | Path, *, tokenizer: str | Path | None = None, key:
             f"{path}: no config.json; expected a Hugging Face model directory (save_pretrained)"
             f"{_snapshot(path) or nested_hint(path, 'config.json', key)}"
         )
-    _read_config(path / "config.json")
+    read_config_json(path / "config.json")
     tok_dir = Path(tokenizer) if tokenizer is not None else path
     if not any((tok_dir / name).is_file() for name in TOKENIZER_FILES):
         raise LLMLoadError(f"{tok_dir}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
@@ -103,7 +103,7 @@ def _snapshot(path: Path) -> str:
     return f"; {path} is a Hugging Face cache folder: give its snapshot, {chosen}"
 
 
-def _read_config(file: Path) -> dict:
+def read_config_json(file: Path) -> dict:
     """config.json as a JSON object, else LLMLoadError naming the file and where it breaks (transformers' own error
     had said only "not a valid JSON file", as an internal error)."""
     try:
@@ -261,17 +261,21 @@ def load_adapter(model: nn.Module, adapter: Path, *, pretrained: bool) -> nn.Mod
     return model
 
 
+def text_setting(config):
+    """A getter of the LLM's text settings (None for one it lacks): `config` is its transformers config, or its
+    config.json as a dict; a multimodal one's text_config."""
+    if isinstance(config, dict):
+        return (config.get("text_config") or config).get
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return lambda key: getattr(config, key, None)
+
+
 def logit_transform(config):
     """What a causal LM's own forward does to its output head's logits, which llmasr's labels-only loss must do too
     (generation and beam scores go through that forward): Gemma 2's soft cap cap * tanh(x / cap)
     (final_logit_softcapping), Granite's division by logits_scaling, Cohere's multiplication by logit_scale; None
     for the rest (Qwen, Llama). `config`: the LLM's transformers config, or its config.json as a dict."""
-    if isinstance(config, dict):
-        config = config.get("text_config") or config
-        get = config.get
-    else:
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        get = lambda key: getattr(config, key, None)  # noqa: E731
+    get = text_setting(config)
     cap, divide, multiply = get("final_logit_softcapping"), get("logits_scaling"), get("logit_scale")
     steps = []
     if cap:

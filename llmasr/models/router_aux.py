@@ -9,7 +9,6 @@ on the same condition, with the function of the LLM's own modeling module, and s
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from llmasr.models.llm import read_config_json, text_setting
 from llmasr.models.tokenizer import LLMLoadError
 
 EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # transformers' spellings
@@ -25,7 +25,7 @@ EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # trans
 def num_experts(config) -> int:
     """The routed experts of each MoE layer of an LLM `config` (a transformers config, or config.json as a dict);
     0 for a dense LLM."""
-    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    get = text_setting(config)
     return next((v for v in map(get, EXPERTS_KEYS) if isinstance(v, int) and not isinstance(v, bool) and v > 1), 0)
 
 
@@ -71,16 +71,15 @@ def router_aux_note(path: str | Path) -> str | None:
     """What the training loss holds of the router's load-balancing loss for the LLM at `path` (None: not an MoE, or
     no config.json there to read: the load says what is wrong with it)."""
     try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
+        config = read_config_json(Path(path) / "config.json")
+    except (OSError, LLMLoadError):
         return None
-    config = config.get("text_config") or config if isinstance(config, dict) else {}
-    experts = num_experts(config)
+    experts, get = num_experts(config), text_setting(config)
     if not experts:
         return None
-    what = f"model.llm.path is a Mixture-of-Experts LLM ({experts} experts, top-{config.get('num_experts_per_tok')})"
-    if config.get("output_router_logits"):
-        coef = config.get("router_aux_loss_coef", 0.0)
+    what = f"model.llm.path is a Mixture-of-Experts LLM ({experts} experts, top-{get('num_experts_per_tok')})"
+    if get("output_router_logits"):
+        coef = 0.0 if get("router_aux_loss_coef") is None else get("router_aux_loss_coef")
         return (f"{what}: its router's load-balancing loss is in the training loss, router_aux_loss_coef {coef} x "
                 "the loss, as its Hugging Face forward adds it (config.json: output_router_logits true); train.log "
                 "logs it as router_aux_loss; llm_loss, valid loss and WER stay the cross-entropy alone")  # fmt: skip
