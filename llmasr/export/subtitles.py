@@ -173,10 +173,19 @@ def _clock(seconds: float, sep: str) -> str:
 def subtitles(row: dict, fmt: str, rules: CueRules = CueRules(), *, untimed_whole: bool = False) -> str:
     """One transcript row as the text of an .srt or .vtt file (an empty one where nothing was said); `untimed_whole`
     as cues takes it."""
+    fmt = _known(fmt)  # before the cues: a mistyped format is said whatever the row
+    return _file_text(cues(row, rules, untimed_whole=untimed_whole), fmt)
+
+
+def _known(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"subtitle format {fmt!r}: one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _file_text(found: list[Cue], fmt: str) -> str:
+    """`found` as the text of an .srt or .vtt file."""
     sep = "," if fmt == "srt" else "."
-    found = cues(row, rules, untimed_whole=untimed_whole)
     texts = [c.text if fmt == "srt" else _vtt_escaped(c.text) for c in found]
     blocks = [f"{_clock(c.start, sep)} --> {_clock(c.end, sep)}\n{t}\n" for c, t in zip(found, texts, strict=True)]
     if fmt == "srt":
@@ -187,7 +196,7 @@ def subtitles(row: dict, fmt: str, rules: CueRules = CueRules(), *, untimed_whol
 def decode_subtitles(results: str | Path, folder: str | Path, fmt: str) -> int:
     """Each row of a decode's `results` (results.jsonl of `llmasr decode --timestamps`) as folder/KEY.srt (or .vtt;
     a key's slashes written as "_"); how many cues in all. A row without word times gets one cue over its audio."""
-    folder = Path(folder)
+    fmt, folder = _known(fmt), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     total, written = 0, {}
     for n, line in enumerate(Path(results).read_text(encoding="utf-8").splitlines(), start=1):
@@ -196,8 +205,9 @@ def decode_subtitles(results: str | Path, folder: str | Path, fmt: str) -> int:
         if target in written:
             raise ValueError(f"{results}:{n}: key {row['key']!r} would write {target}, as line {written[target]} did")
         written[target] = n
-        write_atomic(target, subtitles(row, fmt, untimed_whole=True))  # a stopped run leaves no half a file
-        total += len(cues(row, untimed_whole=True))
+        found = cues(row, untimed_whole=True)
+        write_atomic(target, _file_text(found, fmt))  # a stopped run leaves no half a file
+        total += len(found)
     return total
 
 
