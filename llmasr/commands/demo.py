@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     say("done")
     _print_scores(scores, long_audio, hot)
-    _print_places(summary, total, run_dir, model_dir, scores["test"]["dir"])
+    _print_places(summary, total, run_dir, model_dir, scores["test"]["dir"], long_audio["subtitles_dir"])
     return 0
 
 
@@ -138,7 +138,7 @@ def _print_scores(scores: dict, long_audio: dict, hot: dict | None) -> None:
         print("\n".join(report_lines(hot)))
 
 
-def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, test_dir: str) -> None:
+def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, test_dir: str, subtitles: str) -> None:
     """The demo's closing lines on time and where its outputs are."""
     print("  stage seconds            " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
           + " (when each stage was made)")  # fmt: skip
@@ -150,7 +150,6 @@ def _print_places(summary: dict, total: float, run_dir: Path, model_dir: Path, t
     use = f"llmasr transcribe --model {shlex.quote(str(model_dir))} [--timestamps] [--subtitles srt] YOUR.wav"
     print(f"  exported model           {model_dir}   ({use})")
     print(f"  decoding results         {test_dir}/results.jsonl, wer.txt")
-    subtitles = Path(test_dir).parent / "long_audio" / "decode" / "subtitles"  # the workdir's, beside decode_test
     print(f"  subtitles                {subtitles}   (the minute-long audio's, cues timed by its words)")
 
 

@@ -77,8 +77,8 @@ def parts_wer(joined: str | Path, results: str | Path) -> tuple[float, int, int]
 
 def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cfg, opts, device="cpu") -> dict:
     """Decode the joined utterances into `out_dir` (llmasr.export.decode) and compare with their parts:
-    {"wer", "parts_wer", "utterances", "windows", "text"}, and "ctc_wer", "parts_ctc_wer" for the CTC branch when
-    opts.ctc (the parts' from parts_results' folder's ctc/results.jsonl)."""
+    {"wer", "parts_wer", "utterances", "windows", "subtitles" (cues), "subtitles_dir", "text"}, and "ctc_wer",
+    "parts_ctc_wer" for the CTC branch when opts.ctc (the parts' from parts_results' folder's ctc/results.jsonl)."""
     from llmasr.export.decode import decode_manifest
     from llmasr.export.subtitles import decode_subtitles
 
@@ -87,7 +87,8 @@ def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cf
     parts, _, _ = parts_wer(joined, parts_results)
     n, windows, audio = summary["utterances"], summary["windows"], summary["audio_seconds"]
     out = {"wer": summary["rate"], "parts_wer": parts, "utterances": n, "windows": windows}
-    out["subtitles"] = decode_subtitles(out_dir / "results.jsonl", out_dir / "subtitles", "srt")
+    out["subtitles_dir"] = str(out_dir / "subtitles")
+    out["subtitles"] = decode_subtitles(out_dir / "results.jsonl", out["subtitles_dir"], "srt")
     out["text"] = (
         f"long audio: {n} utterance(s) of {audio / max(n, 1):.0f} s (joined test clips) decoded in {windows} windows "
         f"(limit {summary['max_window_seconds'] or 0:.1f} s): WER {summary['rate']:.2%}; the same clips one by one "
@@ -97,5 +98,5 @@ def score_long_audio(model, joined: Path, parts_results: Path, out_dir: Path, cf
         out["ctc_wer"] = summary["ctc"]["rate"]
         out["parts_ctc_wer"] = parts_wer(joined, Path(parts_results).parent / "ctc" / "results.jsonl")[0]
         out["text"] += f" (CTC branch {out['ctc_wer']:.2%}; one by one {out['parts_ctc_wer']:.2%})"
-    out["text"] += f"; their subtitles, {out['subtitles']} cues, in {out_dir / 'subtitles'}"
+    out["text"] += f"; their subtitles, {out['subtitles']} cues, in {out['subtitles_dir']}"
     return out
