@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             size = _size(sum(c.size for c in stale))
             print(f"`llmasr data cache --prune` removes the {len(stale)} not current ({size}) but those in use")
         return 0
-    if chosen and (no_locks := gz_copies.locks_work(folder)):  # in use or not cannot be told: nothing removed
+    if chosen and (no_locks := gz_copies.why_locks_fail(folder)):  # in use or not cannot be told: nothing removed
         print(f"llmasr data cache: error: {folder}: {no_locks}, so a copy a running process reads cannot be told from "
               "one none reads: nothing removed. Delete them by hand while no run reads them, or set LLMASR_CACHE_DIR "
               "to a folder on a file system with locks", file=sys.stderr)  # fmt: skip

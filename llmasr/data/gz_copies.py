@@ -281,7 +281,7 @@ def remove(copy: CachedCopy) -> bool:
     return True
 
 
-def locks_work(folder: Path | None = None) -> str | None:
+def why_locks_fail(folder: Path | None = None) -> str | None:
     """None where `folder`'s file system keeps file locks, else why not (a shared file system mounted without them:
     Lustre without `flock`, some NFS): there a copy a running process reads cannot be told from one none reads."""
     folder = folder or cache_folder()
