@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from llmasr.config_io import ConfigError
-from llmasr.models.llm import base_lm, logit_transform
+from llmasr.models.llm import LLMLoadError, base_lm, logit_transform, read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,15 @@ def liger_transformers():
 
 
 def _llm_config(llm_path: str | Path) -> dict:
+    """The LLM's config.json, read as the LLM loader reads it (a byte-order mark allowed), with its model_type."""
     config = Path(llm_path) / "config.json"
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or "model_type" not in data:
-            raise ValueError("no model_type")
-        return data
-    except (OSError, ValueError) as err:
+        data = read_config_json(config)
+    except (OSError, LLMLoadError) as err:
         raise FusedKernelError(f"model.llm.fused_kernels: cannot read model_type from {config}: {err}") from err
+    if "model_type" not in data:
+        raise FusedKernelError(f"model.llm.fused_kernels: {config} has no model_type, which picks liger's kernels")
+    return data
 
 
 def patch_flags(patch) -> dict:

@@ -254,3 +254,18 @@ def test_a_refusal_names_the_recipe_line_that_asks_for_the_kernels(tiny_llm_dir,
     err = capsys.readouterr().err
     assert "error: model.llm.fused_kernels: liger: liger_kernel is not importable" in err
     assert err.splitlines()[0].endswith(f"or set model.llm.fused_kernels=none ({recipe}, line {line})")
+
+
+def test_reads_the_llm_config_as_the_loader_does(tiny_llm_dir, tmp_path, fake_liger):
+    """A config.json saved with a byte-order mark (as Windows editors write it) loads as the LLM; the fused-kernel
+    check had read it with a JSON reader of its own and refused it as unreadable."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "config.json").write_bytes(b"\xef\xbb\xbf" + (tiny_llm_dir / "config.json").read_bytes())
+    check_fused_kernels(liger_cfg(llm), zero_stage=2, device=CUDA)
+    (llm / "config.json").write_text("{\n  \"model_type\": \"qwen2\",\n", encoding="utf-8")
+    with pytest.raises(FusedKernelError, match=r"cannot read model_type from .*config.json.*line 3"):
+        check_fused_kernels(liger_cfg(llm), zero_stage=2, device=CUDA)
+    (llm / "config.json").write_text(json.dumps({"hidden_size": 8}), encoding="utf-8")
+    with pytest.raises(FusedKernelError, match="has no model_type"):
+        check_fused_kernels(liger_cfg(llm), zero_stage=2, device=CUDA)
