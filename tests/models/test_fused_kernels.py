@@ -263,7 +263,7 @@ def test_reads_the_llm_config_as_the_loader_does(tiny_llm_dir, tmp_path, fake_li
     llm.mkdir()
     (llm / "config.json").write_bytes(b"\xef\xbb\xbf" + (tiny_llm_dir / "config.json").read_bytes())
     check_fused_kernels(liger_cfg(llm), zero_stage=2, device=CUDA)
-    (llm / "config.json").write_text("{\n  \"model_type\": \"qwen2\",\n", encoding="utf-8")
+    (llm / "config.json").write_text('{\n  "model_type": "qwen2",\n', encoding="utf-8")
     with pytest.raises(FusedKernelError, match=r"cannot read model_type from .*config.json.*line 3"):
         check_fused_kernels(liger_cfg(llm), zero_stage=2, device=CUDA)
     (llm / "config.json").write_text(json.dumps({"hidden_size": 8}), encoding="utf-8")
