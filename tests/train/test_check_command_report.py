@@ -488,18 +488,25 @@ def test_check_does_not_pass_on_torch_s_warning_of_more_workers_than_this_machin
     assert any("worker processes in total" in str(w.message) for w in got)
 
 
-def test_a_precision_this_machine_cannot_run_passes_check_with_a_note(recipe_file, tmp_path, capsys):
-    """`llmasr check` passed train.precision fp16 on a CPU-only machine and `llmasr train` then refused it: check
-    still passes (it checks for the cluster) and says what train would do here."""
+def test_a_precision_this_machine_cannot_run_passes_check_with_a_note(recipe_file, tmp_path, capsys, monkeypatch):
+    """`llmasr check` passed train.precision fp16 on a machine whose accelerator lacks it and `llmasr train` then
+    refused it: check still passes (it checks for the cluster) and says what train would do here. Whether fp16 runs
+    is the accelerator's answer (DeepSpeed's CPU accelerator has it on CPUs with AVX512-FP16), so the test asks for a
+    machine without it, then for the machine as it is."""
+    from deepspeed.accelerator import get_accelerator
+
     from llmasr.commands.train import main as train_main
 
     base = ["--config", str(recipe_file), "--deepspeed", "zero2", "--out", str(tmp_path)]
+    supported = get_accelerator().is_fp16_supported()
     code, out, err = run_check(capsys, *base, "train.precision=fp16")
     assert code == 0, err
-    note = "note: on this machine `llmasr train` would refuse fp16 (no CUDA device): "
-    if torch.cuda.is_available():
-        assert "would refuse fp16" not in out
-        return
+    assert ("would refuse fp16" in out) is not supported
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: False)
+    code, out, err = run_check(capsys, *base, "train.precision=fp16")
+    assert code == 0, err
+    device = "its accelerator" if torch.cuda.is_available() else "no CUDA device"
+    note = f"note: on this machine `llmasr train` would refuse fp16 ({device}): "
     assert note in out
     refused = out.split(note, 1)[1].splitlines()[0]
     assert train_main(["--config", str(recipe_file), "--deepspeed", "zero2", "train.precision=fp16"]) == 2
