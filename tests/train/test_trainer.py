@@ -191,6 +191,11 @@ def test_precision_on_cpu(tiny_llm_dir, corpus, tmp_path):
     if not get_accelerator().is_fp16_supported():
         with pytest.raises(ConfigError, match="train.precision: fp16 is not supported"):
             train(recipe(tiny_llm_dir, corpus, tmp_path / "fp16", precision="fp16"), "zero0")
+    else:  # DeepSpeed's CPU accelerator runs fp16 on CPUs with AVX512-FP16: loss-scaled, as on a GPU
+        r = recipe(tiny_llm_dir, corpus, tmp_path / "fp16", valid=False, precision="fp16", max_updates=1)
+        (step,) = train(r, "zero0")["history"]
+        assert math.isfinite(step["loss"])
+        assert " loss_scale=" in (tmp_path / "fp16" / "train.log").read_text()
     runs = {}
     for preset in ("zero2", "zero3"):  # ZeRO-3: the LLM is created partitioned, the other branches are cast to bf16
         r = recipe(tiny_llm_dir, corpus, tmp_path / f"bf16_{preset}", valid=True, precision="bf16", max_updates=2)
