@@ -193,22 +193,34 @@ def _file_text(found: list[Cue], fmt: str) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def subtitle_name(key, fmt: str) -> str:
+    """The file name of a decoded row's subtitles: KEY.FMT, the key's slashes (either way) written as "_" (a key is
+    no path), so that two keys may name one file (spk1/utt1 and spk1_utt1)."""
+    return f"{str(key).replace('/', '_').replace(chr(92), '_')}.{fmt}"
+
+
 def decode_subtitles(results: str | Path, folder: str | Path, fmt: str) -> int:
     """Each row of a decode's `results` (results.jsonl of `llmasr decode --timestamps`) as folder/KEY.srt (or .vtt;
-    a key's slashes written as "_"); how many cues in all. A row without word times gets one cue over its audio."""
+    subtitle_name); how many cues in all. A row without word times gets one cue over its audio."""
     fmt, folder = _known(fmt), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     total, written = 0, {}
     for n, line in enumerate(Path(results).read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
-        target = folder / f"{str(row['key']).replace('/', '_').replace(chr(92), '_')}.{fmt}"
+        target = folder / subtitle_name(row["key"], fmt)
         if target in written:
             raise ValueError(f"{results}:{n}: key {row['key']!r} would write {target}, as line {written[target]} did")
         written[target] = n
-        found = cues(row, untimed_whole=True)
-        write_atomic(target, _file_text(found, fmt))  # a stopped run leaves no half a file
-        total += len(found)
+        text, count = row_subtitles(row, fmt)
+        write_atomic(target, text)  # a stopped run leaves no half a file
+        total += count
     return total
+
+
+def row_subtitles(row: dict, fmt: str) -> tuple[str, int]:
+    """A decoded row's subtitle file text (one cue over its audio where its text has no word times) and its cues."""
+    found = cues(row, untimed_whole=True)
+    return _file_text(found, _known(fmt)), len(found)
 
 
 def _vtt_escaped(text: str) -> str:
