@@ -1,10 +1,10 @@
 """`llmasr decode`: transcribe manifests with an exported model or a training checkpoint, and score them.
 
     llmasr decode --model DIR | --checkpoint RUN_DIR[/checkpoints/TAG] --data test.jsonl [--data ...]
-                  --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N]
-                  [--repetition-penalty P] [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc]
-                  [--ctc-weight W] [--repeat-limit N] [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B]
-                  [--max-window-seconds S] [--window-overlap S] [--max-llm-tokens N] [--task TEXT] [--language LANG]
+                  --output HYP_DIR [--beam N] [--batch-seconds S] [--max-new-tokens N] [--repetition-penalty P]
+                  [--no-repeat-ngram N] [--metric auto|wer|cer] [--ctc] [--ctc-weight W] [--repeat-limit N]
+                  [--hotwords FILE] [--hotwords-unprompted] [--hotword-boost B] [--max-window-seconds S]
+                  [--window-overlap S] [--max-llm-tokens N] [--task TEXT] [--language LANG] [--subtitles srt|vtt]
 
 What each output file holds, and the decoding options, are the README's (Workflows, 5. Decode; Hotwords).
 
@@ -47,7 +47,8 @@ from llmasr.data.window_plan import WindowRules
 from llmasr.data.windowed import cut_to_one_window, utterance_rows, utterance_tracker
 from llmasr.export.decode_folders import clear_for_decode, written_since_cleared
 from llmasr.export.decode_options import PROGRESS_EVERY_S, DecodeError, DecodeOptions, Pace
-from llmasr.export.decode_results import ctc_summary, hotword_counts, llm_summary, unused_flags_line
+from llmasr.export.decode_results import bad_rows, ctc_summary, hotword_counts, llm_summary, unused_flags_line
+from llmasr.export.decode_subtitles import RowSubtitles, check_subtitles
 from llmasr.export.decode_world import DecodeWorld
 from llmasr.export.merge import ExportError, as_exported
 from llmasr.export.trained_model import load_checkpoint_model
@@ -220,19 +221,13 @@ def decode_loader(model, manifest_path, cfg: DecodeConfig, opts: DecodeOptions, 
     return loader
 
 
-def bad_rows(examples: list[dict]) -> list[dict]:
-    """bad.jsonl's rows: manifest, line, key and reason of each bad line, in manifest order (the screen's finds come
-    before those met while loading, whatever their lines; the loader's own index is no line number)."""
-    rows = [{k: r.get(k) for k in ("manifest", "line", "key", "reason")} for r in examples]
-    return sorted(rows, key=lambda r: (str(r["manifest"]), r["line"] if isinstance(r["line"], int) else 0))
-
-
 def decode_manifest(
     model, manifest_path: str | Path, out_dir: str | Path, cfg: DecodeConfig, opts: DecodeOptions | None = None,
     *, device="cpu", world: DecodeWorld = SOLO, cleared: bool = False, name: str | None = None,
 ) -> dict | None:  # fmt: skip
     """Decode one manifest into `out_dir`; returns the summary dict (also written to wer.json), with the CTC
-    branch's under "ctc" when opts.ctc, and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
+    branch's under "ctc" when opts.ctc, the count of opts.subtitles' files in out_dir/subtitles/ (cfg.timestamps
+    needed) under "subtitles", and "too_much_bad_data" (the message, or None). On N ranks (`world`) each
     decodes its share and rank 0 writes the whole; the other ranks return None. An earlier decode's files in
     `out_dir` go once the model's checks pass, unless `cleared` (the caller removed them: `llmasr decode` clears
     every folder it writes before its first manifest). `name`: what the summary calls the manifest (its set name in
@@ -250,6 +245,8 @@ def decode_manifest(
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
     opened = world.same_manifest(manifest_path)  # every rank's copy the same, or none decodes it
+    if opts.subtitles:  # two keys that would write one file: refused before anything is decoded
+        check_subtitles(opened, cfg.timestamps, opts.subtitles)
     limit = window_limit(model, cfg, opts, manifest=opened, lines=lines)  # a manifest refused leaves no folder
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0
@@ -293,10 +290,14 @@ def decode_manifest(
     timing["hotwords"] = hotword_counts(rows, opts, model.prompt.hotwords_max_tokens, boost)
     if unused := unused_flags_line(timing["hotwords"], manifest_path):
         log.warning("%s", unused)
+    subtitles = RowSubtitles(rows, out_dir, opts.subtitles) if opts.subtitles else None
+    timing["subtitles"] = subtitles and subtitles.summary  # counted in wer.json and wer.txt
     summary = llm_summary(out_dir, rows, found, cfg, timing)
     summary["too_much_bad_data"] = tracker.message(setting="--max-bad-fraction") if tracker.exceeded else None
     if opts.ctc:
         summary["ctc"] = ctc_summary(out_dir / "ctc", rows, found, cfg, timing)
+    if subtitles is not None:  # after the results: a file that cannot be written loses none of them
+        subtitles.write()
     return summary
 
 

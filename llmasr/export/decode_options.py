@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from llmasr.config_io import ConfigError
 from llmasr.data.config import DataConfig
+from llmasr.export.subtitles import FORMATS
 from llmasr.train.config import TrainConfig
 from llmasr.unread_fields import default_of
 
@@ -39,6 +40,8 @@ class DecodeOptions:
     # False: bad lines are not logged, the caller names each by what its user gave (Transcriber: the audio, not the
     # line of the manifest it wrote for it in a folder gone by then)
     log_bad_lines: bool = True
+    # --subtitles: each decoded row's subtitles in this format (srt, vtt) too, in OUT/subtitles/ (decode_subtitles)
+    subtitles: str | None = None
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -49,6 +52,8 @@ class DecodeOptions:
             raise ConfigError(f"features_on: expected worker, device or auto, got {self.features_on!r}")
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
             raise ConfigError(f"task: the prompt's task text, got {self.task!r}; leave it out for the model's")
+        if self.subtitles is not None and self.subtitles not in FORMATS:
+            raise ConfigError(f"subtitles: one of {', '.join(FORMATS)}, got {self.subtitles!r}")
 
 
 class DecodeError(RuntimeError):

@@ -14,6 +14,7 @@ from llmasr.atomic_file import write_atomic
 from llmasr.data.windowed import window_texts
 from llmasr.export.decode_confidence import confidence_fields, confidence_summary
 from llmasr.export.decode_gate import ctc_gate_summary
+from llmasr.export.decode_subtitles import subtitles_line
 from llmasr.models.decode_guards import MAX_TOKENS, REPETITION
 from llmasr.models.decoding import DecodeConfig
 from llmasr.scoring import kaldi_key, plural, score_corpus
@@ -166,6 +167,13 @@ def _steady_text(summary: dict) -> str:
     return f" ({after:.4f} after the first batch, which took {summary['first_batch_seconds']:.1f} s)"
 
 
+def bad_rows(examples: list[dict]) -> list[dict]:
+    """bad.jsonl's rows: manifest, line, key and reason of each bad line, in manifest order (the screen's finds come
+    before those met while loading, whatever their lines; the loader's own index is no line number)."""
+    rows = [{k: r.get(k) for k in ("manifest", "line", "key", "reason")} for r in examples]
+    return sorted(rows, key=lambda r: (str(r["manifest"]), r["line"] if isinstance(r["line"], int) else 0))
+
+
 def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig, timing: dict) -> dict:
     """hyp/ref/results and wer.txt/wer.json of the LLM's hypotheses; returns the summary."""
     corpus, hot, interval = _write_results(out_dir, rows, "hyp", cfg.metric, with_ref=True)
@@ -219,6 +227,9 @@ def llm_summary(out_dir: Path, rows: list[dict], found: dict, cfg: DecodeConfig,
             f"keys holding whitespace: {len(summary['spaced_keys'])} (e.g. {summary['spaced_keys'][0]!r}); written "
             "with '_' for it in hyp.txt and ref.txt (\"key text\" lines), as they are in results.jsonl"
         )
+    if timing.get("subtitles"):  # decode_manifest's, with --subtitles: written after these files
+        summary["subtitles"] = timing["subtitles"]
+        text.append(subtitles_line(timing["subtitles"]))
     lists = timing.get("hotwords")  # decode_manifest's list counts (absent when a caller scores rows alone)
     if lists and (lists["hotword_lists"] or lists["hotword_lists_scored"] or lists["hotwords_file"]):
         text.append(_hotword_line(lists, len(rows)))
