@@ -1,6 +1,8 @@
-"""`llmasr decode --model DIR | --checkpoint RUN_DIR --data M.jsonl --output DIR [...]` (llmasr.export.decode
-documents the outputs). Under a launcher (`deepspeed --num_gpus N --module llmasr decode ...`, torchrun) the ranks
-share the batches and rank 0 writes the outputs (llmasr.export.decode_world)."""
+"""`llmasr decode --model DIR | --checkpoint RUN_DIR --data M.jsonl --output DIR [...] [--subtitles srt|vtt]`
+(llmasr.export.decode documents the outputs; --subtitles adds each decoded line's subtitles, subtitles/KEY.srt or
+KEY.vtt beside its manifest's results, cues timed by its word times: llmasr.export.decode_subtitles). Under a launcher
+(`deepspeed --num_gpus N --module llmasr decode ...`, torchrun) the ranks share the batches and rank 0 writes the
+outputs (llmasr.export.decode_world)."""
 
 from __future__ import annotations
 
@@ -39,11 +41,14 @@ from llmasr.export.decode_folders import (
     earlier_folders,
     manifest_folder_problem,
     out_dirs,
+    subtitles_folder_problem,
     write_manifest_index,
     written_since_cleared,
 )
+from llmasr.export.decode_subtitles import manifests_clash
 from llmasr.export.decode_world import DecodeWorld, decode_identity
 from llmasr.export.staged_dir import writing
+from llmasr.export.subtitles import FORMATS
 from llmasr.models.decoding import decode_config
 from llmasr.models.exported import ExportedModelError
 from llmasr.models.sensevoice import asked_language
@@ -75,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timestamps", action=argparse.BooleanOptionalAction, default=None,
         help="word times in results.jsonl (`timestamps`: [word, start s, end s] each), the transcript force-aligned "
         "to the CTC head's frames",
+    )  # fmt: skip
+    p.add_argument(
+        "--subtitles", choices=FORMATS,
+        help="also write each decoded line's subtitles, OUTPUT[/MANIFEST]/subtitles/KEY.srt or KEY.vtt (a key's "
+        "slashes as _), cues of its transcript timed by its word times (turns --timestamps on; needs a CTC head), as "
+        "`llmasr transcribe --subtitles` writes them",
     )  # fmt: skip
     p.add_argument(
         "--confidence", action=argparse.BooleanOptionalAction, default=None,
@@ -193,11 +204,18 @@ def _prepare(args, world: DecodeWorld):
         taken = [why for data, d in zip(args.data, folders) if (why := manifest_folder_problem(d, data, ours))]
         if taken:
             raise Refused(f"--output {args.output}: {'; '.join(taken)}")
+        if args.subtitles and (mixed := subtitles_folder_problem(args.data, folders)):
+            raise Refused(f"--subtitles: {mixed}")
+    if args.subtitles and args.timestamps is False:
+        raise Refused("--subtitles: cues are timed by the words' times, which --no-timestamps turns off: leave it out")
+    if args.subtitles and (clash := manifests_clash(args.data, args.subtitles)):  # not after hours of decoding
+        raise Refused(f"--subtitles: {clash}")
     flags = {field: getattr(args, dest) for field, dest in DECODE_FLAGS.items()}
+    flags["timestamps"] = flags["timestamps"] or args.subtitles is not None or None  # subtitles need word times
     given = {"num_workers": args.num_workers, "max_bad_fraction": args.max_bad_fraction, "ctc": args.ctc,
              "features_on": args.features_on, "hotwords": hotwords, "hotwords_file": args.hotwords,
              "hotwords_unprompted": args.hotwords_unprompted or None,
-             "hotword_flags": _hotword_flags(args) or None, "task": args.task}  # fmt: skip
+             "hotword_flags": _hotword_flags(args) or None, "task": args.task, "subtitles": args.subtitles}  # fmt: skip
     if refused := refused_flag(flags, given):
         raise Refused(refused)
     if args.hotwords_unprompted and args.hotword_boost and world.leader:  # it had been taken and done nothing, unsaid
@@ -226,8 +244,9 @@ def _prepare(args, world: DecodeWorld):
         opts = dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
         identity = decode_identity(model, cfg, opts) if world.size > 1 else None  # a VAD that fails: gathered
-    except (ConfigError, DecodeError, ValueError) as err:
-        raise Refused(str(err)) from None
+    except (ConfigError, DecodeError, ValueError) as err:  # no CTC head for word times: said of --subtitles
+        timed = args.subtitles and not args.timestamps and str(err).startswith("decode.timestamps")
+        raise Refused(f"{'--subtitles: ' if timed else ''}{err}") from None
     if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
         log.warning("%s", unsafe)
     if world.leader:
