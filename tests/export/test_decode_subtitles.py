@@ -5,6 +5,7 @@ word times that cannot be had, are refused before anything is decoded."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -44,13 +45,15 @@ def test_each_decoded_line_gets_its_subtitles_beside_its_results(exported_dir, t
     assert f"subtitles (srt): 3 files, {cues} cues" in (out / "wer.txt").read_text(encoding="utf-8")
 
 
-def test_a_redecode_leaves_no_earlier_subtitles(exported_dir, tmp_path):
+def test_a_redecode_leaves_no_earlier_subtitles(exported_dir, tmp_path, caplog):
     manifest = write_corpus(tmp_path / "c", TEXTS[:3])
     fewer = write_corpus(tmp_path / "d", TEXTS[:1])
     out = tmp_path / "o"
     assert main([*common(exported_dir, out), "--data", str(manifest), "--subtitles", "srt"]) == 0
     (out / "subtitles" / "notes.txt").write_text("mine\n", encoding="utf-8")  # a user's own file stays
-    assert main([*common(exported_dir, out), "--data", str(fewer), "--subtitles", "vtt"]) == 0
+    with caplog.at_level(logging.INFO, logger="llmasr.export.decode_folders"):
+        assert main([*common(exported_dir, out), "--data", str(fewer), "--subtitles", "vtt"]) == 0
+    assert "3 files of subtitles/" in caplog.text  # said as a count, not a path a key
     assert sorted(p.name for p in (out / "subtitles").iterdir()) == ["notes.txt", "test000.vtt"]
     (out / "subtitles" / "notes.txt").unlink()
     assert main([*common(exported_dir, out), "--data", str(fewer)]) == 0  # none asked: the earlier ones go
@@ -126,11 +129,21 @@ def test_a_manifest_folder_that_is_anothers_subtitles_folder_is_refused(exported
            f"--data {m} go" in err  # fmt: skip
 
 
-def test_the_library_refuses_subtitles_without_word_times_and_names_a_file_it_cannot_write(model, tmp_path):
+def test_the_library_refuses_what_subtitles_cannot_have_and_names_a_file_it_cannot_write(model, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
     manifest = write_corpus(tmp_path / "c", TEXTS[:2])
     opts = DecodeOptions(num_workers=0, subtitles="srt")
     with pytest.raises(DecodeError, match="subtitles srt: cues are timed by the words' times"):
         decode_manifest(model, manifest, tmp_path / "o", DecodeConfig(max_new_tokens=2), opts)
+    clashing = tmp_path / "clash.jsonl"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    keyed = [json.dumps({**json.loads(line), "source": str(manifest.parent / json.loads(line)["source"]), "key": key})
+             for line, key in zip(lines, ["s/1", "s_1"])]  # fmt: skip
+    clashing.write_text("\n".join(keyed) + "\n", encoding="utf-8")
+    with monkeypatch.context() as m:  # refused before anything is decoded
+        m.setattr(decode_module, "transcribe_loader", lambda *a, **k: pytest.fail("decoded"))
+        with pytest.raises(DecodeError, match=r"keys 's/1' \(line 1\) and 's_1' \(line 2\), whose subtitles would"):
+            decode_manifest(model, clashing, tmp_path / "o", DecodeConfig(max_new_tokens=2, timestamps=True), opts)
     out = tmp_path / "p"
     (out / "subtitles" / "test000.srt").mkdir(parents=True)  # as a full disk would fail its write
     with pytest.raises(DecodeError, match=r"subtitles: .*test000.srt.* \(the decode's other files are written\)"):
