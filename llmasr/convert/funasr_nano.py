@@ -301,7 +301,7 @@ def convert_funasr(
     src, named = Path(src).resolve(), out
     with writing(out, flag="OUT", error=ConvertError):  # held from the emptiness check to the last rename
         out = output_dir(out, overwrite=overwrite, flag="OUT", error=ConvertError)
-        llm_dtype = dtype_name(dtype, what="--dtype", error=ConvertError)
+        llm_dtype = dtype_name(dtype, error=ConvertError)
         if not src.is_dir():
             raise ConfigError(f"{src}: not a directory")
         config = read_nano_config(src)

@@ -117,7 +117,7 @@ def export_model(
     with writing(output, flag="--output", error=ExportError):  # held from the emptiness check to the last rename
         out = output_dir(output, overwrite=overwrite, flag="--output", error=ExportError)
         max_shard_size = shard_bytes(max_shard_size)
-        asked = None if dtype is None else dtype_name(dtype, what="--dtype", error=ExportError)
+        asked = None if dtype is None else dtype_name(dtype, error=ExportError)
         run = _refuse_the_run_itself(out, checkpoint, tag)
         recipe_read = run_recipe(run, trust_remote_code=trust_remote_code)
         _refuse_what_the_run_reads(out, recipe_read)  # before any weight is read

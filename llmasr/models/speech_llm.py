@@ -175,15 +175,15 @@ class SpeechLLM(nn.Module):
         return bool(getattr(self.encoder, "per_line", False))
 
     def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """`feats` in the dtype the encoder computes in (its first weight's), as the trainer casts a batch to its
-        training dtype: features a user made with numpy's float64 had failed deep in the encoder ("mixed dtype"),
-        and float32 holds all a feature says. Integer features are none (PCM samples?): refused, naming both."""
-        dtype = next((p.dtype for p in self.encoder.parameters() if p.is_floating_point()), None)
+        """`feats` in the dtype the encoder computes in (its first weight's), as the trainer casts a batch: numpy's
+        float64 had failed deep in the encoder ("mixed dtype"). Integer features (PCM samples?) are refused."""
+        weight = next((p for p in self.encoder.parameters() if p.is_floating_point()), None)
+        dtype, device = (None, None) if weight is None else (weight.dtype, weight.device)
+        if not isinstance(feats, torch.Tensor):  # a numpy array (the README's "numpy's float64"): read as its tensor
+            feats = torch.as_tensor(feats, device=device)
         if not feats.is_floating_point():
-            raise ValueError(
-                f"batch.feats is {feats.dtype}, not floating-point features (log-mel filterbanks, not audio samples); "
-                f"the model's encoder computes in {dtype}"
-            )
+            raise ValueError(f"batch.feats is {feats.dtype}, not floating-point features (log-mel filterbanks, not "
+                             f"audio samples); the model's encoder computes in {dtype}")  # fmt: skip
         return feats if dtype is None or feats.dtype == dtype else feats.to(dtype)
 
     def _encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, languages: list[str | None] | None = None):

@@ -397,6 +397,15 @@ def test_the_rotary_frequencies_are_those_funasr_rounds_to_llm_dtype(tmp_path, l
     assert torch.equal(rotary_emb.inv_freq, exact.to(getattr(torch, rotary)).float() if rotary else exact)
 
 
+def test_a_dtype_it_cannot_write_is_refused_naming_the_argument_a_python_caller_gave(tmp_path):
+    """convert_funasr(..., dtype="half") had said "--dtype must be one of ...": a flag of `llmasr convert funasr`,
+    whose choices never let a bad value through, so only a Python caller saw it, who gave `dtype`."""
+    from llmasr.convert.funasr_nano import ConvertError
+
+    with pytest.raises(ConvertError, match=r"^dtype must be one of bf16, fp16, fp32 .*; got 'half'$"):
+        convert_funasr(tmp_path / "no_model", tmp_path / "out", dtype="half")
+
+
 def test_an_llm_dtype_funasr_cannot_build_is_refused(tmp_path):
     src = write_nano_dir(tmp_path / "src")
     edit_config(src, lambda c: c["llm_conf"].update(llm_dtype="bfloat16"))

@@ -217,6 +217,15 @@ def test_bf16_export_casts_the_llm(runs, tmp_path, dtype):
     assert len(model.generate(batch, max_new_tokens=3)) == 2
 
 
+def test_a_dtype_it_cannot_write_is_refused_naming_the_argument_a_python_caller_gave(tmp_path):
+    """export_model(..., dtype="half") had said "--dtype must be one of ...": a flag of `llmasr export`, whose choices
+    never let a bad value through, so only a Python caller saw it, who gave `dtype`. Refused before the run is read."""
+    from llmasr.export.export import ExportError
+
+    with pytest.raises(ExportError, match=r"^dtype must be one of bf16, fp16, fp32 .*; got 'half'$"):
+        export_model(tmp_path / "no_run", tmp_path / "out", dtype="half")
+
+
 def test_sharded_export(runs, tmp_path):
     out = export_model(runs[0], tmp_path / "sharded", max_shard_size="100KB")
     assert (out / "llm" / "model.safetensors.index.json").is_file()

@@ -550,6 +550,23 @@ def test_float64_features_a_user_made_with_numpy_are_read_as_the_encoder_s_dtype
         assert model.encode_audio(wide.feats, wide.feat_lens)[0].dtype == torch.float32
 
 
+def test_features_given_as_a_numpy_array_are_read_as_the_encoder_s_dtype(model):
+    """README: `model(batch)` casts floating-point feats, "numpy's float64 too"; a numpy array itself in `feats` had
+    failed with "'numpy.ndarray' object has no attribute 'is_floating_point'". It is read as the tensor it holds, and
+    an integer one is refused as an integer tensor is."""
+    import dataclasses
+
+    model.eval()
+    batch = random_batch(model, TARGETS[:2])
+    as_numpy = dataclasses.replace(batch, feats=batch.feats.double().numpy())
+    with torch.no_grad():
+        assert torch.equal(model(as_numpy).loss, model(batch).loss)
+        assert model.generate(as_numpy, max_new_tokens=3) == model.generate(batch, max_new_tokens=3)
+    samples = dataclasses.replace(batch, feats=(batch.feats * 1000).numpy().astype("int16"))
+    with pytest.raises(ValueError, match=r"batch\.feats is torch\.int16, not floating-point features"):
+        model(samples)
+
+
 def test_integer_features_are_refused_naming_both_dtypes(model):
     import dataclasses
 
