@@ -149,3 +149,24 @@ def test_the_library_refuses_what_subtitles_cannot_have_and_names_a_file_it_cann
     with pytest.raises(DecodeError, match=r"subtitles: .*test000.srt.* \(the decode's other files are written\)"):
         decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2, timestamps=True), opts)
     assert len(results(out)) == 2 and json.loads((out / "wer.json").read_text())["subtitles"]["files"] == 2
+
+
+def test_the_library_refuses_subtitles_before_it_clears_an_earlier_decode(model, tmp_path):
+    """decode_manifest removed an earlier decode's files and only then refused subtitles it could not write (no word
+    times, keys that would write one file): the earlier results were lost to a decode that never began."""
+    manifest = write_corpus(tmp_path / "c", TEXTS[:2])
+    out = tmp_path / "o"
+    decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2), DecodeOptions(num_workers=0))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "results.jsonl" in before
+    opts = DecodeOptions(num_workers=0, subtitles="srt")
+    with pytest.raises(DecodeError, match="subtitles srt: cues are timed by the words' times"):
+        decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2), opts)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    clashing = manifest.parent / "clash.jsonl"  # beside it: its lines' audio paths hold
+    clashing.write_text("".join(json.dumps({**json.loads(line), "key": key}) + "\n"
+                                for line, key in zip(lines, ["s/1", "s_1"])), encoding="utf-8")  # fmt: skip
+    with pytest.raises(DecodeError, match=r"keys 's/1' \(line 1\) and 's_1' \(line 2\)"):
+        decode_manifest(model, clashing, out, DecodeConfig(max_new_tokens=2, timestamps=True), opts)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
