@@ -118,6 +118,8 @@ def test_word_times_that_cannot_be_had_are_refused_naming_subtitles(exported_dir
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "llmasr decode: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
+    assert main([*args, "--timestamps"]) == 2  # asked for as well: the subtitles are still why they are needed
+    assert "llmasr decode: error: --subtitles: decode.timestamps: word times come from" in capsys.readouterr().err
 
 
 def test_a_manifest_folder_that_is_anothers_subtitles_folder_is_refused(exported_dir, tmp_path, capsys):
