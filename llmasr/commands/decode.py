@@ -245,7 +245,7 @@ def _prepare(args, world: DecodeWorld):
         search_boost(model, cfg, opts)  # refused here, before the model moves to its device
         identity = decode_identity(model, cfg, opts) if world.size > 1 else None  # a VAD that fails: gathered
     except (ConfigError, DecodeError, ValueError) as err:  # no CTC head for word times: said of --subtitles
-        timed = args.subtitles and not args.timestamps and str(err).startswith("decode.timestamps")
+        timed = args.subtitles and str(err).startswith("decode.timestamps")  # --timestamps given too, or not
         raise Refused(f"{'--subtitles: ' if timed else ''}{err}") from None
     if world.leader and not args.hotwords_unprompted and (unsafe := unguided_boost(model, cfg)):
         log.warning("%s", unsafe)

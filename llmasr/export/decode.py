@@ -240,13 +240,13 @@ def decode_manifest(
     except ConfigError as err:
         raise DecodeError(str(err)) from err
     out_dir = Path(out_dir)
-    if world.leader and not cleared:  # before decoding: one stopped part-way leaves no earlier results to read as its
-        clear_for_decode(out_dir)
     t0, clock = time.perf_counter(), {}  # the clock counts the pass that reads long or gated audio for its windows
     lines = line_prompts(model, opts, world)  # the lines' prompts, counted once for the window and the budget
     opened = world.same_manifest(manifest_path)  # every rank's copy the same, or none decodes it
-    if opts.subtitles:  # two keys that would write one file: refused before anything is decoded
+    if opts.subtitles:  # two keys that would write one file: refused before anything is decoded, or cleared
         check_subtitles(opened, cfg.timestamps, opts.subtitles)
+    if world.leader and not cleared:  # before decoding: one stopped part-way leaves no earlier results to read as its
+        clear_for_decode(out_dir)
     limit = window_limit(model, cfg, opts, manifest=opened, lines=lines)  # a manifest refused leaves no folder
     loader = decode_loader(model, manifest_path, cfg, opts, device, world, limit, lines)
     planned = time.perf_counter() - t0

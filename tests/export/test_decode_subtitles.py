@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 
@@ -13,9 +14,11 @@ import llmasr.commands.decode as decode_command
 import llmasr.export.decode as decode_module
 from llmasr.commands.decode import main
 from llmasr.export.decode import DecodeError, DecodeOptions, decode_manifest
+from llmasr.export.decode_subtitles import RowSubtitles
 from llmasr.export.subtitles import subtitles
 from llmasr.models.decoding import DecodeConfig
 from llmasr.testing.run_dirs import TEXTS, write_corpus
+from llmasr.testing.thread_ranks import run_ranks, thread_world
 
 
 def common(exported_dir, out) -> list[str]:
@@ -115,6 +118,8 @@ def test_word_times_that_cannot_be_had_are_refused_naming_subtitles(exported_dir
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "llmasr decode: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
+    assert main([*args, "--timestamps"]) == 2  # asked for as well: the subtitles are still why they are needed
+    assert "llmasr decode: error: --subtitles: decode.timestamps: word times come from" in capsys.readouterr().err
 
 
 def test_a_manifest_folder_that_is_anothers_subtitles_folder_is_refused(exported_dir, tmp_path, capsys):
@@ -149,3 +154,53 @@ def test_the_library_refuses_what_subtitles_cannot_have_and_names_a_file_it_cann
     with pytest.raises(DecodeError, match=r"subtitles: .*test000.srt.* \(the decode's other files are written\)"):
         decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2, timestamps=True), opts)
     assert len(results(out)) == 2 and json.loads((out / "wer.json").read_text())["subtitles"]["files"] == 2
+
+
+def test_the_library_refuses_subtitles_before_it_clears_an_earlier_decode(model, tmp_path):
+    """decode_manifest removed an earlier decode's files and only then refused subtitles it could not write (no word
+    times, keys that would write one file): the earlier results were lost to a decode that never began."""
+    manifest = write_corpus(tmp_path / "c", TEXTS[:2])
+    out = tmp_path / "o"
+    decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2), DecodeOptions(num_workers=0))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "results.jsonl" in before
+    opts = DecodeOptions(num_workers=0, subtitles="srt")
+    with pytest.raises(DecodeError, match="subtitles srt: cues are timed by the words' times"):
+        decode_manifest(model, manifest, out, DecodeConfig(max_new_tokens=2), opts)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    clashing = manifest.parent / "clash.jsonl"  # beside it: its lines' audio paths hold
+    clashing.write_text("".join(json.dumps({**json.loads(line), "key": key}) + "\n"
+                                for line, key in zip(lines, ["s/1", "s_1"])), encoding="utf-8")  # fmt: skip
+    with pytest.raises(DecodeError, match=r"keys 's/1' \(line 1\) and 's_1' \(line 2\)"):
+        decode_manifest(model, clashing, out, DecodeConfig(max_new_tokens=2, timestamps=True), opts)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_on_two_ranks_rank_0_alone_writes_every_line_s_subtitles(exported_dir, tmp_path, monkeypatch):
+    """Each rank decodes its share of the lines; rank 0 writes the subtitles of all of them, the files one process
+    writes, and rank 1 none. The ranks are threads that gather for real."""
+    manifest = write_corpus(tmp_path / "c", TEXTS[:4])
+    args = ["--data", str(manifest), "--subtitles", "vtt", "--device", "cpu", "--batch-seconds", "0.01"]  # 1 a batch
+    assert main([*common(exported_dir, tmp_path / "one"), *args]) == 0
+    mine, writers, write = threading.local(), [], RowSubtitles.write
+    monkeypatch.setattr(decode_command.DecodeWorld, "from_env", classmethod(lambda cls: mine.world))
+    monkeypatch.setattr(RowSubtitles, "write", lambda self: (writers.append(mine.world.rank), write(self)))
+
+    def rank(r, gather):
+        mine.world = thread_world(r, 2, gather)
+        return main([*common(exported_dir, tmp_path / "two"), *args])
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        assert run_ranks(2, rank, timeout=120) == [0, 0]
+    finally:
+        root.setLevel(level)  # a rank > 0 quiets the root logger
+    assert writers == [0]
+    shares = json.loads((tmp_path / "two" / "wer.json").read_text(encoding="utf-8"))["rank_items"]
+    assert len(shares) == 2 and min(shares) > 0  # rank 1 decoded lines whose subtitles rank 0 wrote
+
+    def files(out) -> dict[str, str]:
+        return {p.name: p.read_text(encoding="utf-8") for p in (out / "subtitles").iterdir()}
+
+    assert files(tmp_path / "two") == files(tmp_path / "one") and len(files(tmp_path / "one")) == 4
