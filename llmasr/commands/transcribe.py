@@ -243,7 +243,7 @@ def _transcribe(args, device, given: dict, hotwords) -> int:
         if vad_only := vad_flags_problem(given, asr.cfg):
             raise DecodeError(vad_only)
     except REFUSED as err:
-        timed = args.subtitles and not args.timestamps and str(err).startswith("decode.timestamps")
+        timed = args.subtitles and str(err).startswith("decode.timestamps")  # --timestamps given too, or not
         print(f"llmasr transcribe: error: {'--subtitles: ' if timed else ''}{err}", file=sys.stderr)
         return errors.exit_status(err)  # 2: what it was given is refused
     try:  # each file's line as soon as it and those before it are done: a stopped run keeps the finished ones

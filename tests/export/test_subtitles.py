@@ -196,6 +196,8 @@ def test_transcribe_refuses_before_loading_what_subtitles_cannot_write(exported_
     assert transcribe_main(["--model", str(exported_dir), "--subtitles", "srt", str(clip)]) == 2
     err = capsys.readouterr().err
     assert "llmasr transcribe: error: --subtitles: decode.timestamps: word times come from the CTC head" in err
+    assert transcribe_main(["--model", str(exported_dir), "--timestamps", "--subtitles", "srt", str(clip)]) == 2
+    assert "llmasr transcribe: error: --subtitles: decode.timestamps: word times" in capsys.readouterr().err
 
 
 def test_subtitles_that_cannot_be_written_are_named_and_the_other_files_still_decoded(exported_dir, tmp_path, capsys):
