@@ -81,10 +81,16 @@ def cues(row: dict, rules: CueRules = CueRules(), *, untimed_whole: bool = False
     words = row.get("timestamps")
     if not text:
         return []
+    if "timestamps" not in row:  # never asked for: no alignment failed, and one cue over the clip would hide that
+        raise Untimed(
+            'no "timestamps" in the row: its word times were not asked for; transcribe with '
+            "Transcriber.load(DIR, timestamps=True), or llmasr decode / llmasr transcribe --timestamps"
+        )
     if not words:
         if untimed_whole and row.get("duration"):
             return [Cue(0.0, float(row["duration"]), _wrap(text, rules.line_columns, rules.max_lines))]
-        raise Untimed("no word times for its text" if words is None else "its text has no timed words")
+        raise Untimed("no word times for its text (the CTC head could not align it)" if words is None
+                      else "its text has no timed words")  # fmt: skip
     spans = _spans(text, [w[0] for w in words])
     out, first = [], 0
     for k in range(1, len(words) + 1):
@@ -201,19 +207,27 @@ def subtitle_name(key, fmt: str) -> str:
 
 def decode_subtitles(results: str | Path, folder: str | Path, fmt: str) -> int:
     """Each row of a decode's `results` (results.jsonl of `llmasr decode --timestamps`) as folder/KEY.srt (or .vtt;
-    subtitle_name); how many cues in all. A row without word times gets one cue over its audio."""
+    subtitle_name); how many cues in all. A row the head could not align gets one cue over its audio; a row with
+    text and no "timestamps" at all (a decode without them) is a ValueError naming its line, before any file."""
     fmt, folder = _known(fmt), Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    total, written = 0, {}
+    total, written, texts = 0, {}, {}
     for n, line in enumerate(Path(results).read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
         target = folder / subtitle_name(row["key"], fmt)
         if target in written:
             raise ValueError(f"{results}:{n}: key {row['key']!r} would write {target}, as line {written[target]} did")
         written[target] = n
-        text, count = row_subtitles(row, fmt)
-        write_atomic(target, text)  # a stopped run leaves no half a file
+        try:
+            texts[target], count = row_subtitles(row, fmt)
+        except Untimed:  # a decode without word times: refused before any file, as `decode --subtitles` is
+            raise ValueError(
+                f'{results}:{n}: key {row["key"]!r}: no "timestamps": a decode without word times; '
+                "decode again with llmasr decode --timestamps (decode.timestamps: true)"
+            ) from None
         total += count
+    folder.mkdir(parents=True, exist_ok=True)
+    for target, text in texts.items():
+        write_atomic(target, text)  # a stopped run leaves no half a file
     return total
 
 

@@ -37,7 +37,14 @@ from llmasr.export.decode import (
     unguided_boost,
 )
 from llmasr.export.decode_options import PROGRESS_EVERY_S, Pace
-from llmasr.export.transcribe_clips import PATHS, TranscribeError, check_rate, clips_manifest, not_audio
+from llmasr.export.transcribe_clips import (
+    PATHS,
+    TranscribeError,
+    check_rate,
+    clip_problems,
+    clips_manifest,
+    not_audio,
+)
 from llmasr.export.transcribe_rows import ClipRows, Decoded, clip_row
 from llmasr.models.decoding import DecodeConfig, decode_config, refuse_unknown
 from llmasr.models.devices import usable_device
@@ -196,7 +203,7 @@ class Transcriber:
         with tempfile.TemporaryDirectory(prefix="llmasr-transcribe-") as tmp:
             names, manifest, bad, links = clips_manifest(list(audio), sample_rate, Path(tmp))
             if bad and not keep_going:  # a missing file or a bad waveform, named before anything is decoded
-                raise TranscribeError("; ".join(f"{names[i] or repr('')}: {why}" for i, why in bad.items()))
+                raise TranscribeError(clip_problems(bad, names))
             out = ClipRows(names, on_row)
             for i, why in bad.items():
                 out.error(i, why)
@@ -229,8 +236,9 @@ class Transcriber:
                           each=each)  # fmt: skip
         each({}, [])  # the bad lines the loader counts at its end
         if failed and not keep_going:
-            why = "; ".join(f"{names[i]}: {reason}" for i, reason in failed.items())
-            raise TranscribeError(f"cannot transcribe {len(failed)} of {len(names)} clips: {why}")
+            raise TranscribeError(
+                f"cannot transcribe {len(failed)} of {len(names)} clips: {clip_problems(failed, names)}"
+            )
 
 
 def _language(model, language) -> str | None:

@@ -16,6 +16,7 @@ from llmasr.config_paths import file_problem
 PATHS = (str, os.PathLike)  # a clip that is an audio file
 MAX_FLOAT_PEAK = 4.0  # a float waveform louder than this is not in [-1, 1] full scale (a little clipping headroom)
 MIN_SAMPLE_RATE = 1000  # Hz; below it, a rate in kHz (sample_rate=16): hours of "audio" decoded into noise
+NAMED_PROBLEMS = 10  # a call's error names this many clips, then counts the rest (a list of samples: every one)
 
 
 class TranscribeError(ValueError):
@@ -53,6 +54,15 @@ def clips_manifest(audio: list, sample_rate, tmp: Path) -> tuple[list[str], Path
     path = tmp / "audio.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return names, path, missing, links
+
+
+def clip_problems(problems: dict[int, str], names: list[str]) -> str:
+    """The clips at fault, `name: why` each, the first NAMED_PROBLEMS named and the rest counted: a second of samples
+    passed as a list is 16,000 clips, and had been an error of as many clauses."""
+    said = [f"{names[i] or repr('')}: {why}" for i, why in list(problems.items())[:NAMED_PROBLEMS]]
+    more = len(problems) - len(said)
+    tail = f"; and {more} more (transcripts(..., keep_going=True) gives each its row)" if more else ""
+    return "; ".join(said) + tail
 
 
 def clip_problem(path: str) -> str | None:

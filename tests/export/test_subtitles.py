@@ -228,3 +228,23 @@ def test_a_decodes_results_become_one_file_a_key(tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(ValueError, match=r"results.jsonl:3: key 'spk1_utt1' would write .* as line 1 did"):
         decode_subtitles(results, tmp_path / "subs2", "srt")
+
+
+def test_a_row_whose_word_times_were_never_asked_for_says_how_to_ask():
+    # a Transcriber loaded without timestamps=True gives rows with no "timestamps" key: the error had said only "no
+    # word times for its text", as for a transcript the head could not align, and not what to change
+    with pytest.raises(Untimed, match=r"no \"timestamps\".*Transcriber.load\(DIR, timestamps=True\).*--timestamps"):
+        subtitles({"audio": "a.wav", "hyp": "words"}, "srt")
+    with pytest.raises(Untimed, match="could not align"):  # asked for, not aligned: the head's failing, said so
+        subtitles({"hyp": "words", "timestamps": None}, "srt")
+
+
+def test_a_decode_without_word_times_is_refused_not_written_as_one_cue_a_file(tmp_path):
+    # results.jsonl of `llmasr decode` without --timestamps had become one cue over each whole file, silently, where
+    # `llmasr decode --subtitles` refuses such a decode
+    results = tmp_path / "results.jsonl"
+    rows = [{"key": "utt1", "hyp": "", "duration": 1.0}, {"key": "utt2", "hyp": "one two", "duration": 2.0}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"results.jsonl:2: key 'utt2': no \"timestamps\".*llmasr decode --timestamps"):
+        decode_subtitles(results, tmp_path / "subs", "srt")
+    assert not (tmp_path / "subs").exists() or not any((tmp_path / "subs").iterdir())

@@ -282,6 +282,24 @@ def test_samples_in_a_list_are_named_as_such(asr):
         asr(samples, sample_rate=16000)
 
 
+def test_a_call_with_many_bad_clips_names_the_first_and_counts_the_rest(asr, tmp_path):
+    # a second of samples in a list had made an error of 16,000 clauses (2 MB) in the traceback; 500 missing files
+    # one of 17 kB
+    samples = (0.1 * np.sin(np.arange(16000) / 10)).tolist()
+    with pytest.raises(TranscribeError) as err:
+        asr(samples, sample_rate=16000)
+    said = str(err.value)
+    assert len(said) < 2000 and "waveform 0: " in said and "samples in a list? pass" in said
+    assert "and 15990 more (transcripts(..., keep_going=True) gives each its row)" in said
+    with pytest.raises(TranscribeError) as err:
+        asr([str(tmp_path / f"{i}.wav") for i in range(500)])
+    said = str(err.value)
+    assert len(said) < 2000 and f"{tmp_path / '0.wav'}: " in said and "and 490 more" in said
+    two = str(tmp_path / "a.wav"), str(tmp_path / "b.wav")  # a few are each named, none counted
+    with pytest.raises(TranscribeError, match=r"a.wav: .*; .*b.wav: [^;]*$"):
+        asr(list(two))
+
+
 def test_load_takes_one_model_an_export_or_a_checkpoint(exported_dir, runs):
     """Neither had failed on None naming nothing (a TypeError about os.PathLike); both had used the export alone."""
     for args, kwargs, which in (((), {}, "neither"), ((exported_dir,), {"checkpoint": runs[2]}, "both")):
