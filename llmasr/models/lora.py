@@ -87,11 +87,10 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
                 if "ParamWrapper" not in str(err):
                     raise
                 raise ConfigError(
-                    f"{what}.lora.target_modules {lora.target_modules} reach this MoE's fused expert weights "
+                    f"{what}.lora.target_modules {_said(lora.target_modules)} reach this MoE's fused expert weights "
                     f"({', '.join(_short(expert_weights(model)))}: 3-D parameters, which peft wraps with its "
-                    f"ParamWrapper), and peft trains those without dropout only: set {what}.lora.dropout: 0, or leave "
-                    f"out the names that reach them ({reaching(lora.target_modules, expert_weights(model))}; the "
-                    f"linear layers: {linear_module_names(model)})"
+                    f"ParamWrapper), and peft trains those without dropout only: set {what}.lora.dropout: 0, or "
+                    f"{_leave_out(lora.target_modules, model)}"
                 ) from None
         if is_regex(lora.target_modules):
             check_wrapped(model.get_base_model(), lora.target_modules, what=what)
@@ -122,6 +121,20 @@ def _say_tied_head(llm, what: str) -> None:
             "with the two untied (%s a weight of its own), --adapter-only keeps the base tied", what, name, name,
             extra=EVERY_RANK,  # every rank builds the LLM alike, and twice under ZeRO-3 (engine's shapes build)
         )  # fmt: skip
+
+
+def _said(targets) -> str:
+    """`targets` as a message quotes them: a regular expression as written (its repr doubles each backslash)."""
+    return f"'{targets}'" if is_regex(targets) else str(targets)
+
+
+def _leave_out(targets, model: nn.Module) -> str:
+    """How to keep `targets` off an MoE's fused expert weights."""
+    linear = linear_module_names(model)
+    if is_regex(targets):
+        return f"make the regular expression match linear layers alone (their last names: {linear})"
+    reach = reaching(targets, expert_weights(model))
+    return f"leave out the names that reach them ({reach}; the linear layers: {linear})"
 
 
 def _short(names: list[str]) -> list[str]:

@@ -74,8 +74,6 @@ def reaching(targets, cubes: list[str]) -> str:
     """Which of `targets` reach the fused expert weights `cubes`."""
     if targets == "all-linear":
         return "all-linear"
-    if is_regex(targets):
-        return f"the regular expression '{targets}'"
     return str([t for t in targets if names_experts(t, cubes)])
 
 
