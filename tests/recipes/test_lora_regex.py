@@ -1,6 +1,6 @@
 """A regex lora.target_modules through a run's whole life, on the tiny model and corpus: LoRA on the last LLM
 layer's q_proj and v_proj alone (and on one SAN-M block's attention), trained, resumed, exported merged (plain
-transformers loads it) and as a peft adapter that keeps the regex, and decoded."""
+transformers loads it, its next-round recipe keeps the regex) and as a peft adapter that keeps it, and decoded."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 
 from llmasr.export.decode import decode_manifest, load_decode_model
 from llmasr.export.export import export_model, load_checkpoint_model
+from llmasr.export.finetune_recipe import FINETUNE_NAME
+from llmasr.models.builder import build_model
 from llmasr.models.exported import load_exported
 from llmasr.recipe import load_recipe
 from llmasr.run_dir import checkpoints_dir, latest, read_meta
@@ -83,6 +85,11 @@ def test_a_regex_run_exports_merged_for_plain_transformers_and_decodes(regex_run
     exported = load_exported(out)
     batch = random_batch(trained, TARGETS, seed=2)
     torch.testing.assert_close(speech_logits(exported, batch), speech_logits(trained, batch), rtol=0, atol=1e-5)
+
+    # the next round (OUT/finetune.yaml) puts fresh LoRA on the same layers of the merged LLM
+    again = load_recipe(out / FINETUNE_NAME, [f"data.train=[{corpus}]"])
+    assert again.model.llm.lora.target_modules == LLM_REGEX
+    assert lora_layers(build_model(again.model).llm) == LLM_LORA
 
     model, cfg, opts = load_decode_model(model_dir=out)
     cfg, opts = dataclasses.replace(cfg, max_new_tokens=3), dataclasses.replace(opts, num_workers=0)
