@@ -101,7 +101,7 @@ def check_targets(model: nn.Module, targets, *, what: str, hf_model: bool) -> No
         if missing:
             raise ConfigError(
                 f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
-                f"{linear_module_names(model)}{_not_linear(model, missing, what)}"
+                f"{linear_module_names(model)}{_not_linear(model, missing, what)}{_pattern_in_list(missing, paths)}"
             )
     others = _reached(model, targets, skip=set(paths))
     if others and is_regex(targets):
@@ -124,6 +124,23 @@ def _not_linear(model: nn.Module, targets, what: str) -> str:
         return ""
     return (f"; {reached[:5]}: LoRA wraps nn.Linear and Conv1D layers only (train such a module whole with "
             f"{what}.freeze: false)")  # fmt: skip
+
+
+def _pattern_in_list(missing: list[str], paths: list[str]) -> str:
+    """A list entry written as a regular expression: peft reads each entry as a name, a pattern only alone."""
+    patterns = [t for t in missing if _compiles(t) and any(re.fullmatch(t, p) for p in paths)]
+    if not patterns:
+        return ""
+    return (f"; in a list {patterns[0]} is a name, which no module has: a regular expression is written alone, "
+            f"as a string (target_modules: '{patterns[0]}')")  # fmt: skip
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def _no_layer(model: nn.Module, pattern: str, paths: list[str], what: str) -> str:

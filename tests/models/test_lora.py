@@ -98,6 +98,10 @@ def test_a_regex_puts_lora_on_the_encoder_layers_it_matches():
         # an embedding is no typo: what it matches is said
         (r"model\.embed_tokens", r".* no nn.Linear or Conv1D layer .*\['model.embed_tokens \(Embedding\)'\]: LoRA "
          r"wraps nn.Linear and Conv1D layers only \(train such a module whole with model.llm.freeze: false\)"),
+        # a pattern in a list is a name there, as peft reads it: where it would match as a string, that is said
+        ([r".*layers\.1\.self_attn\.q_proj"], r"\[.*\] match no nn.Linear .*; in a list \.\*layers.*q_proj is a "
+         r"name, which no module has: a regular expression is written alone, as a string \(target_modules: "
+         r"'\.\*layers\\\.1\\\.self_attn\\\.q_proj'\)$"),
         # a whole decoder layer, alone or with its linear layers, as a list entry naming one is refused
         (r"model\.layers\.1", r".* no nn.Linear or Conv1D layer .*\['model.layers.1 \(Qwen2DecoderLayer\)'\]"),
         (r"model\.layers\.1.*", r"the regular expression 'model\\\.layers\\\.1\.\*' also matches modules that are not "
