@@ -3,6 +3,7 @@ llmasr.models.ctc_config."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -13,12 +14,27 @@ from llmasr.models.ctc_config import CTCConfig
 from llmasr.unread_fields import NO_INIT_FROM, blockless, changed, other_types_fields, refuse_unread
 
 
+def check_target_regex(key: str, pattern: str) -> None:
+    """A string target_modules other than all-linear is, as peft reads it, a regular expression that must match a
+    module's whole name (re.fullmatch): refuse one re cannot read, and those peft reads otherwise."""
+    if pattern.lower() == "all-linear":  # peft takes any case of it for all-linear, not for a pattern
+        raise ConfigError(f"{key}: write all-linear in lower case, got {pattern!r}")
+    if not pattern:
+        raise ConfigError(f"{key}: an empty regular expression matches no module; name at least one")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        # the pattern as written (its repr would double each backslash), the position counted from 0 in it
+        raise ConfigError(f"{key}: '{pattern}' is not a regular expression: {err.msg} at position {err.pos}") from None
+
+
 @dataclass
 class LoraConfig:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    # A list of module-name suffixes, or "all-linear" (every nn.Linear but the output head).
+    # A list of module names (each the whole name or a dotted suffix of it), "all-linear" (every nn.Linear but the
+    # output head), or any other string: a regular expression matching whole module names (peft's re.fullmatch).
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     bias: Literal["none", "all", "lora_only"] = "none"
 
@@ -32,9 +48,7 @@ class LoraConfig:
             )
         check_dropout(f"{path}.dropout", self.dropout)
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            raise ConfigError(
-                f"{path}.target_modules: a list of module names or 'all-linear', got {self.target_modules!r}"
-            )
+            check_target_regex(f"{path}.target_modules", self.target_modules)
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ConfigError(f"{path}.target_modules: empty list; name at least one module or use 'all-linear'")
         if isinstance(self.target_modules, list) and "all-linear" in self.target_modules:

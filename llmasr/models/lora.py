@@ -1,5 +1,6 @@
 """Wrapping a model with LoRA adapters through peft: the LLM (a transformers model, get_peft_model) and the encoder
-(inject_adapter_in_model), each recipe target checked against the linear layers there are."""
+(inject_adapter_in_model), each recipe target checked against the linear layers there are (llmasr.models.
+lora_targets)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from torch import nn
 from llmasr.config_io import ConfigError
 from llmasr.errors import EVERY_RANK
 from llmasr.models.config import LoraConfig
+from llmasr.models.lora_targets import (
+    check_targets,
+    check_wrapped,
+    expert_weights,
+    is_regex,
+    linear_module_names,
+    linear_paths,
+    reaching,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +39,6 @@ def building_to_read_trained_weights():
         yield
     finally:
         _BUILT_TO_TRAIN.reset(token)
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names of the linear layers LoRA can wrap (e.g. q_proj), the vocabulary `target_modules` is mostly written
-    in."""
-    return sorted({name.rsplit(".", 1)[-1] for name in _linear_paths(model)})
-
-
-def _linear_paths(model: nn.Module) -> list[str]:
-    """The linear layers peft wraps as such: nn.Linear, and transformers' Conv1D (GPT-2's c_attn, c_proj, c_fc: a
-    linear layer whose weight is stored transposed)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return [name for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, Conv1D))]
-
-
-def _reaches(target: str, path: str) -> bool:
-    """Whether a target_modules entry names the module at `path`, as peft matches list entries: the whole name, or a
-    suffix of it after a dot (q_proj, self_attn.q_proj)."""
-    return path == target or path.endswith("." + target)
 
 
 @contextlib.contextmanager
@@ -69,47 +59,18 @@ def peft_wrapping():
         yield
 
 
-def _reached(model: nn.Module, targets: list[str], skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Each module of `model` a target name reaches, but those at the paths `skip`, as "target -> path (type)"."""
-    return [f"{t} -> {p} ({type(m).__name__})" for t in targets for p, m in model.named_modules()
-            if p and p not in skip and _reaches(t, p)]  # fmt: skip
-
-
 def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool, freeze: bool = True):
     """Wrap `model` with LoRA adapters; every named target must exist (peft alone accepts a partial match). peft
     leaves the adapters and the biases `lora.bias` names trainable; `freeze` False trains the base as well."""
     import peft
 
-    paths = _linear_paths(model)
     targets = lora.target_modules
     if targets != "all-linear":
-        # a name of fused MoE expert weights (3-D parameters: gate_proj/up_proj of gate_up_proj, down_proj) peft
-        # puts LoRA on, as it does for the nn.Linear experts of the checkpoints' own layout
-        cubes = expert_weights(model) if hf_model else []
-        missing = [t for t in targets if not any(_reaches(t, p) for p in paths) and not _names_experts(t, cubes)]
-        if missing:
-            # a name peft could wrap otherwise (embed_tokens, an nn.Embedding) is no typo: say what it names
-            reached = _reached(model, missing)
-            named = (
-                f"; {reached[:5]}: LoRA wraps nn.Linear and Conv1D layers only (train such a module whole with "
-                f"{what}.freeze: false)"
-                if reached
-                else ""
-            )
-            raise ConfigError(
-                f"{what}.lora.target_modules: {missing} match no nn.Linear or Conv1D layer in the {what}; available: "
-                f"{linear_module_names(model)}{named}"
-            )
-        others = _reached(model, targets, skip=set(paths))
-        if others:
-            raise ConfigError(
-                f"{what}.lora.target_modules also name modules that are not nn.Linear or Conv1D layers: {others[:5]}; "
-                "name the linear layers by a longer suffix (e.g. self_attn.linear_q)"
-            )
+        check_targets(model, targets, what=what, hf_model=hf_model)
     elif not hf_model:
         # peft's "all-linear" shortcut needs a transformers model. Whole names: a leaf name such as "0" (a Linear
         # in a Sequential) would also reach every module whose name ends in ".0", a layer or a convolution.
-        targets = paths
+        targets = linear_paths(model)
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -126,18 +87,21 @@ def apply_lora(model: nn.Module, lora: LoraConfig, *, what: str, hf_model: bool,
                 if "ParamWrapper" not in str(err):
                     raise
                 raise ConfigError(
-                    f"{what}.lora.target_modules {lora.target_modules} reach this MoE's fused expert weights "
+                    f"{what}.lora.target_modules {_said(lora.target_modules)} reach this MoE's fused expert weights "
                     f"({', '.join(_short(expert_weights(model)))}: 3-D parameters, which peft wraps with its "
-                    f"ParamWrapper), and peft trains those without dropout only: set {what}.lora.dropout: 0, or leave "
-                    f"out the names that reach them ({_reaching(lora.target_modules, expert_weights(model))}; the "
-                    f"linear layers: {linear_module_names(model)})"
+                    f"ParamWrapper), and peft trains those without dropout only: set {what}.lora.dropout: 0, or "
+                    f"{_leave_out(lora.target_modules, model)}"
                 ) from None
+        if is_regex(lora.target_modules):
+            check_wrapped(model.get_base_model(), lora.target_modules, what=what)
         if _BUILT_TO_TRAIN.get():
             _say_tied_head(model, what)
             _say_expert_lora(model, what, lora.target_modules)
     else:
         with peft_wrapping():
             model = peft.inject_adapter_in_model(config, model)
+        if is_regex(lora.target_modules):
+            check_wrapped(model, lora.target_modules, what=what)
     if not freeze:  # full fine-tuning plus adapters: peft froze the base, undo that
         model.requires_grad_(True)
     return model
@@ -159,23 +123,18 @@ def _say_tied_head(llm, what: str) -> None:
         )  # fmt: skip
 
 
-def expert_weights(model: nn.Module) -> list[str]:
-    """The names of an MoE's fused expert weights in `model`: 3-D parameters (transformers' gate_up_proj and
-    down_proj, [experts, out, in]), which peft wraps with its ParamWrapper rather than as linear layers."""
-    return [name for name, p in model.named_parameters() if len(getattr(p, "ds_shape", p.shape)) == 3]
+def _said(targets) -> str:
+    """`targets` as a message quotes them: a regular expression as written (its repr doubles each backslash)."""
+    return f"'{targets}'" if is_regex(targets) else str(targets)
 
 
-def _names_experts(target: str, cubes: list[str]) -> bool:
-    """Whether `target` names fused expert weights as peft maps the checkpoints' per-expert names onto them
-    (gate_proj and up_proj onto gate_up_proj)."""
-    leaf = target.rsplit(".", 1)[-1]
-    wanted = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}.get(leaf, leaf)
-    return any(name.rsplit(".", 1)[-1] == wanted for name in cubes)
-
-
-def _reaching(targets, cubes: list[str]) -> str:
-    """Which of `targets` reach the fused expert weights `cubes`."""
-    return "all-linear" if targets == "all-linear" else str([t for t in targets if _names_experts(t, cubes)])
+def _leave_out(targets, model: nn.Module) -> str:
+    """How to keep `targets` off an MoE's fused expert weights."""
+    linear = linear_module_names(model)
+    if is_regex(targets):
+        return f"make the regular expression match linear layers alone (their last names: {linear})"
+    reach = reaching(targets, expert_weights(model))
+    return f"leave out the names that reach them ({reach}; the linear layers: {linear})"
 
 
 def _short(names: list[str]) -> list[str]:

@@ -55,6 +55,8 @@ WORKERS_WARNING = r"This DataLoader will create \d+ worker processes in total"
 
 
 def param_counts(model) -> dict:
+    from peft.tuners.lora import LoraLayer
+
     total = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # in the dtypes built
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -66,7 +68,9 @@ def param_counts(model) -> dict:
             ps = list(module.named_parameters())
             trained = [(n, p.numel()) for n, p in ps if p.requires_grad]
             adapters = sum(k for n, k in trained if "lora_" in n)  # peft's LoRA tensors: lora_A, lora_B, ...
-            per_branch[name] = (sum(p.numel() for _, p in ps), sum(k for _, k in trained), adapters)
+            # the layers target_modules reached (a fused MoE weight counts as one): a regex's reach, read before a run
+            layers = sum(isinstance(m, LoraLayer) for m in module.modules())
+            per_branch[name] = (sum(p.numel() for _, p in ps), sum(k for _, k in trained), adapters, layers)
     return {"total": total, "trainable": trainable, "largest_layer": largest, "branches": per_branch,
             "bytes": weight_bytes}  # fmt: skip
 
@@ -299,9 +303,9 @@ def check(
         "parameters",
         f"  total {counts['total']:,}; trainable {counts['trainable']:,}; largest layer {counts['largest_layer']:,}",
     ]
-    for branch, (n, t, lora) in counts["branches"].items():
+    for branch, (n, t, lora, layers) in counts["branches"].items():
         # under LoRA, the base's own share says what freeze: false or lora.bias adds to the adapters
-        split = f": {lora:,} in LoRA adapters, {t - lora:,} of the branch's own" if lora else ""
+        split = f": {lora:,} in LoRA adapters on {layers} layers, {t - lora:,} of the branch's own" if lora else ""
         lines.append(f"  {branch}: {n:,} ({t:,} trainable{split})")
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())

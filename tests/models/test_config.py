@@ -175,3 +175,35 @@ def test_a_saved_run_with_heads_of_no_ctc_decoder_blocks_still_loads(tmp_path, c
     recipe, path = refused_then_saved(tmp_path, model, "model.ctc.decoder.n_head: ", caplog)
     assert (recipe.model.ctc.decoder.n_head, recipe.model.ctc.decoder.ffn_dim) == (8, 32)
     assert f"{path}: model.ctc.decoder.n_head: is read only by the transformer blocks" in caplog.text
+
+
+@pytest.mark.parametrize("branch", ["llm", "encoder"])
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r".*layers\.(1[4-9]|2[0-7]\.self_attn\.q_proj",
+         r"'\.\*layers\\\.\(1\[4-9\]\|2\[0-7\]\\\.self_attn\\\.q_proj' is not a regular expression: missing \), "
+         "unterminated subpattern at position 10"),
+        ("*q_proj", r"'\*q_proj' is not a regular expression: nothing to repeat at position 0"),
+        ("All-Linear", "write all-linear in lower case, got 'All-Linear'"),
+        ("", "an empty regular expression matches no module"),
+    ],
+)  # fmt: skip
+def test_a_target_modules_string_re_cannot_read_is_refused_by_key(branch, pattern, message):
+    """A string other than all-linear is a regular expression, as peft reads it; one re cannot compile is refused
+    naming the key, re's error and its position, not by peft's traceback once the weights are loaded."""
+    section = {"llm": {"path": "llm", "lora": {}}, "encoder": {"lora": {}}}
+    section[branch]["lora"]["target_modules"] = pattern
+    with pytest.raises(ConfigError, match=rf"model\.{branch}\.lora\.target_modules: {message}"):
+        load_recipe(data={"model": section})
+
+
+def test_a_target_modules_regex_is_accepted_from_yaml_and_an_override():
+    """Speech recipes put LoRA on some layers alone with a pattern over whole module names; it had been refused as
+    "a list of module names or 'all-linear'"."""
+    pattern = r".*layers\.(1[4-9]|2[0-7])\.self_attn\.(q_proj|v_proj)"
+    text = "model:\n  llm:\n    path: llm\n    lora:\n      target_modules: '" + pattern + "'\n"
+    assert load_recipe(data=yaml.safe_load(text)).model.llm.lora.target_modules == pattern
+    got = load_recipe(data={"model": {"llm": {"path": "llm", "lora": {}}}},
+                      overrides=[f"model.llm.lora.target_modules={pattern}"])  # fmt: skip
+    assert got.model.llm.lora.target_modules == pattern

@@ -88,6 +88,17 @@ def test_lora_on_fused_experts_with_dropout_is_refused_naming_the_keys(tmp_path)
             "mlp.experts.down_proj: 3-D parameters, which peft wraps with its ParamWrapper), and peft trains those "
             f"without dropout only: set model.llm.lora.dropout: 0, or leave out the names that reach them ({reach};"
         )
+    section = tiny_model_section(path)  # a regular expression: quoted as written, and how to narrow it said
+    section["llm"]["lora"].update(target_modules=r".*\.experts\.(gate|up|down)_proj", dropout=0.05)
+    with pytest.raises(ConfigError) as err:
+        build_model(section)
+    assert str(err.value) == (
+        r"model.llm.lora.target_modules '.*\.experts\.(gate|up|down)_proj' reach this MoE's fused expert weights "
+        "(mlp.experts.gate_up_proj, mlp.experts.down_proj: 3-D parameters, which peft wraps with its ParamWrapper), "
+        "and peft trains those without dropout only: set model.llm.lora.dropout: 0, or make the regular expression "
+        "match linear layers alone (their last names: ['down_proj', 'gate_proj', 'k_proj', 'lm_head', 'o_proj', "
+        "'q_proj', 'shared_expert_gate', 'up_proj', 'v_proj'])"
+    )
 
 
 def test_lora_names_of_the_experts_reach_fused_experts_and_all_linear_says_it_trains_the_router(tmp_path, caplog):
