@@ -614,7 +614,7 @@ def test_a_branch_with_lora_says_how_much_of_what_trains_is_the_adapters(recipe_
         lora, own = sum(k for n, k in params if "lora_" in n), sum(k for n, k in params if "lora_" not in n)
         assert lora and (own > 0) is (branch == "llm")
         layers = {"encoder": 2, "llm": 4}[branch]  # linear_q_k_v of each SAN-M block; q_proj, v_proj of 2 layers
-        split = f"{lora:,} in LoRA adapters on {layers} layers, {own:,} of the branch's own"
+        split = f"{lora:,} in LoRA adapters on {layers} linear layers, {own:,} of the branch's own"
         assert f"({lora + own:,} trainable: {split})" in out
     assert re.search(r"  adaptor: [\d,]+ \([\d,]+ trainable\)\n", out)  # no LoRA, nothing to split
 
@@ -623,7 +623,7 @@ def test_a_branch_with_lora_says_how_much_of_what_trains_is_the_adapters(recipe_
     llm = llmasr.build_model(load_recipe(recipe_file).model).llm
     own = sum(p.numel() for n, p in llm.named_parameters() if "lora_" not in n)
     assert re.search(
-        rf"  llm: [\d,]+ \([\d,]+ trainable: [\d,]+ in LoRA adapters on 4 layers, {own:,} of the branch's own\)", out
+        rf"  llm: [\d,]+ \([\d,]+ trainable: [\d,]+ in LoRA adapters on 4 linear layers, {own:,} of the branch's own\)", out
     )
 
 
@@ -634,5 +634,5 @@ def test_the_report_says_how_many_layers_a_lora_regex_reached(recipe_file, tmp_p
     code, out, err = run_check(capsys, *base, r"model.llm.lora.target_modules=.*layers\.1\.self_attn\.(q_proj|v_proj)")
     assert code == 0, err
     assert re.search(
-        r"  llm: [\d,]+ \(([\d,]+) trainable: \1 in LoRA adapters on 2 layers, 0 of the branch's own\)", out
+        r"  llm: [\d,]+ \(([\d,]+) trainable: \1 in LoRA adapters on 2 linear layers, 0 of the branch's own\)", out
     )
