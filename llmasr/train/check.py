@@ -305,7 +305,8 @@ def check(
     ]
     for branch, (n, t, lora, layers) in counts["branches"].items():
         # under LoRA, the base's own share says what freeze: false or lora.bias adds to the adapters
-        split = f": {lora:,} in LoRA adapters on {layers} linear layers, {t - lora:,} of the branch's own" if lora else ""
+        split = f": {lora:,} in LoRA adapters on {layers} linear layers, {t - lora:,} of the branch's own"
+        split = split if lora else ""
         lines.append(f"  {branch}: {n:,} ({t:,} trainable{split})")
     lines += _weights_lines(recipe.model)
     lines += chunk_lines(model, frozen="encoder" in model.frozen_branches())

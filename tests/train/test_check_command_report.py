@@ -623,7 +623,9 @@ def test_a_branch_with_lora_says_how_much_of_what_trains_is_the_adapters(recipe_
     llm = llmasr.build_model(load_recipe(recipe_file).model).llm
     own = sum(p.numel() for n, p in llm.named_parameters() if "lora_" not in n)
     assert re.search(
-        rf"  llm: [\d,]+ \([\d,]+ trainable: [\d,]+ in LoRA adapters on 4 linear layers, {own:,} of the branch's own\)", out
+        rf"  llm: [\d,]+ \([\d,]+ trainable: [\d,]+ in LoRA adapters on 4 linear layers, {own:,} of the branch's "
+        r"own\)",
+        out,
     )
 
 
